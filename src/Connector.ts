@@ -1,0 +1,219 @@
+/**
+ * The boundary between the pool and the wire driver. A `Connector` opens one physical connection to one
+ * server; the pool, the transactions and the SqlClient above it only ever see this interface, so the fake
+ * connector of `PgPoolTest` runs the very same pool code as the live one.
+ *
+ * The live implementation (`Connector.layer`) is the only code of the package that imports `pg`.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as internal from "./internal/connector.js"
+import type { ConnectionError, QueryError } from "./PgPoolError.js"
+
+/**
+ * TLS settings passed to the driver. `true` means TLS without certificate verification (libpq's
+ * `sslmode=require`); an object is handed to Node's `tls.connect`, with the private key kept `Redacted`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SslConfig = boolean | {
+  readonly rejectUnauthorized?: boolean | undefined
+  readonly ca?: string | undefined
+  readonly cert?: string | undefined
+  readonly key?: Redacted.Redacted | undefined
+  readonly servername?: string | undefined
+}
+
+/**
+ * Where and how to open one physical connection.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ConnectOptions {
+  readonly host: string
+  readonly port: number
+  readonly database: string
+  readonly user: string
+  readonly password: Redacted.Redacted | undefined
+  readonly ssl: SslConfig | undefined
+  readonly applicationName: string | undefined
+  readonly connectTimeout: Duration.Duration
+  /** Run-time parameters sent in the startup packet, e.g. `{ statement_timeout: "5000" }`. */
+  readonly parameters: Readonly<Record<string, string>>
+}
+
+/**
+ * A row as the driver returns it: column name to parsed value.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Row = { readonly [column: string]: unknown }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface FieldInfo {
+  readonly name: string
+  readonly dataTypeID: number
+}
+
+/**
+ * The result of one statement.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface QueryResult<R = Row> {
+  readonly rows: ReadonlyArray<R>
+  readonly fields: ReadonlyArray<FieldInfo>
+  readonly command: string
+  readonly rowCount: number | null
+}
+
+/**
+ * The transaction status the server reported with its last ReadyForQuery message: `"idle"` (no
+ * transaction), `"transaction"` (inside a transaction block), `"failed"` (inside a failed transaction
+ * block), or `"unknown"` while a statement is running or before the first ReadyForQuery.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TransactionStatus = "idle" | "transaction" | "failed" | "unknown"
+
+/**
+ * A notification received by `LISTEN`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Notification {
+  readonly channel: string
+  readonly payload: string
+  readonly processId: number
+}
+
+/**
+ * A server-side cursor over the rows of one statement.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Cursor {
+  readonly read: (rows: number) => Effect.Effect<ReadonlyArray<Row> | ReadonlyArray<ReadonlyArray<unknown>>, QueryError | ConnectionError>
+  readonly close: Effect.Effect<void>
+}
+
+/**
+ * One open physical connection, as the driver sees it. A connection is never shared: the pool guarantees
+ * that at most one fiber uses it at a time.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Connection {
+  /** The process id of the server backend serving this connection. */
+  readonly backendPid: number
+  /**
+   * Sends one statement and calls `callback` exactly once with its outcome. Without `params` the simple
+   * protocol is used; with them the extended protocol (parameters are never interpolated). With
+   * `rowMode: "array"` rows are arrays of values instead of objects. This callback form is the primitive the
+   * pool's hot path is built on; `Connector.query` is its Effect form.
+   */
+  readonly send: (
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
+  ) => void
+  /** Runs one or more statements with the simple protocol (no parameters). */
+  readonly queryUnprepared: (text: string) => Effect.Effect<ReadonlyArray<QueryResult>, QueryError | ConnectionError>
+  /** Opens a cursor that fetches the rows of `text` in batches. */
+  readonly cursor: (
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode?: "array" | undefined
+  ) => Cursor
+  /** The transaction status of the last ReadyForQuery. */
+  readonly transactionStatus: () => TransactionStatus
+  /** True while a statement is in flight on the wire. */
+  readonly isBusy: () => boolean
+  /** Completes when no statement is in flight any more (at once when none is). */
+  readonly awaitIdle: Effect.Effect<void>
+  /** True once the connection has failed or been closed. */
+  readonly isBroken: () => boolean
+  /**
+   * Asks the server to cancel the statement running on this connection (a CancelRequest carrying this
+   * backend's secret key, sent on a new socket). It completes when the request has been sent; the statement
+   * itself then fails with SQLSTATE 57014.
+   */
+  readonly cancel: Effect.Effect<void, ConnectionError>
+  /** Registers the handler of `LISTEN` notifications (one per connection). */
+  readonly onNotification: (handler: (notification: Notification) => void) => void
+}
+
+/**
+ * Opens physical connections. `connect` acquires the connection in the given Scope: closing the Scope
+ * closes the connection. `onLost` is called, at most once, when the connection fails outside of any
+ * statement (the server went away, the backend was terminated, the network broke); an error listener is
+ * attached from the first moment to the last, so such a failure never reaches the process as an uncaught
+ * error.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Connector {
+  readonly connect: (
+    options: ConnectOptions,
+    onLost: (error: ConnectionError) => void
+  ) => Effect.Effect<Connection, ConnectionError, Scope.Scope>
+}
+
+/**
+ * Runs one statement on a connection, as an Effect.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const query = (
+  connection: Connection,
+  text: string,
+  params?: ReadonlyArray<unknown>,
+  rowMode?: "array"
+): Effect.Effect<QueryResult, QueryError | ConnectionError> =>
+  Effect.async((resume) => {
+    connection.send(text, params, rowMode, (error, result) => {
+      resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+    })
+  })
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export const Connector: Context.Tag<Connector, Connector> = Context.GenericTag<Connector>(
+  "effect-pg-pool/Connector"
+)
+
+/**
+ * The live connector, over node-postgres' `pg.Client`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: Connector = internal.make
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Connector> = Layer.succeed(Connector, make)

@@ -1,0 +1,348 @@
+/**
+ * The pool: a bounded set of PostgreSQL connections exposed as an Effect service.
+ *
+ * ```ts
+ * import { Effect } from "effect"
+ * import { PgPool } from "effect-pg-pool"
+ *
+ * const program = Effect.gen(function*() {
+ *   const rows = yield* PgPool.query("select $1::int as answer", [42])
+ *   const conn = yield* PgPool.connection // back to the pool when the scope closes
+ *   yield* conn.query("select pg_backend_pid()")
+ * }).pipe(Effect.scoped, Effect.provide(PgPool.layer({ url: "postgres://localhost/app" })))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Config_ from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import type * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Redacted from "effect/Redacted"
+import type * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Connector from "./Connector.js"
+import * as internal from "./internal/pool.js"
+import type { ConnectionError, PoolError, QueryError } from "./PgPoolError.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = internal.TypeId
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * A row: column name to value, parsed by the driver's type parsers.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Row = Connector.Row
+
+/**
+ * How a connection is cleaned when it comes back to the pool (DBUtils' `reset` 0/1/2):
+ *
+ * - `"transaction"` (default): `ROLLBACK` only when the server reports an open or failed transaction;
+ * - `"always"`: always `ROLLBACK`;
+ * - `"full"`: `ROLLBACK` if needed, then `DISCARD ALL` (drops temporary tables, prepared statements,
+ *   session settings, advisory locks), then the `setSession` statements again.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ResetMode = "transaction" | "always" | "full"
+
+/**
+ * Health checking of idle connections (pgdbpool's "SQL ping").
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HealthCheckOptions {
+  /** A connection idle longer than this is pinged before it is handed out. Default 5 seconds. */
+  readonly idleThreshold?: Duration.DurationInput | undefined
+  /** Idle connections are pinged this often by the maintenance fiber. Default 60 seconds. */
+  readonly interval?: Duration.DurationInput | undefined
+  /** How long a ping may take before the connection is considered dead. Default 5 seconds. */
+  readonly timeout?: Duration.DurationInput | undefined
+}
+
+/**
+ * The pool configuration. Every field is optional; the defaults are in the README's table.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Config {
+  /** A libpq connection URI, `postgres://user:password@host:port/database?sslmode=require`. */
+  readonly url?: Redacted.Redacted | string | undefined
+  readonly host?: string | undefined
+  readonly port?: number | undefined
+  /** Several servers, tried in order (see `targetSessionAttrs`). */
+  readonly hosts?: ReadonlyArray<{ readonly host: string; readonly port?: number | undefined }> | undefined
+  readonly database?: string | undefined
+  readonly user?: string | undefined
+  readonly password?: Redacted.Redacted | undefined
+  readonly ssl?: Connector.SslConfig | undefined
+  readonly applicationName?: string | undefined
+
+  /** Connections opened at start and kept open by the maintenance fiber (PooledPg `mincached`). Default 0. */
+  readonly minConnections?: number | undefined
+  /** Idle connections kept; a connection returned beyond this is closed (PooledPg `maxcached`). Default `maxConnections`. */
+  readonly maxIdle?: number | undefined
+  /** Hard cap on open connections, idle + in use + being opened. Default 10. */
+  readonly maxConnections?: number | undefined
+  /** When every connection is busy: wait (true, default) or fail at once with `PoolExhaustedError`. */
+  readonly blocking?: boolean | undefined
+  /** How long a checkout may wait. Default 30 seconds. */
+  readonly acquireTimeout?: Duration.DurationInput | undefined
+  /** How many fibers may wait for a connection; one more fails at once. Default unbounded. */
+  readonly maxWaiting?: number | undefined
+  /** Statements per physical connection before it is closed and replaced at the next safe point. Default unlimited (0). */
+  readonly maxUsage?: number | undefined
+  /** SQL run on every new connection, e.g. `["set time zone 'UTC'"]`. */
+  readonly setSession?: ReadonlyArray<string> | undefined
+  /** How a returned connection is cleaned. Default `"transaction"`. */
+  readonly reset?: ResetMode | undefined
+  /** Idle connections older than this are closed (while more than `minConnections` are open). Default 10 minutes. */
+  readonly idleTimeout?: Duration.DurationInput | undefined
+  /** A connection is closed and replaced at this age, minus a random jitter. Default 30 minutes. */
+  readonly maxLifetime?: Duration.DurationInput | undefined
+  /** Up to this much is taken off each connection's lifetime at random, so they do not expire together. Default a tenth of `maxLifetime`. */
+  readonly maxLifetimeJitter?: Duration.DurationInput | undefined
+  /** `false` (pg_simple `disable_pooling`): every checkout opens a new connection, closed on return. Default true. */
+  readonly pooling?: boolean | undefined
+  /** Bound on opening one connection (TCP, TLS, authentication, `setSession`). Default 10 seconds. */
+  readonly connectTimeout?: Duration.DurationInput | undefined
+  /** How long closing the layer waits for checked-out connections before closing them. Default 10 seconds. */
+  readonly drainTimeout?: Duration.DurationInput | undefined
+  /** How often the maintenance fiber runs. Default 1 second. */
+  readonly maintenanceInterval?: Duration.DurationInput | undefined
+
+  /** When connecting fails: the retry schedule. Default exponential from 100 ms, doubled, jittered, capped at 5 s. */
+  readonly reconnect?: Schedule.Schedule<unknown, unknown> | undefined
+  /** `false` (default): building the layer opens and checks a connection. `true`: build at once, connect on demand. */
+  readonly lazy?: boolean | undefined
+  /** Validation of idle connections: `true` (default), `false`, or options. */
+  readonly healthCheck?: boolean | HealthCheckOptions | undefined
+  /** Retry `PgPool.query` once on a fresh connection when its connection was lost outside a transaction (at-least-once). Default true. */
+  readonly retryLostQueries?: boolean | undefined
+  /** Server-side `statement_timeout` for every connection. Default none. */
+  readonly statementTimeout?: Duration.DurationInput | undefined
+  /** Client-side bound on each statement; when it runs out the statement is cancelled on the server. Default none. */
+  readonly queryTimeout?: Duration.DurationInput | undefined
+  /** Log a warning, naming where it was checked out, when a connection is held longer than this. Default off. */
+  readonly leakDetectionThreshold?: Duration.DurationInput | undefined
+}
+
+/**
+ * A snapshot of the pool.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PoolStats {
+  /** Open physical connections: idle + inUse + being opened. */
+  readonly size: number
+  readonly idle: number
+  readonly inUse: number
+  /** Fibers queued for a connection. */
+  readonly waiting: number
+  /** Connections being opened right now. */
+  readonly pending: number
+  readonly maxConnections: number
+  /** Connections opened since the pool started. */
+  readonly created: number
+  /** Connections closed since the pool started, in all and by reason. */
+  readonly closed: number
+  readonly closedByReason: Readonly<Record<CloseReason, number>>
+  /** Checkouts served. */
+  readonly acquired: number
+  /** Checkouts that ran out of time. */
+  readonly timeouts: number
+  /** Connect attempts that failed. */
+  readonly connectFailures: number
+}
+
+/**
+ * Why a physical connection was closed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type CloseReason =
+  | "idle"
+  | "lifetime"
+  | "maxUsage"
+  | "maxIdle"
+  | "broken"
+  | "invalidated"
+  | "unpooled"
+  | "reset"
+  | "busy"
+  | "poolClosed"
+
+/**
+ * A connection checked out of the pool. It goes back when the Scope of the checkout closes.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PooledConnection {
+  /** Runs one statement on this connection. */
+  readonly query: (
+    text: string,
+    params?: ReadonlyArray<unknown>
+  ) => Effect.Effect<ReadonlyArray<Row>, QueryError | ConnectionError>
+  /** The server process id of this physical connection. */
+  readonly backendPid: number
+  /** Closes the physical connection instead of returning it (psycopg2's `putconn(conn, close=True)`). */
+  readonly invalidate: Effect.Effect<void>
+}
+
+/**
+ * The pool service.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PgPool {
+  readonly [TypeId]: TypeId
+  readonly connection: Effect.Effect<PooledConnection, PoolError, Scope.Scope>
+  readonly query: (
+    text: string,
+    params?: ReadonlyArray<unknown>
+  ) => Effect.Effect<ReadonlyArray<Row>, PoolError | QueryError>
+  readonly withConnection: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | PoolError, R>
+  readonly readOnly: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  readonly stats: Effect.Effect<PoolStats>
+  readonly purgeExpired: Effect.Effect<number>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export const PgPool: Context.Tag<PgPool, PgPool> = internal.tag
+
+/**
+ * Builds a pool in the current Scope on the `Connector` in the context. Closing the Scope drains and closes
+ * the pool.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (
+  config: Config
+) => Effect.Effect<PgPool, ConnectionError | ConfigError.ConfigError, Scope.Scope | Connector.Connector> =
+  internal.make
+
+/**
+ * The pool as a Layer, over node-postgres.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (config: Config): Layer.Layer<PgPool, ConnectionError | ConfigError.ConfigError> =>
+  Layer.scoped(PgPool, make(config)).pipe(Layer.provide(Connector.layer))
+
+/**
+ * The pool as a Layer, its configuration read with `Config`:
+ *
+ * ```ts
+ * PgPool.layerConfig({ url: Config.redacted("DATABASE_URL"), maxConnections: Config.integer("POOL_SIZE") })
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  config: Config_.Config.Wrap<Config>
+): Layer.Layer<PgPool, ConnectionError | ConfigError.ConfigError> =>
+  Layer.scoped(PgPool, Effect.flatMap(Config_.unwrap(config), make)).pipe(Layer.provide(Connector.layer))
+
+/**
+ * The configuration read from the environment: `DATABASE_URL`, or else libpq's `PGHOST`, `PGPORT`,
+ * `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, `PGAPPNAME`; the pool knobs from `PGPOOL_*`
+ * (`PGPOOL_MAX_CONNECTIONS`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, ...; see the README).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const configFromEnv: Config_.Config<Config> = internal.configFromEnv
+
+/**
+ * The pool configured from the environment (see {@link configFromEnv}).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const PgPoolLive: Layer.Layer<PgPool, ConnectionError | ConfigError.ConfigError> = Layer.scoped(
+  PgPool,
+  Effect.flatMap(configFromEnv, make)
+).pipe(Layer.provide(Connector.layer))
+
+/**
+ * Checks a connection out for the current Scope.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const connection: Effect.Effect<PooledConnection, PoolError, PgPool | Scope.Scope> = Effect.flatMap(
+  PgPool,
+  (pool) => pool.connection
+)
+
+/**
+ * Runs one statement on a connection checked out for just that statement (or on the pinned connection of
+ * an enclosing `withConnection` / transaction).
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const query = (
+  text: string,
+  params?: ReadonlyArray<unknown>
+): Effect.Effect<ReadonlyArray<Row>, PoolError | QueryError, PgPool> => internal.query(text, params)
+
+/**
+ * Pins one connection for the whole effect: every `PgPool.query` and `PgPool.connection` inside reuses it.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const withConnection = <A, E, R>(
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | PoolError, R | PgPool> => Effect.flatMap(PgPool, (pool) => pool.withConnection(effect))
+
+/**
+ * Runs the effect as read-only work: with several hosts, on a standby (falling back to the primary when
+ * none is healthy); with one host, on it.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const readOnly = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | PgPool> =>
+  Effect.flatMap(PgPool, (pool) => pool.readOnly(effect))
+
+/**
+ * @since 0.1.0
+ * @category accessors
+ */
+export const stats: Effect.Effect<PoolStats, never, PgPool> = Effect.flatMap(PgPool, (pool) => pool.stats)
+
+/**
+ * Closes the idle connections past `idleTimeout` (down to `minConnections`) and returns how many.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const purgeExpired: Effect.Effect<number, never, PgPool> = Effect.flatMap(PgPool, (pool) => pool.purgeExpired)

@@ -1,0 +1,156 @@
+/**
+ * The errors of the pool. "The pool is full" ({@link PoolExhaustedError}) and "the database cannot be
+ * reached" ({@link ConnectionError}) are different errors on purpose: the first calls for more connections
+ * or less load, the second for a look at the database.
+ *
+ * None of them ever carries a password: connection settings are kept as `Redacted` values and only the
+ * host, port and database name are copied into an error.
+ *
+ * @since 0.1.0
+ */
+import * as Data from "effect/Data"
+import type { PoolStats } from "./PgPool.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("effect-pg-pool/PgPoolError")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * Which limit made the pool refuse a checkout:
+ *
+ * - `"maxConnections"`: every connection is busy, the pool is at `maxConnections` and `blocking` is false
+ *   (fail fast);
+ * - `"maxWaiting"`: the waiter queue already holds `maxWaiting` fibers;
+ * - `"acquireTimeout"`: the caller waited `acquireTimeout` and no connection came free.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ExhaustedReason = "maxConnections" | "maxWaiting" | "acquireTimeout"
+
+/**
+ * Every connection is busy: the pool refused a checkout at its limit, its waiter queue was full, or the
+ * caller's acquire timeout ran out while connections stayed busy. `stats` is a snapshot taken at that moment.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PoolExhaustedError extends Data.TaggedError("PoolExhaustedError")<{
+  readonly reason: ExhaustedReason
+  readonly stats: PoolStats
+  readonly waitedMillis?: number | undefined
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+
+  /**
+   * @since 0.1.0
+   */
+  override get message(): string {
+    const { idle, inUse, size, waiting } = this.stats
+    const state = `size=${size} inUse=${inUse} idle=${idle} waiting=${waiting}`
+    switch (this.reason) {
+      case "maxConnections":
+        return `Pool exhausted: all ${size} connections are in use (maxConnections reached, blocking: false) [${state}]`
+      case "maxWaiting":
+        return `Pool exhausted: the waiter queue is full (maxWaiting reached) [${state}]`
+      case "acquireTimeout":
+        return `Pool exhausted: no connection came free within the acquire timeout${
+          this.waitedMillis === undefined ? "" : ` (waited ${this.waitedMillis} ms)`
+        } [${state}]`
+    }
+  }
+}
+
+/**
+ * The database could not be reached, refused the connection, or a connection was lost.
+ *
+ * - `host`, `port`, `database` name the server (never the password);
+ * - `code` is the SQLSTATE when the server sent one (e.g. `28P01` for a wrong password, `57P01` when an
+ *   administrator terminated the backend);
+ * - `attempts` is the number of connect attempts made for a waiter that ran out of time while connects kept
+ *   failing; `cause` is the last failure.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConnectionError extends Data.TaggedError("ConnectionError")<{
+  readonly message: string
+  readonly cause?: unknown
+  readonly host?: string | undefined
+  readonly port?: number | undefined
+  readonly database?: string | undefined
+  readonly code?: string | undefined
+  readonly attempts?: number | undefined
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+}
+
+/**
+ * The server answered a statement with an error. The fields are those of PostgreSQL's ErrorResponse:
+ * `code` is the SQLSTATE (`42601` syntax error, `23505` unique violation, `40001` serialization failure, ...).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class QueryError extends Data.TaggedError("QueryError")<{
+  readonly message: string
+  readonly code: string
+  readonly severity?: string | undefined
+  readonly detail?: string | undefined
+  readonly hint?: string | undefined
+  readonly position?: number | undefined
+  readonly schema?: string | undefined
+  readonly table?: string | undefined
+  readonly column?: string | undefined
+  readonly constraint?: string | undefined
+  readonly cause?: unknown
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+}
+
+/**
+ * The pool's layer has been closed (or is closing): no connection can be checked out any more.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PoolClosedError extends Data.TaggedError("PoolClosedError")<{
+  readonly message: string
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+}
+
+/**
+ * What a checkout can fail with.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type PoolError = PoolExhaustedError | ConnectionError | PoolClosedError
+
+/**
+ * @since 0.1.0
+ * @category refinements
+ */
+export const isPgPoolError = (u: unknown): u is PoolError | QueryError =>
+  typeof u === "object" && u !== null && TypeId in u

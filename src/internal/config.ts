@@ -1,0 +1,415 @@
+/**
+ * Validation of the pool configuration and parsing of connection URLs. Every invalid value fails with a
+ * `ConfigError.InvalidData` whose path names the field. A URL is never copied into an error message: it may
+ * hold a password.
+ *
+ * @internal
+ */
+import * as ConfigError from "effect/ConfigError"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import type * as Connector from "../Connector.js"
+import type { Config, ResetMode } from "../PgPool.js"
+
+/** @internal */
+export interface HostPort {
+  readonly host: string
+  readonly port: number
+}
+
+/** @internal */
+export interface ResolvedConfig {
+  readonly hosts: ReadonlyArray<HostPort>
+  readonly database: string
+  readonly user: string
+  readonly password: Redacted.Redacted | undefined
+  readonly ssl: Connector.SslConfig | undefined
+  readonly applicationName: string | undefined
+  readonly minConnections: number
+  readonly maxConnections: number
+  readonly maxIdle: number
+  readonly blocking: boolean
+  readonly acquireTimeout: number
+  readonly maxWaiting: number
+  readonly maxUsage: number
+  readonly setSession: ReadonlyArray<string>
+  readonly reset: ResetMode
+  readonly idleTimeout: number
+  readonly maxLifetime: number
+  readonly maxLifetimeJitter: number
+  readonly pooling: boolean
+  readonly connectTimeout: Duration.Duration
+  readonly drainTimeout: number
+  readonly maintenanceInterval: number
+  readonly reconnect: Schedule.Schedule<unknown, unknown>
+  readonly lazy: boolean
+  readonly statementTimeout: number | undefined
+  readonly queryTimeout: number | undefined
+  readonly healthCheck: HealthCheck
+  readonly retryLostQueries: boolean
+  readonly leakDetectionThreshold: number | undefined
+}
+
+/** @internal */
+export interface HealthCheck {
+  readonly enabled: boolean
+  readonly idleThreshold: number
+  readonly interval: number
+  readonly timeout: Duration.Duration
+}
+
+/** @internal */
+export const defaultReconnect: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis", 2).pipe(
+  Schedule.jittered,
+  Schedule.union(Schedule.spaced("5 seconds"))
+)
+
+const invalid = (field: string, message: string): ConfigError.ConfigError =>
+  ConfigError.InvalidData([field], message)
+
+interface ParsedUrl {
+  readonly hosts: ReadonlyArray<{ readonly host: string; readonly port: number | undefined }>
+  readonly database: string | undefined
+  readonly user: string | undefined
+  readonly password: Redacted.Redacted | undefined
+  readonly params: ReadonlyMap<string, string>
+}
+
+const decode = (part: string): string => {
+  try {
+    return decodeURIComponent(part)
+  } catch {
+    return part
+  }
+}
+
+/**
+ * Parses a libpq connection URI: `postgres[ql]://[user[:password]@][host[:port][,host[:port]...]][/database][?param=value&...]`.
+ *
+ * @internal
+ */
+export const parseUrl = (url: string): ParsedUrl | undefined => {
+  const match = /^postgres(?:ql)?:\/\/(?:([^@/?#]*)@)?([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?(?:#.*)?$/.exec(url.trim())
+  if (match === null) return undefined
+  const [, userinfo, hostlist, path, query] = match
+  let user: string | undefined
+  let password: Redacted.Redacted | undefined
+  if (userinfo !== undefined) {
+    const colon = userinfo.indexOf(":")
+    user = decode(colon === -1 ? userinfo : userinfo.slice(0, colon)) || undefined
+    if (colon !== -1) password = Redacted.make(decode(userinfo.slice(colon + 1)))
+  }
+  const hosts: Array<{ host: string; port: number | undefined }> = []
+  for (const entry of (hostlist ?? "").split(",")) {
+    if (entry === "") continue
+    const bracket = /^\[([^\]]+)\](?::(\d*))?$/.exec(entry)
+    const plain = /^([^:]*)(?::(\d*))?$/.exec(entry)
+    const found = bracket ?? plain
+    if (found === null) return undefined
+    const port = found[2] === undefined || found[2] === "" ? undefined : Number(found[2])
+    hosts.push({ host: decode(found[1] ?? ""), port })
+  }
+  const params = new Map<string, string>()
+  for (const pair of (query ?? "").split("&")) {
+    if (pair === "") continue
+    const eq = pair.indexOf("=")
+    params.set(decode(eq === -1 ? pair : pair.slice(0, eq)), decode(eq === -1 ? "" : pair.slice(eq + 1)))
+  }
+  return { hosts, database: path ? decode(path) : undefined, user, password, params }
+}
+
+/**
+ * Maps libpq's `sslmode` to the driver's TLS setting.
+ *
+ * @internal
+ */
+export const sslFromMode = (mode: string): Connector.SslConfig | undefined => {
+  switch (mode) {
+    case "disable":
+    case "allow":
+    case "prefer":
+      return false
+    case "require":
+      return true
+    case "verify-ca":
+    case "verify-full":
+      return { rejectUnauthorized: true }
+    default:
+      return undefined
+  }
+}
+
+const integer = (field: string, value: unknown, min: number, fallback: number): number | ConfigError.ConfigError => {
+  if (value === undefined) return fallback
+  if (value === Infinity && min >= 0) return Infinity
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min) {
+    return invalid(field, `${field} must be an integer >= ${min}, got ${String(value)}`)
+  }
+  return value
+}
+
+const millis = (
+  field: string,
+  value: unknown,
+  fallback: number | undefined,
+  options: { readonly allowZero: boolean }
+): number | undefined | ConfigError.ConfigError => {
+  if (value === undefined) return fallback
+  if (typeof value === "number" && (value < 0 || Number.isNaN(value))) {
+    return invalid(field, `${field} must be a non-negative duration, got ${value}`)
+  }
+  const decoded = Duration.decodeUnknown(value)
+  if (decoded._tag === "None") {
+    return invalid(field, `${field} must be a duration such as "5 seconds" or a number of milliseconds`)
+  }
+  const ms = Duration.toMillis(decoded.value)
+  if (!options.allowZero && ms === 0) return invalid(field, `${field} must be greater than zero`)
+  return ms
+}
+
+const isError = (u: unknown): u is ConfigError.ConfigError => ConfigError.isConfigError(u)
+
+/**
+ * Checks every field and fills in the defaults.
+ *
+ * @internal
+ */
+export const resolve = (config: Config): Effect.Effect<ResolvedConfig, ConfigError.ConfigError> =>
+  Effect.suspend(() => {
+    const result = resolveSync(config)
+    return isError(result) ? Effect.fail(result) : Effect.succeed(result)
+  })
+
+const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError => {
+  if (typeof config !== "object" || config === null) return invalid("config", "the configuration must be an object")
+  let parsed: ParsedUrl | undefined
+  if (config.url !== undefined) {
+    const raw = Redacted.isRedacted(config.url) ? Redacted.value(config.url) : config.url
+    if (typeof raw !== "string") return invalid("url", "url must be a string")
+    parsed = parseUrl(raw)
+    if (parsed === undefined) {
+      return invalid("url", "url is not a PostgreSQL connection URI (postgres://user:password@host:port/database)")
+    }
+    for (const name of parsed.params.keys()) {
+      if (!knownUrlParams.has(name)) return invalid("url", `url has an unknown parameter "${name}"`)
+    }
+  }
+  const params = parsed?.params ?? new Map<string, string>()
+
+  const port = config.port ?? (params.has("port") ? Number(params.get("port")) : undefined)
+  if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) {
+    return invalid("port", `port must be an integer between 1 and 65535, got ${String(port)}`)
+  }
+  for (const h of parsed?.hosts ?? []) {
+    if (h.port !== undefined && (!Number.isInteger(h.port) || h.port < 1 || h.port > 65535)) {
+      return invalid("url", "url has a port outside 1..65535")
+    }
+  }
+  let hosts: Array<HostPort>
+  if (config.hosts !== undefined) {
+    if (!Array.isArray(config.hosts) || config.hosts.length === 0) {
+      return invalid("hosts", "hosts must be a non-empty array of { host, port }")
+    }
+    hosts = []
+    for (const h of config.hosts) {
+      if (typeof h?.host !== "string" || h.host === "") return invalid("hosts", "every entry of hosts needs a host name")
+      const p = h.port ?? port ?? 5432
+      if (!Number.isInteger(p) || p < 1 || p > 65535) {
+        return invalid("hosts", `port of host ${h.host} must be an integer between 1 and 65535, got ${String(p)}`)
+      }
+      hosts.push({ host: h.host, port: p })
+    }
+  } else if (config.host !== undefined) {
+    if (typeof config.host !== "string" || config.host === "") return invalid("host", "host must be a non-empty string")
+    hosts = [{ host: config.host, port: port ?? 5432 }]
+  } else if (parsed !== undefined && parsed.hosts.length > 0) {
+    hosts = parsed.hosts.map((h) => ({ host: h.host || "localhost", port: h.port ?? port ?? 5432 }))
+  } else {
+    hosts = [{ host: params.get("host") ?? "localhost", port: port ?? 5432 }]
+  }
+
+  const user = config.user ?? parsed?.user ?? params.get("user") ?? "postgres"
+  if (typeof user !== "string" || user === "") return invalid("user", "user must be a non-empty string")
+  const database = config.database ?? parsed?.database ?? params.get("dbname") ?? user
+  if (typeof database !== "string" || database === "") {
+    return invalid("database", "database must be a non-empty string")
+  }
+  if (config.password !== undefined && !Redacted.isRedacted(config.password)) {
+    return invalid("password", "password must be a Redacted value (Redacted.make(...) or Config.redacted(...))")
+  }
+  const password = config.password ??
+    parsed?.password ??
+    (params.has("password") ? Redacted.make(params.get("password")!) : undefined)
+
+  let ssl: Connector.SslConfig | undefined = config.ssl
+  if (ssl !== undefined && typeof ssl !== "boolean" && (typeof ssl !== "object" || ssl === null)) {
+    return invalid("ssl", "ssl must be a boolean or an object of TLS options")
+  }
+  if (ssl === undefined && params.has("sslmode")) {
+    ssl = sslFromMode(params.get("sslmode")!)
+    if (ssl === undefined) {
+      return invalid("url", `sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full`)
+    }
+  }
+  const applicationName = config.applicationName ?? params.get("application_name")
+  if (applicationName !== undefined && typeof applicationName !== "string") {
+    return invalid("applicationName", "applicationName must be a string")
+  }
+
+  const maxConnections = integer("maxConnections", config.maxConnections, 1, 10)
+  if (isError(maxConnections)) return maxConnections
+  if (maxConnections === Infinity) return invalid("maxConnections", "maxConnections must be finite")
+  const minConnections = integer("minConnections", config.minConnections, 0, 0)
+  if (isError(minConnections)) return minConnections
+  if (minConnections > maxConnections) {
+    return invalid(
+      "minConnections",
+      `minConnections (${minConnections}) must not exceed maxConnections (${maxConnections})`
+    )
+  }
+  const maxIdleRaw = integer("maxIdle", config.maxIdle, 0, maxConnections)
+  if (isError(maxIdleRaw)) return maxIdleRaw
+  if (maxIdleRaw < minConnections) {
+    return invalid("maxIdle", `maxIdle (${maxIdleRaw}) must not be below minConnections (${minConnections})`)
+  }
+  const maxIdle = Math.min(maxIdleRaw, maxConnections)
+  if (config.blocking !== undefined && typeof config.blocking !== "boolean") {
+    return invalid("blocking", "blocking must be a boolean")
+  }
+  const acquireTimeout = millis("acquireTimeout", config.acquireTimeout, 30_000, { allowZero: true })
+  if (isError(acquireTimeout)) return acquireTimeout
+  const maxWaiting = integer("maxWaiting", config.maxWaiting, 0, Infinity)
+  if (isError(maxWaiting)) return maxWaiting
+  const maxUsageRaw = integer("maxUsage", config.maxUsage, 0, 0)
+  if (isError(maxUsageRaw)) return maxUsageRaw
+  const maxUsage = maxUsageRaw === 0 ? Infinity : maxUsageRaw
+  const setSession = config.setSession ?? []
+  if (!Array.isArray(setSession) || setSession.some((s) => typeof s !== "string" || s.trim() === "")) {
+    return invalid("setSession", "setSession must be an array of non-empty SQL strings")
+  }
+  const reset = config.reset ?? "transaction"
+  if (reset !== "transaction" && reset !== "always" && reset !== "full") {
+    return invalid("reset", `reset must be "transaction", "always" or "full", got ${JSON.stringify(reset)}`)
+  }
+  const idleTimeout = millis("idleTimeout", config.idleTimeout, 600_000, { allowZero: false })
+  if (isError(idleTimeout)) return idleTimeout
+  const maxLifetime = millis("maxLifetime", config.maxLifetime, 1_800_000, { allowZero: false })
+  if (isError(maxLifetime)) return maxLifetime
+  const maxLifetimeJitter = millis("maxLifetimeJitter", config.maxLifetimeJitter, undefined, { allowZero: true })
+  if (isError(maxLifetimeJitter)) return maxLifetimeJitter
+  const jitter = maxLifetimeJitter ?? (Number.isFinite(maxLifetime!) ? maxLifetime! / 10 : 0)
+  if (Number.isFinite(maxLifetime!) && jitter >= maxLifetime!) {
+    return invalid("maxLifetimeJitter", "maxLifetimeJitter must be smaller than maxLifetime")
+  }
+  if (config.pooling !== undefined && typeof config.pooling !== "boolean") {
+    return invalid("pooling", "pooling must be a boolean")
+  }
+  const connectTimeout = millis("connectTimeout", config.connectTimeout, 10_000, { allowZero: false })
+  if (isError(connectTimeout)) return connectTimeout
+  const drainTimeout = millis("drainTimeout", config.drainTimeout, 10_000, { allowZero: true })
+  if (isError(drainTimeout)) return drainTimeout
+  const maintenanceInterval = millis("maintenanceInterval", config.maintenanceInterval, 1_000, { allowZero: false })
+  if (isError(maintenanceInterval)) return maintenanceInterval
+  if (!Number.isFinite(maintenanceInterval!)) return invalid("maintenanceInterval", "maintenanceInterval must be finite")
+  if (config.reconnect !== undefined && !Schedule.isSchedule(config.reconnect)) {
+    return invalid("reconnect", "reconnect must be a Schedule")
+  }
+  if (config.lazy !== undefined && typeof config.lazy !== "boolean") return invalid("lazy", "lazy must be a boolean")
+  const statementTimeout = millis("statementTimeout", config.statementTimeout, undefined, { allowZero: false })
+  if (isError(statementTimeout)) return statementTimeout
+  const queryTimeout = millis("queryTimeout", config.queryTimeout, undefined, { allowZero: false })
+  if (isError(queryTimeout)) return queryTimeout
+  const leakDetectionThreshold = millis("leakDetectionThreshold", config.leakDetectionThreshold, undefined, {
+    allowZero: false
+  })
+  if (isError(leakDetectionThreshold)) return leakDetectionThreshold
+  const healthCheck = resolveHealthCheck(config.healthCheck)
+  if (isError(healthCheck)) return healthCheck
+  if (config.retryLostQueries !== undefined && typeof config.retryLostQueries !== "boolean") {
+    return invalid("retryLostQueries", "retryLostQueries must be a boolean")
+  }
+
+  return {
+    hosts,
+    database,
+    user,
+    password,
+    ssl,
+    applicationName,
+    minConnections,
+    maxConnections,
+    maxIdle,
+    blocking: config.blocking ?? true,
+    acquireTimeout: acquireTimeout!,
+    maxWaiting,
+    maxUsage,
+    setSession,
+    reset,
+    idleTimeout: idleTimeout!,
+    maxLifetime: maxLifetime!,
+    maxLifetimeJitter: jitter,
+    pooling: config.pooling ?? true,
+    connectTimeout: Duration.millis(connectTimeout!),
+    drainTimeout: drainTimeout!,
+    maintenanceInterval: maintenanceInterval!,
+    reconnect: config.reconnect ?? defaultReconnect,
+    lazy: config.lazy ?? false,
+    statementTimeout: statementTimeout === Infinity ? undefined : statementTimeout,
+    queryTimeout: queryTimeout === Infinity ? undefined : queryTimeout,
+    healthCheck,
+    retryLostQueries: config.retryLostQueries ?? true,
+    leakDetectionThreshold: leakDetectionThreshold === Infinity ? undefined : leakDetectionThreshold
+  }
+}
+
+const resolveHealthCheck = (input: Config["healthCheck"]): HealthCheck | ConfigError.ConfigError => {
+  if (input === false) return { enabled: false, idleThreshold: Infinity, interval: Infinity, timeout: Duration.seconds(5) }
+  const options = input === undefined || input === true ? {} : input
+  if (typeof options !== "object" || options === null) {
+    return invalid("healthCheck", "healthCheck must be a boolean or { idleThreshold, interval, timeout }")
+  }
+  const idleThreshold = millis("healthCheck.idleThreshold", options.idleThreshold, 5_000, { allowZero: true })
+  if (isError(idleThreshold)) return idleThreshold
+  const interval = millis("healthCheck.interval", options.interval, 60_000, { allowZero: false })
+  if (isError(interval)) return interval
+  const timeout = millis("healthCheck.timeout", options.timeout, 5_000, { allowZero: false })
+  if (isError(timeout)) return timeout
+  return { enabled: true, idleThreshold: idleThreshold!, interval: interval!, timeout: Duration.millis(timeout!) }
+}
+
+const knownUrlParams = new Set([
+  "host",
+  "port",
+  "dbname",
+  "user",
+  "password",
+  "sslmode",
+  "application_name",
+  "connect_timeout",
+  "target_session_attrs",
+  "load_balance_hosts",
+  "options"
+])
+
+/**
+ * The connect options for one host.
+ *
+ * @internal
+ */
+export const connectOptions = (config: ResolvedConfig, host: HostPort): Connector.ConnectOptions => {
+  const parameters: Record<string, string> = {}
+  if (config.statementTimeout !== undefined) parameters.statement_timeout = String(Math.round(config.statementTimeout))
+  return {
+    host: host.host,
+    port: host.port,
+    database: config.database,
+    user: config.user,
+    password: config.password,
+    ssl: config.ssl,
+    applicationName: config.applicationName,
+    connectTimeout: config.connectTimeout,
+    parameters
+  }
+}

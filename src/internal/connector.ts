@@ -1,0 +1,316 @@
+/**
+ * The live connector over node-postgres. This is the only module of the package that imports `pg`.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import pg from "pg"
+import PgCursor from "pg-cursor"
+import type * as Connector from "../Connector.js"
+import { ConnectionError, QueryError } from "../PgPoolError.js"
+
+const CLOSE_TIMEOUT = Duration.seconds(2)
+const CANCEL_TIMEOUT = Duration.seconds(5)
+
+interface Target {
+  readonly host: string
+  readonly port: number
+  readonly database: string
+}
+
+/** @internal */
+export const isDatabaseError = (u: unknown): u is pg.DatabaseError =>
+  u instanceof pg.DatabaseError ||
+  (typeof u === "object" && u !== null && "severity" in u && typeof (u as { code?: unknown }).code === "string")
+
+const connectionLostCodes = new Set(["57P01", "57P02", "57P03", "57P05"])
+
+/**
+ * True when an error reported by the driver means that the connection itself is unusable, as opposed to a
+ * statement that failed on a healthy connection.
+ *
+ * @internal
+ */
+export const isConnectionFailure = (cause: unknown): boolean => {
+  if (!isDatabaseError(cause)) return true
+  const code = cause.code ?? ""
+  return cause.severity === "FATAL" || cause.severity === "PANIC" || code.startsWith("08") ||
+    connectionLostCodes.has(code)
+}
+
+const describe = (cause: unknown): string => {
+  if (typeof cause === "object" && cause !== null && "message" in cause && typeof cause.message === "string") {
+    const code = (cause as { code?: unknown }).code
+    return typeof code === "string" && !cause.message.includes(code) ? `${cause.message} (${code})` : cause.message
+  }
+  return String(cause)
+}
+
+/** @internal */
+export const toQueryError = (cause: pg.DatabaseError): QueryError =>
+  new QueryError({
+    message: `${cause.message} (SQLSTATE ${cause.code})`,
+    code: cause.code ?? "XX000",
+    severity: cause.severity,
+    detail: cause.detail,
+    hint: cause.hint,
+    position: cause.position === undefined ? undefined : Number(cause.position),
+    schema: cause.schema,
+    table: cause.table,
+    column: cause.column,
+    constraint: cause.constraint,
+    cause
+  })
+
+/** @internal */
+export const toConnectionError = (target: Target, what: string, cause: unknown): ConnectionError =>
+  new ConnectionError({
+    message: `${what} (${target.host}:${target.port}/${target.database}): ${describe(cause)}`,
+    cause,
+    host: target.host,
+    port: target.port,
+    database: target.database,
+    code: isDatabaseError(cause) ? cause.code : undefined
+  })
+
+const toStatementError = (target: Target, cause: unknown): QueryError | ConnectionError =>
+  isConnectionFailure(cause)
+    ? toConnectionError(target, "Connection lost", cause)
+    : toQueryError(cause as pg.DatabaseError)
+
+const clientConfig = (options: Connector.ConnectOptions): pg.ClientConfig => {
+  const config: pg.ClientConfig & Record<string, unknown> = {
+    host: options.host,
+    port: options.port,
+    database: options.database,
+    user: options.user,
+    keepAlive: true
+  }
+  if (options.password !== undefined) config.password = Redacted.value(options.password)
+  if (options.applicationName !== undefined) config.application_name = options.applicationName
+  if (options.ssl !== undefined && options.ssl !== false) {
+    config.ssl = options.ssl === true ? { rejectUnauthorized: false } : {
+      ...options.ssl,
+      key: options.ssl.key === undefined ? undefined : Redacted.value(options.ssl.key)
+    }
+  }
+  const extra: Array<string> = []
+  for (const [name, value] of Object.entries(options.parameters)) {
+    extra.push(`-c ${name}=${value.replace(/([\\ ])/g, "\\$1")}`)
+  }
+  if (extra.length > 0) config.options = extra.join(" ")
+  return config
+}
+
+const transactionStatus = (status: string | null): Connector.TransactionStatus =>
+  status === "I" ? "idle" : status === "T" ? "transaction" : status === "E" ? "failed" : "unknown"
+
+interface CancelConnection {
+  readonly stream: { destroy(): void }
+  connect(port: number, host: string): void
+  cancel(pid: number, secretKey: number): void
+  on(event: string, listener: (...args: Array<unknown>) => void): void
+}
+
+interface ClientState {
+  connected: boolean
+  lost: boolean
+  closing: boolean
+}
+
+interface PgClientInternals {
+  readonly connection: { readonly stream: { destroy(error?: Error): void } }
+  readonly processID: number | null
+  readonly secretKey: number | null
+  getTransactionStatus(): string | null
+}
+
+const sendCancel = (target: Target, pid: number, secretKey: number): Effect.Effect<void, ConnectionError> =>
+  Effect.async<void, ConnectionError>((resume) => {
+    const con = new pg.Connection() as unknown as CancelConnection
+    let done = false
+    const finish = (error?: unknown) => {
+      if (done) return
+      done = true
+      con.stream.destroy()
+      resume(error === undefined ? Effect.void : Effect.fail(toConnectionError(target, "Cancel request failed", error)))
+    }
+    con.on("connect", () => {
+      con.cancel(pid, secretKey)
+    })
+    con.on("end", () => finish())
+    con.on("error", (error: unknown) => finish(error))
+    con.connect(target.port, target.host)
+    return Effect.sync(() => finish())
+  }).pipe(
+    Effect.timeoutFail({
+      duration: CANCEL_TIMEOUT,
+      onTimeout: () => toConnectionError(target, "Cancel request failed", new Error("timed out"))
+    })
+  )
+
+const makeConnection = (
+  client: pg.Client,
+  target: Target,
+  state: ClientState
+): Connector.Connection => {
+  const internals = client as unknown as PgClientInternals
+  let inFlight = 0
+  let idleWaiters: Array<() => void> = []
+  const settle = () => {
+    inFlight--
+    if (inFlight === 0 && idleWaiters.length > 0) {
+      const waiters = idleWaiters
+      idleWaiters = []
+      for (const wake of waiters) wake()
+    }
+  }
+  const backendPid = internals.processID ?? 0
+  const secretKey = internals.secretKey ?? 0
+  return {
+    backendPid,
+    send: (text, params, rowMode, callback) => {
+      inFlight++
+      const done = (error: Error | null, result: pg.QueryResult | undefined) => {
+        settle()
+        if (error) {
+          if (isConnectionFailure(error)) state.lost = true
+          callback(toStatementError(target, error), undefined)
+        } else {
+          callback(undefined, result as unknown as Connector.QueryResult)
+        }
+      }
+      if (rowMode === "array") {
+        client.query({ text, values: params as Array<unknown> | undefined, rowMode: "array" } as pg.QueryArrayConfig, done)
+      } else {
+        client.query(text, params as Array<unknown>, done)
+      }
+    },
+    queryUnprepared: (text) =>
+      Effect.async<ReadonlyArray<Connector.QueryResult>, QueryError | ConnectionError>((resume) => {
+        inFlight++
+        client.query(text, (error: Error | null, result: pg.QueryResult | Array<pg.QueryResult> | undefined) => {
+          settle()
+          if (error && isConnectionFailure(error)) state.lost = true
+          if (error) return resume(Effect.fail(toStatementError(target, error)))
+          const results = (Array.isArray(result) ? result : [result]) as unknown as Array<Connector.QueryResult>
+          resume(Effect.succeed(results))
+        })
+      }),
+    cursor: (text, params, rowMode) => {
+      const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)
+      let open = true
+      inFlight++
+      client.query(cursor)
+      const closed = () => {
+        if (open) {
+          open = false
+          settle()
+        }
+      }
+      return {
+        read: (rows) =>
+          Effect.async<ReadonlyArray<Connector.Row>, QueryError | ConnectionError>((resume) => {
+            cursor.read(rows, (error, result) => {
+              if (error) {
+                closed()
+                resume(Effect.fail(toStatementError(target, error)))
+              } else {
+                resume(Effect.succeed(result))
+              }
+            })
+          }),
+        close: Effect.async<void>((resume) => {
+          if (!open) return resume(Effect.void)
+          cursor.close(() => {
+            closed()
+            resume(Effect.void)
+          })
+        })
+      }
+    },
+    transactionStatus: () => transactionStatus(internals.getTransactionStatus()),
+    isBusy: () => inFlight > 0,
+    awaitIdle: Effect.async<void>((resume) => {
+      if (inFlight === 0) return resume(Effect.void)
+      const wake = () => resume(Effect.void)
+      idleWaiters.push(wake)
+      return Effect.sync(() => {
+        idleWaiters = idleWaiters.filter((w) => w !== wake)
+      })
+    }),
+    isBroken: () => state.lost,
+    cancel: Effect.suspend(() => inFlight > 0 ? sendCancel(target, backendPid, secretKey) : Effect.void),
+    onNotification: (handler) => {
+      client.removeAllListeners("notification")
+      client.on("notification", (message: pg.Notification) =>
+        handler({ channel: message.channel, payload: message.payload ?? "", processId: message.processId }))
+    }
+  }
+}
+
+const closeClient = (client: pg.Client, state: ClientState): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    state.closing = true
+    state.lost = true
+    client.end(() => resume(Effect.void))
+  }).pipe(
+    Effect.timeoutTo({
+      duration: CLOSE_TIMEOUT,
+      onSuccess: () => Effect.void,
+      onTimeout: () => Effect.sync(() => (client as unknown as PgClientInternals).connection.stream.destroy())
+    }),
+    Effect.flatten,
+    Effect.catchAllDefect(() => Effect.void)
+  )
+
+/** @internal */
+export const make: Connector.Connector = {
+  connect: (options, onLost) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const state: ClientState = { connected: false, lost: false, closing: false }
+        const client = new pg.Client(clientConfig(options))
+        const target: Target = { host: options.host, port: options.port, database: options.database }
+        const lost = (cause: unknown) => {
+          if (state.lost) return
+          state.lost = true
+          if (state.connected && !state.closing) onLost(toConnectionError(target, "Connection lost", cause))
+        }
+        client.on("error", lost)
+        client.on("end", () => lost(new Error("Connection ended")))
+        return { client, state, target }
+      }),
+      ({ client, state }) => closeClient(client, state)
+    ).pipe(
+      Effect.flatMap(({ client, state, target }) =>
+        Effect.async<Connector.Connection, ConnectionError>((resume) => {
+          client.connect((error: Error | undefined) => {
+            if (error) {
+              state.lost = true
+              resume(Effect.fail(toConnectionError(target, "Cannot connect", error)))
+            } else {
+              state.connected = true
+              resume(Effect.succeed(makeConnection(client, target, state)))
+            }
+          })
+          return Effect.sync(() => {
+            state.lost = true
+            ;(client as unknown as PgClientInternals).connection.stream.destroy()
+          })
+        }).pipe(
+          Effect.timeoutFail({
+            duration: options.connectTimeout,
+            onTimeout: () =>
+              toConnectionError(
+                target,
+                "Cannot connect",
+                new Error(`connect timed out after ${Duration.format(options.connectTimeout)}`)
+              )
+          })
+        )
+      )
+    )
+}

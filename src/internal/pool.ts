@@ -1,0 +1,1264 @@
+/**
+ * The pool core: a bounded set of physical connections with a FIFO waiter queue, written from Effect
+ * primitives. All bookkeeping is synchronous JavaScript run inside Effect steps (one thread, so a step is
+ * atomic with respect to other fibers); only connecting, resetting, pinging and closing are effects, and
+ * they run in fibers of the pool's own FiberSets.
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+import type * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as ConfigError from "effect/ConfigError"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
+import * as FiberSet from "effect/FiberSet"
+import { globalValue } from "effect/GlobalValue"
+import * as Option from "effect/Option"
+import type * as Random from "effect/Random"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Connector from "../Connector.js"
+import type * as PgPool from "../PgPool.js"
+import { ConnectionError, PoolClosedError, PoolExhaustedError, QueryError } from "../PgPoolError.js"
+import type { PoolError } from "../PgPoolError.js"
+import * as config_ from "./config.js"
+
+/** @internal */
+export const CoreId: unique symbol = Symbol.for("effect-pg-pool/PgPool/core")
+
+/** @internal */
+export const tag: Context.Tag<PgPool.PgPool, PgPool.PgPool> = Context.GenericTag<PgPool.PgPool>("effect-pg-pool/PgPool")
+
+/**
+ * `PgPool.query` as one step: find the pool in the context and the pinned connection, if any.
+ *
+ * @internal
+ */
+export const query = (
+  text: string,
+  params?: ReadonlyArray<unknown>
+): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError, PgPool.PgPool> =>
+  Effect.withFiberRuntime((fiber) => {
+    const service = Context.unsafeGet(fiber.getFiberRef(FiberRef.currentContext), tag)
+    const core = (service as { readonly [CoreId]?: PoolCore })[CoreId]
+    if (core === undefined) return service.query(text, params)
+    const pin = findPin(fiber.getFiberRef(currentPins), core)
+    return pin === undefined
+      ? core.oneShot(text, params, core.config.retryLostQueries)
+      : pin.handle.query(text, params)
+  })
+
+/** @internal */
+export const TypeId: PgPool.TypeId = Symbol.for("effect-pg-pool/PgPool") as PgPool.TypeId
+
+type ConnState = "idle" | "busy" | "checking" | "closing"
+
+type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+/** @internal */
+export class Physical {
+  state: ConnState = "busy"
+  idleSince: number
+  invalidated = false
+  lost = false
+  leakWatch: Fiber.RuntimeFiber<void> | undefined = undefined
+  constructor(
+    readonly id: number,
+    readonly driver: Connector.Connection,
+    readonly scope: Scope.CloseableScope,
+    readonly host: config_.HostPort,
+    readonly createdAt: number,
+    readonly expiresAt: number,
+    readonly usage: Ref.Ref<number>
+  ) {
+    this.idleSince = createdAt
+  }
+}
+
+/**
+ * A fiber (or a one-shot statement) queued for a connection. The queue is an intrusive doubly linked list,
+ * so a waiter that times out or is interrupted leaves it in O(1).
+ *
+ * @internal
+ */
+export interface Waiter {
+  readonly enqueuedAt: number
+  readonly deadline: number
+  prev: Waiter | undefined
+  next: Waiter | undefined
+  settled: boolean
+  deliver(conn: Physical): void
+  fail(error: PoolError): void
+}
+
+class CheckoutWaiter implements Waiter {
+  prev: Waiter | undefined = undefined
+  next: Waiter | undefined = undefined
+  settled = false
+  conn: Physical | undefined = undefined
+  constructor(
+    readonly resume: (effect: Effect.Effect<Physical, PoolError>) => void,
+    readonly enqueuedAt: number,
+    readonly deadline: number
+  ) {}
+  deliver(conn: Physical): void {
+    this.conn = conn
+    this.resume(Effect.succeed(conn))
+  }
+  fail(error: PoolError): void {
+    this.resume(Effect.fail(error))
+  }
+}
+
+const enum OpState {
+  Waiting,
+  Running,
+  Done,
+  Finished
+}
+
+/**
+ * A one-shot statement: waits for a connection (if none is idle) and sends the statement the moment one is
+ * handed over, all in one suspension of the calling fiber. The fiber resumes with the op once the server
+ * answered, and then releases the connection.
+ *
+ * @internal
+ */
+export class QueryOp implements Waiter {
+  prev: Waiter | undefined = undefined
+  next: Waiter | undefined = undefined
+  settled = false
+  enqueuedAt = 0
+  deadline = 0
+  state = OpState.Waiting
+  conn: Physical | undefined = undefined
+  error: QueryError | ConnectionError | undefined = undefined
+  result: Connector.QueryResult | undefined = undefined
+  resume: ((effect: Effect.Effect<QueryOp, PoolError>) => void) | undefined = undefined
+  constructor(
+    readonly core: PoolCore,
+    readonly text: string,
+    readonly params: ReadonlyArray<unknown> | undefined
+  ) {}
+  readonly register = (resume: (effect: Effect.Effect<QueryOp, PoolError>) => void): void => {
+    this.resume = resume
+    if (this.conn !== undefined) this.send(this.conn)
+    else this.core.enqueue(this)
+  }
+  deliver(conn: Physical): void {
+    this.conn = conn
+    this.send(conn)
+  }
+  fail(error: PoolError): void {
+    this.state = OpState.Finished
+    this.resume!(Effect.fail(error))
+  }
+  send(conn: Physical): void {
+    this.state = OpState.Running
+    conn.driver.send(this.text, this.params, undefined, this.onResult)
+  }
+  readonly onResult = (
+    error: QueryError | ConnectionError | undefined,
+    result: Connector.QueryResult | undefined
+  ): void => {
+    if (this.state !== OpState.Running) return
+    this.state = OpState.Done
+    this.error = error
+    this.result = result
+    this.resume!(Effect.succeed(this))
+  }
+  /**
+   * The fiber was interrupted while waiting or while the statement ran: leave the queue, or cancel the
+   * statement, let it settle and give the connection back.
+   */
+  abandon(): Effect.Effect<void> {
+    const state = this.state
+    this.state = OpState.Finished
+    switch (state) {
+      case OpState.Waiting:
+        return this.core.cancelWaiter(this)
+      case OpState.Running:
+        return Effect.zipRight(this.core.cancelAndSettle(this.conn!), this.core.release(this.conn!))
+      case OpState.Done:
+        return this.core.release(this.conn!)
+      case OpState.Finished:
+        return Effect.void
+    }
+  }
+}
+
+interface Pin {
+  readonly core: PoolCore
+  readonly handle: Handle
+  readonly next: Pin | undefined
+}
+
+/**
+ * The connections pinned by `withConnection` (and transactions) in the current fiber, innermost first.
+ *
+ * @internal
+ */
+export const currentPins: FiberRef.FiberRef<Pin | undefined> = globalValue(
+  Symbol.for("effect-pg-pool/PgPool/currentPins"),
+  () => FiberRef.unsafeMake<Pin | undefined>(undefined)
+)
+
+const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
+  while (pins !== undefined && pins.core !== core) pins = pins.next
+  return pins
+}
+
+const emptyReasons = (): Record<PgPool.CloseReason, number> => ({
+  idle: 0,
+  lifetime: 0,
+  maxUsage: 0,
+  maxIdle: 0,
+  broken: 0,
+  invalidated: 0,
+  unpooled: 0,
+  reset: 0,
+  busy: 0,
+  poolClosed: 0
+})
+
+const transientConnectCode = (code: string): boolean =>
+  code.startsWith("08") || code.startsWith("53") || code.startsWith("57P")
+
+/**
+ * A connect failure worth retrying: network errors and the server's "not now" answers. A wrong password, a
+ * missing database or a failing `setSession` statement will not heal by retrying.
+ *
+ * @internal
+ */
+export const isTransientConnectError = (error: ConnectionError): boolean =>
+  error.code === undefined || transientConnectCode(error.code)
+
+const increment = (n: number) => n + 1
+
+const CANCEL_SETTLE_TIMEOUT = Duration.seconds(5)
+const RESET_TIMEOUT = Duration.seconds(5)
+
+/**
+ * A checked-out connection as the user sees it.
+ *
+ * @internal
+ */
+export class Handle implements PgPool.PooledConnection {
+  released = false
+  readonly backendPid: number
+  constructor(readonly core: PoolCore, readonly conn: Physical) {
+    this.backendPid = conn.driver.backendPid
+  }
+  readonly query = (
+    text: string,
+    params?: ReadonlyArray<unknown>
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> =>
+    this.released ? Effect.fail(this.core.usedAfterRelease(this)) : this.core.rows(this.conn, text, params)
+  get invalidate(): Effect.Effect<void> {
+    return this.core.invalidate(this.conn)
+  }
+}
+
+/** @internal */
+export class PoolCore {
+  readonly idle: Array<Physical> = []
+  readonly all = new Set<Physical>()
+  head: Waiter | undefined = undefined
+  tail: Waiter | undefined = undefined
+  waiting = 0
+  size = 0
+  pending = 0
+  closing = 0
+  checking = 0
+  inUse = 0
+  closed = false
+  nextId = 1
+  created = 0
+  closedTotal = 0
+  readonly closedByReason = emptyReasons()
+  acquired = 0
+  timeouts = 0
+  connectFailures = 0
+  consecutiveFailures = 0
+  lastFailureAt = 0
+  lastConnectError: ConnectionError | undefined = undefined
+  timerWake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
+  drained: Deferred.Deferred<void> | undefined = undefined
+  readonly hostIndex = 0
+
+  constructor(
+    readonly config: config_.ResolvedConfig,
+    readonly connector: Connector.Connector,
+    readonly clock: Clock.Clock,
+    readonly random: Random.Random,
+    readonly runBackground: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>,
+    readonly runCloser: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+  ) {}
+
+  // ---------------------------------------------------------------------------------------------
+  // statements
+  // ---------------------------------------------------------------------------------------------
+
+  /** Runs one statement on a connection this fiber holds; an interrupted statement is cancelled. */
+  run(
+    conn: Physical,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode?: "array" | undefined
+  ): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    const statement = this.countStatement(
+      conn,
+      Effect.uninterruptibleMask((restore) =>
+        Effect.matchCauseEffect(
+          restore(Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+            conn.driver.send(text, params, rowMode, (error, result) => {
+              resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+            })
+          })),
+          {
+            onFailure: (cause) =>
+              Cause.isInterrupted(cause)
+                ? Effect.zipRight(this.cancelAndSettle(conn), Effect.failCause(cause))
+                : Effect.failCause(cause),
+            onSuccess: Effect.succeed
+          }
+        )
+      )
+    )
+    return this.config.queryTimeout === undefined ? statement : this.withQueryTimeout(statement)
+  }
+
+  /**
+   * Statements are counted in the connection's `Ref` when `maxUsage` is set (with no limit there is nothing
+   * to count for, and the hot path stays without the extra steps).
+   */
+  get counting(): boolean {
+    return this.config.maxUsage !== Infinity
+  }
+
+  countStatement<A, E, R>(conn: Physical, statement: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+    return this.counting ? Effect.zipRight(Ref.update(conn.usage, increment), statement) : statement
+  }
+
+  withQueryTimeout<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | QueryError, R> {
+    const timeout = this.config.queryTimeout!
+    return Effect.catchTag(
+      Effect.timeout(effect, timeout),
+      "TimeoutException",
+      () =>
+        Effect.fail(
+          new QueryError({
+            message: `Statement cancelled: it ran longer than queryTimeout (${timeout} ms) (SQLSTATE 57014)`,
+            code: "57014"
+          })
+        )
+    )
+  }
+
+  rows(
+    conn: Physical,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> {
+    return Effect.map(this.run(conn, text, params), (result) => result.rows)
+  }
+
+  /**
+   * Sends a CancelRequest for the statement running on `conn` and waits until the driver has seen the end of
+   * it. A statement that does not settle gets its connection closed, which ends it.
+   */
+  cancelAndSettle(conn: Physical): Effect.Effect<void> {
+    if (!conn.driver.isBusy()) return Effect.void
+    return conn.driver.cancel.pipe(
+      Effect.zipRight(conn.driver.awaitIdle),
+      Effect.timeoutFail({ duration: CANCEL_SETTLE_TIMEOUT, onTimeout: () => "unsettled" as const }),
+      Effect.catchAll(() => {
+        conn.lost = true
+        return Scope.close(conn.scope, Exit.void)
+      }),
+      Effect.uninterruptible
+    )
+  }
+
+  usedAfterRelease(handle: Handle): ConnectionError {
+    return new ConnectionError({
+      message:
+        `Connection used after it was returned to the pool (backend ${handle.backendPid}): keep the Scope of PgPool.connection open while you use it`
+    })
+  }
+
+  invalidate(conn: Physical): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (conn.invalidated) return Effect.void
+      conn.invalidated = true
+      return Effect.uninterruptible(Scope.close(conn.scope, Exit.void))
+    })
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // checkout
+  // ---------------------------------------------------------------------------------------------
+
+  /** Pops a usable idle connection (closing dead and expired ones on the way); the caller owns it. */
+  takeIdle(now: number): Physical | undefined {
+    let conn: Physical | undefined
+    while ((conn = this.idle.pop()) !== undefined) {
+      if (conn.lost || conn.driver.isBroken()) {
+        this.closeDetached(conn, "broken")
+      } else if (now >= conn.expiresAt) {
+        this.closeDetached(conn, "lifetime")
+      } else {
+        return conn
+      }
+    }
+    return undefined
+  }
+
+  needsPing(conn: Physical, now: number): boolean {
+    const health = this.config.healthCheck
+    return health.enabled && now - conn.idleSince >= health.idleThreshold
+  }
+
+  markBusy(conn: Physical): void {
+    conn.state = "busy"
+    this.inUse++
+    this.acquired++
+  }
+
+  /** Why a checkout that found no idle connection must fail at once, if it must. */
+  refusal(): Effect.Effect<never, PoolExhaustedError> | undefined {
+    const config = this.config
+    if (!config.blocking && this.size + this.closing >= config.maxConnections) return this.refuse("maxConnections")
+    if (this.waiting >= config.maxWaiting) return this.refuse("maxWaiting")
+    return undefined
+  }
+
+  /** Takes a connection. Must run in an uninterruptible region; only the wait is made interruptible. */
+  checkout(restore: Restore): Effect.Effect<Physical, PoolError> {
+    return Effect.suspend(() => {
+      if (this.closed) return Effect.fail(this.closedError())
+      const now = this.clock.unsafeCurrentTimeMillis()
+      const conn = this.takeIdle(now)
+      if (conn !== undefined) {
+        if (this.needsPing(conn, now)) {
+          return Effect.flatMap(this.validate(conn), (alive) => alive ? Effect.succeed(conn) : this.checkout(restore))
+        }
+        this.markBusy(conn)
+        return Effect.succeed(conn)
+      }
+      const refused = this.refusal()
+      if (refused !== undefined) return refused
+      let waiter: CheckoutWaiter
+      return Effect.matchCauseEffect(
+        restore(Effect.async<Physical, PoolError>((resume) => {
+          waiter = new CheckoutWaiter(resume, now, now + this.config.acquireTimeout)
+          this.enqueue(waiter)
+        })),
+        {
+          onFailure: (cause) => Effect.zipRight(this.cancelWaiter(waiter), Effect.failCause(cause)),
+          onSuccess: Effect.succeed
+        }
+      )
+    })
+  }
+
+  /** Pings a connection taken from the idle list; true (and checked out) if it answered. */
+  validate(conn: Physical): Effect.Effect<boolean> {
+    conn.state = "checking"
+    this.checking++
+    return Effect.map(this.ping(conn), (alive) => {
+      this.checking--
+      if (alive && !this.closed) {
+        this.markBusy(conn)
+        return true
+      }
+      this.closeDetached(conn, alive ? "poolClosed" : "broken")
+      return false
+    })
+  }
+
+  ping(conn: Physical): Effect.Effect<boolean> {
+    return Connector.query(conn.driver, "select 1").pipe(
+      Effect.timeout(this.config.healthCheck.timeout),
+      Effect.match({
+        onFailure: () => {
+          conn.lost = true
+          return false
+        },
+        onSuccess: () => true
+      })
+    )
+  }
+
+  enqueue(waiter: Waiter & { enqueuedAt: number; deadline: number }): void {
+    if (waiter.enqueuedAt === 0) {
+      const now = this.clock.unsafeCurrentTimeMillis()
+      waiter.enqueuedAt = now
+      waiter.deadline = now + this.config.acquireTimeout
+    }
+    waiter.prev = this.tail
+    if (this.tail === undefined) this.head = waiter
+    else this.tail.next = waiter
+    this.tail = waiter
+    this.waiting++
+    if (this.timerWake !== undefined && waiter.deadline !== Infinity) {
+      const wake = this.timerWake
+      this.timerWake = undefined
+      wake(Effect.void)
+    }
+    this.fill()
+  }
+
+  refuse(reason: "maxConnections" | "maxWaiting"): Effect.Effect<never, PoolExhaustedError> {
+    const error = new PoolExhaustedError({ reason, stats: this.snapshot() })
+    return Effect.zipRight(this.logLimit(error), Effect.fail(error))
+  }
+
+  lastLimitLog = -Infinity
+  suppressedLimitLogs = 0
+
+  /** Logs a limit that was hit, at most once a second (with the number of similar events left out). */
+  logLimit(error: PoolExhaustedError | ConnectionError): Effect.Effect<void> {
+    const now = this.clock.unsafeCurrentTimeMillis()
+    if (now - this.lastLimitLog < 1000) {
+      this.suppressedLimitLogs++
+      return Effect.void
+    }
+    this.lastLimitLog = now
+    const suppressed = this.suppressedLimitLogs
+    this.suppressedLimitLogs = 0
+    return Effect.logWarning(error.message).pipe(
+      Effect.annotateLogs(suppressed > 0 ? { error: error._tag, suppressedSimilar: suppressed } : { error: error._tag })
+    )
+  }
+
+  unlink(waiter: Waiter): void {
+    if (waiter.prev === undefined) this.head = waiter.next
+    else waiter.prev.next = waiter.next
+    if (waiter.next === undefined) this.tail = waiter.prev
+    else waiter.next.prev = waiter.prev
+    waiter.prev = waiter.next = undefined
+    this.waiting--
+  }
+
+  /** An interrupted checkout: leave the queue, or give back the connection handed over meanwhile. */
+  cancelWaiter(waiter: CheckoutWaiter | QueryOp): Effect.Effect<void> {
+    if (!waiter.settled) {
+      waiter.settled = true
+      this.unlink(waiter)
+      return Effect.void
+    }
+    const conn = waiter.conn
+    return conn === undefined ? Effect.void : this.release(conn)
+  }
+
+  /** Hands a connection to the first waiter. */
+  deliver(conn: Physical): boolean {
+    const waiter = this.head
+    if (waiter === undefined) return false
+    waiter.settled = true
+    this.unlink(waiter)
+    this.markBusy(conn)
+    waiter.deliver(conn)
+    return true
+  }
+
+  failHead(error: PoolError): void {
+    const waiter = this.head
+    if (waiter === undefined) return
+    waiter.settled = true
+    this.unlink(waiter)
+    waiter.fail(error)
+  }
+
+  expire(waiter: Waiter, now: number): Effect.Effect<void> {
+    waiter.settled = true
+    this.unlink(waiter)
+    this.timeouts++
+    const waited = now - waiter.enqueuedAt
+    const last = this.lastConnectError
+    const connectTrouble = this.consecutiveFailures > 0 && last !== undefined &&
+      (this.pending > 0 || this.lastFailureAt >= waiter.enqueuedAt)
+    const error: PoolError = connectTrouble
+      ? new ConnectionError({
+        message:
+          `No connection within the acquire timeout (waited ${waited} ms): connecting kept failing (${this.consecutiveFailures} attempts), last: ${last.message}`,
+        cause: last,
+        host: last.host,
+        port: last.port,
+        database: last.database,
+        code: last.code,
+        attempts: this.consecutiveFailures
+      })
+      : new PoolExhaustedError({ reason: "acquireTimeout", stats: this.snapshot(), waitedMillis: waited })
+    waiter.fail(error)
+    return this.logLimit(error)
+  }
+
+  /** The fiber that times out waiters. Waiters share one timeout, so their deadlines grow along the queue. */
+  readonly timerLoop: Effect.Effect<never> = Effect.suspend(() => {
+    const head = this.head
+    if (head === undefined || head.deadline === Infinity) {
+      return Effect.async<void>((resume) => {
+        this.timerWake = resume
+        return Effect.sync(() => {
+          this.timerWake = undefined
+        })
+      })
+    }
+    const now = this.clock.unsafeCurrentTimeMillis()
+    if (head.deadline <= now) return this.expire(head, now)
+    return Effect.sleep(head.deadline - now)
+  }).pipe(Effect.forever)
+
+  // ---------------------------------------------------------------------------------------------
+  // return
+  // ---------------------------------------------------------------------------------------------
+
+  /** Gives a connection back: reset it per `reset`, then hand it on, keep it idle, or close it. */
+  release(conn: Physical): Effect.Effect<void> {
+    return this.counting
+      ? Effect.flatMap(Ref.get(conn.usage), (usage) => this.releaseWith(conn, usage))
+      : Effect.suspend(() => this.releaseWith(conn, 0))
+  }
+
+  releaseWith(conn: Physical, usage: number): Effect.Effect<void> {
+    if (conn.leakWatch !== undefined) {
+      const watch = conn.leakWatch
+      conn.leakWatch = undefined
+      return Effect.zipRight(Fiber.interruptFork(watch), this.releaseWith(conn, usage))
+    }
+    if (conn.lost || conn.driver.isBroken()) return this.discard(conn, "broken")
+    if (conn.invalidated) return this.discard(conn, "invalidated")
+    if (this.closed) return this.discard(conn, "poolClosed")
+    if (conn.driver.isBusy()) return this.discard(conn, "busy")
+    if (this.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") {
+      return this.reset(conn, usage)
+    }
+    return this.checkin(conn, usage)
+  }
+
+  reset(conn: Physical, usage: number): Effect.Effect<void> {
+    const config = this.config
+    const driver = conn.driver
+    const statements: Array<string> = []
+    if (config.reset !== "transaction" || driver.transactionStatus() !== "idle") statements.push("ROLLBACK")
+    if (config.reset === "full") statements.push("DISCARD ALL", ...config.setSession)
+    return Effect.forEach(statements, (text) => Connector.query(driver, text), { discard: true }).pipe(
+      Effect.timeout(RESET_TIMEOUT),
+      Effect.matchEffect({
+        onFailure: () => this.discard(conn, "reset"),
+        onSuccess: () => driver.transactionStatus() === "idle" ? this.checkin(conn, usage) : this.discard(conn, "reset")
+      }),
+      Effect.uninterruptible
+    )
+  }
+
+  checkin(conn: Physical, usage: number): Effect.Effect<void> {
+    const config = this.config
+    if (!config.pooling) return this.discard(conn, "unpooled")
+    if (usage >= config.maxUsage) return this.discard(conn, "maxUsage")
+    const now = this.clock.unsafeCurrentTimeMillis()
+    if (now >= conn.expiresAt) return this.discard(conn, "lifetime")
+    this.inUse--
+    if (this.deliver(conn)) return Effect.void
+    if (this.idle.length >= config.maxIdle) {
+      this.inUse++
+      return this.discard(conn, "maxIdle")
+    }
+    conn.state = "idle"
+    conn.idleSince = now
+    this.idle.push(conn)
+    if (this.inUse === 0 && this.drained !== undefined) Deferred.unsafeDone(this.drained, Exit.void)
+    if (now - this.idle[0]!.idleSince >= config.idleTimeout && this.size > config.minConnections) this.purge(now)
+    return Effect.void
+  }
+
+  /** Closes a checked-out connection instead of returning it. */
+  discard(conn: Physical, reason: PgPool.CloseReason): Effect.Effect<void> {
+    this.inUse--
+    this.closeDetached(conn, reason)
+    if (this.inUse === 0 && this.drained !== undefined) Deferred.unsafeDone(this.drained, Exit.void)
+    return Effect.void
+  }
+
+  /** Closes a connection that is neither idle nor checked out, in the background. */
+  closeDetached(conn: Physical, reason: PgPool.CloseReason): void {
+    conn.state = "closing"
+    this.size--
+    this.closing++
+    this.closedTotal++
+    this.closedByReason[reason]++
+    this.runCloser(
+      Scope.close(conn.scope, Exit.void).pipe(
+        Effect.zipRight(Effect.logDebug("connection closed")),
+        Effect.annotateLogs({ backendPid: conn.driver.backendPid, reason, host: conn.host.host }),
+        Effect.ensuring(Effect.sync(() => {
+          this.closing--
+          this.all.delete(conn)
+          this.fill()
+        })),
+        Effect.uninterruptible
+      )
+    )
+  }
+
+  removeIdle(conn: Physical): void {
+    const index = this.idle.indexOf(conn)
+    if (index !== -1) this.idle.splice(index, 1)
+  }
+
+  /** Closes idle connections past idleTimeout (down to minConnections) or past their lifetime. */
+  purge(now: number): number {
+    const config = this.config
+    let closed = 0
+    for (const conn of this.idle.slice()) {
+      if (now >= conn.expiresAt) {
+        this.removeIdle(conn)
+        this.closeDetached(conn, "lifetime")
+        closed++
+      } else if (now - conn.idleSince >= config.idleTimeout && this.size > config.minConnections) {
+        this.removeIdle(conn)
+        this.closeDetached(conn, "idle")
+        closed++
+      }
+    }
+    return closed
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // connecting
+  // ---------------------------------------------------------------------------------------------
+
+  /** Starts connects for waiters not yet covered by one in flight, within maxConnections. */
+  fill(): void {
+    if (this.closed) return
+    let demand = this.waiting - this.pending
+    while (demand > 0 && this.size + this.closing < this.config.maxConnections) {
+      this.startConnect()
+      demand--
+    }
+  }
+
+  topUp(): void {
+    if (this.closed || !this.config.pooling) return
+    while (this.size < this.config.minConnections && this.size + this.closing < this.config.maxConnections) {
+      this.startConnect()
+    }
+  }
+
+  needed(): boolean {
+    return !this.closed && (this.waiting > 0 || this.size <= this.config.minConnections)
+  }
+
+  startConnect(): void {
+    this.size++
+    this.pending++
+    this.runBackground(
+      this.openRetrying((error) => isTransientConnectError(error) && this.needed()).pipe(
+        Effect.exit,
+        Effect.flatMap((exit) => this.connected(exit))
+      )
+    )
+  }
+
+  connected(exit: Exit.Exit<Physical, ConnectionError>): Effect.Effect<void> {
+    this.pending--
+    if (Exit.isSuccess(exit)) {
+      const conn = exit.value
+      if (this.closed) {
+        this.closeDetached(conn, "poolClosed")
+        return Effect.void
+      }
+      if (this.deliver(conn)) return Effect.void
+      if (this.idle.length >= this.config.maxIdle && this.size > this.config.minConnections) {
+        this.closeDetached(conn, "maxIdle")
+        return Effect.void
+      }
+      conn.state = "idle"
+      conn.idleSince = this.clock.unsafeCurrentTimeMillis()
+      this.idle.push(conn)
+      return Effect.void
+    }
+    this.size--
+    const failure = Cause.failureOption(exit.cause)
+    if (Option.isSome(failure)) this.failHead(failure.value)
+    this.fill()
+    return Effect.void
+  }
+
+  /** One connect attempt: open, set the session up, wrap it. */
+  readonly open: Effect.Effect<Physical, ConnectionError> = Effect.uninterruptibleMask((restore) =>
+    Effect.gen(this, function*() {
+      const host = this.config.hosts[0]!
+      const options = config_.connectOptions(this.config, host)
+      const scope = yield* Scope.make()
+      const holder: { conn: Physical | undefined; lost: boolean } = { conn: undefined, lost: false }
+      const opened = yield* restore(
+        Effect.flatMap(
+          this.connector.connect(options, (error) => this.lost(holder, error)),
+          (driver) => Effect.as(this.setSession(driver, options), driver)
+        ).pipe(
+          Scope.extend(scope),
+          Effect.timeoutFail({
+            duration: this.config.connectTimeout,
+            onTimeout: () =>
+              new ConnectionError({
+                message: `Cannot connect (${host.host}:${host.port}/${this.config.database}): connectTimeout of ${
+                  Duration.format(this.config.connectTimeout)
+                } ran out`,
+                host: host.host,
+                port: host.port,
+                database: this.config.database
+              })
+          })
+        )
+      ).pipe(Effect.exit)
+      if (Exit.isFailure(opened)) {
+        yield* Scope.close(scope, opened)
+        this.connectFailures++
+        this.consecutiveFailures++
+        this.lastFailureAt = this.clock.unsafeCurrentTimeMillis()
+        const failure = Cause.failureOption(opened.cause)
+        if (Option.isSome(failure)) this.lastConnectError = failure.value
+        return yield* Effect.failCause(opened.cause)
+      }
+      const now = this.clock.unsafeCurrentTimeMillis()
+      const lifetime = this.config.maxLifetime
+      const jitter = this.config.maxLifetimeJitter > 0 ? (yield* this.random.next) * this.config.maxLifetimeJitter : 0
+      const conn = new Physical(
+        this.nextId++,
+        opened.value,
+        scope,
+        host,
+        now,
+        now + lifetime - jitter,
+        yield* Ref.make(0)
+      )
+      holder.conn = conn
+      if (holder.lost) conn.lost = true
+      this.all.add(conn)
+      this.created++
+      this.consecutiveFailures = 0
+      yield* Effect.logDebug("connection opened").pipe(
+        Effect.annotateLogs({ backendPid: conn.driver.backendPid, host: host.host, port: host.port })
+      )
+      return conn
+    })
+  )
+
+  /** Opens a connection, retrying per the `reconnect` schedule while `retryWhile` holds. */
+  openRetrying(retryWhile: (error: ConnectionError) => boolean): Effect.Effect<Physical, ConnectionError> {
+    let attempt = 0
+    return this.open.pipe(
+      Effect.tapError((error) => {
+        attempt++
+        return Effect.logWarning(`connect failed (attempt ${attempt}): ${error.message}`).pipe(
+          Effect.annotateLogs({ attempt, host: error.host ?? "", code: error.code ?? "" })
+        )
+      }),
+      Effect.retry({ schedule: this.config.reconnect, while: retryWhile })
+    )
+  }
+
+  setSession(driver: Connector.Connection, options: Connector.ConnectOptions): Effect.Effect<void, ConnectionError> {
+    if (this.config.setSession.length === 0) return Effect.void
+    return Effect.forEach(this.config.setSession, (text) => Connector.query(driver, text), { discard: true }).pipe(
+      Effect.mapError((error) =>
+        error._tag === "ConnectionError" ? error : new ConnectionError({
+          message: `setSession statement failed (${options.host}:${options.port}/${options.database}): ${error.message}`,
+          cause: error,
+          host: options.host,
+          port: options.port,
+          database: options.database,
+          code: error.code
+        })
+      )
+    )
+  }
+
+  /** The error listener's report: an idle connection is dropped at once; a busy one when it comes back. */
+  lost(holder: { conn: Physical | undefined; lost: boolean }, error: ConnectionError): void {
+    const conn = holder.conn
+    if (conn === undefined) {
+      holder.lost = true
+      return
+    }
+    conn.lost = true
+    if (conn.state === "idle") {
+      this.removeIdle(conn)
+      this.closeDetached(conn, "broken")
+      this.runBackground(
+        Effect.logWarning(`idle connection lost: ${error.message}`).pipe(
+          Effect.annotateLogs({ backendPid: conn.driver.backendPid })
+        )
+      )
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // maintenance, start and shutdown
+  // ---------------------------------------------------------------------------------------------
+
+  readonly maintenance: Effect.Effect<void> = Effect.suspend(() => {
+    if (this.closed) return Effect.void
+    const now = this.clock.unsafeCurrentTimeMillis()
+    this.purge(now)
+    this.topUp()
+    const health = this.config.healthCheck
+    if (!health.enabled) return Effect.void
+    const stale = this.idle.filter((conn) => now - conn.idleSince >= health.interval)
+    if (stale.length === 0) return Effect.void
+    for (const conn of stale) {
+      this.removeIdle(conn)
+      conn.state = "checking"
+      this.checking++
+    }
+    return Effect.forEach(stale, (conn) =>
+      Effect.flatMap(this.ping(conn), (alive) =>
+        Effect.sync(() => {
+          this.checking--
+          if (!alive || this.closed) {
+            this.closeDetached(conn, alive ? "poolClosed" : "broken")
+            return
+          }
+          conn.idleSince = this.clock.unsafeCurrentTimeMillis()
+          if (this.deliver(conn)) return
+          conn.state = "idle"
+          this.idle.push(conn)
+        })), { discard: true, concurrency: "unbounded" }).pipe(Effect.zipRight(Effect.sync(() => this.topUp())))
+  })
+
+  readonly purgeExpired: Effect.Effect<number> = Effect.sync(() =>
+    this.closed ? 0 : this.purge(this.clock.unsafeCurrentTimeMillis())
+  )
+
+  closedError(): PoolClosedError {
+    return new PoolClosedError({ message: "The pool is closed: its layer's scope has been closed" })
+  }
+
+  readonly shutdown: Effect.Effect<void> = Effect.suspend(() => {
+    if (this.closed) return Effect.void
+    this.closed = true
+    const error = this.closedError()
+    while (this.head !== undefined) this.failHead(error)
+    for (const conn of this.idle.splice(0)) this.closeDetached(conn, "poolClosed")
+    const drain = this.inUse === 0 ? Effect.void : Effect.flatMap(Deferred.make<void>(), (drained) => {
+      this.drained = drained
+      return Deferred.await(drained).pipe(
+        Effect.timeoutTo({
+          duration: this.config.drainTimeout,
+          onSuccess: () => Effect.void,
+          onTimeout: () =>
+            Effect.logWarning(`closing ${this.inUse} connections still checked out after drainTimeout`).pipe(
+              Effect.zipRight(Effect.forEach(
+                [...this.all].filter((conn) => conn.state === "busy" || conn.state === "checking"),
+                (conn) => {
+                  conn.lost = true
+                  return Scope.close(conn.scope, Exit.void)
+                },
+                { discard: true, concurrency: "unbounded" }
+              ))
+            )
+        }),
+        Effect.flatten
+      )
+    })
+    return drain.pipe(
+      Effect.zipRight(Effect.logDebug("pool closed")),
+      Effect.annotateLogs({ created: this.created, closed: this.closedTotal })
+    )
+  })
+
+  snapshot(): PgPool.PoolStats {
+    return {
+      size: this.size,
+      idle: this.idle.length,
+      inUse: this.inUse,
+      waiting: this.waiting,
+      pending: this.pending,
+      maxConnections: this.config.maxConnections,
+      created: this.created,
+      closed: this.closedTotal,
+      closedByReason: { ...this.closedByReason },
+      acquired: this.acquired,
+      timeouts: this.timeouts,
+      connectFailures: this.connectFailures
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // the service
+  // ---------------------------------------------------------------------------------------------
+
+  readonly scopedCheckout: Effect.Effect<Handle, PoolError, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(this.checkout(restore), (conn) => {
+      const handle = new Handle(this, conn)
+      this.watchLeak(conn)
+      return Effect.as(
+        Effect.addFinalizer(() =>
+          Effect.suspend(() => {
+            handle.released = true
+            return this.release(conn)
+          })
+        ),
+        handle
+      )
+    })
+  )
+
+  watchLeak(conn: Physical): void {
+    const threshold = this.config.leakDetectionThreshold
+    if (threshold === undefined) return
+    const trace = new Error("connection checked out here")
+    conn.leakWatch = this.runBackground(
+      Effect.sleep(threshold).pipe(
+        Effect.zipRight(Effect.logWarning(
+          `possible connection leak: backend ${conn.driver.backendPid} has been checked out for more than ${threshold} ms`
+        )),
+        Effect.annotateLogs({ backendPid: conn.driver.backendPid, checkedOutAt: trace.stack ?? "" })
+      )
+    )
+  }
+
+  /**
+   * `PgPool.query` outside of a pinned connection: check out, send, return, in one suspension of the fiber.
+   * A statement that failed because its connection was lost is retried once on a fresh connection.
+   */
+  oneShot(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    retry: boolean
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+    const effect = Effect.uninterruptibleMask((restore) =>
+      Effect.suspend((): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> => {
+        if (this.closed) return Effect.fail(this.closedError())
+        const op = new QueryOp(this, text, params)
+        const now = this.clock.unsafeCurrentTimeMillis()
+        const conn = this.takeIdle(now)
+        if (conn !== undefined) {
+          if (this.needsPing(conn, now)) {
+            return Effect.flatMap(
+              this.validate(conn),
+              (alive) => {
+                if (!alive) return restore(this.oneShot(text, params, retry))
+                op.conn = conn
+                return this.send(op, retry, restore)
+              }
+            )
+          }
+          this.markBusy(conn)
+          op.conn = conn
+        } else {
+          const refused = this.refusal()
+          if (refused !== undefined) return refused
+        }
+        return this.send(op, retry, restore)
+      })
+    )
+    return this.config.queryTimeout === undefined ? effect : this.withQueryTimeout(effect)
+  }
+
+  send(
+    op: QueryOp,
+    retry: boolean,
+    restore: Restore
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+    return Effect.matchCauseEffect(restore(Effect.async(op.register)), {
+      onFailure: (cause) => Effect.zipRight(op.abandon(), Effect.failCause(cause)),
+      onSuccess: (done) => this.complete(done, retry, restore)
+    })
+  }
+
+  /** The statement of a one-shot op has been answered: count it, return the connection, hand out the rows. */
+  complete(
+    op: QueryOp,
+    retry: boolean,
+    restore: Restore
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+    op.state = OpState.Finished
+    const conn = op.conn!
+    const finish = (usage: number): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> => {
+      const released = this.releaseWith(conn, usage)
+      const error = op.error
+      if (error === undefined) {
+        return released === Effect.void ? Effect.succeed(op.result!.rows) : Effect.as(released, op.result!.rows)
+      }
+      if (retry && error._tag === "ConnectionError" && conn.lost && !this.closed) {
+        return Effect.zipRight(released, restore(this.oneShot(op.text, op.params, false)))
+      }
+      return Effect.zipRight(released, Effect.fail(error))
+    }
+    return this.counting ? Effect.flatMap(Ref.updateAndGet(conn.usage, increment), finish) : finish(0)
+  }
+
+  readonly connection: Effect.Effect<PgPool.PooledConnection, PoolError, Scope.Scope> = Effect.withFiberRuntime(
+    (fiber) => {
+      const pin = findPin(fiber.getFiberRef(currentPins), this)
+      return pin === undefined ? this.scopedCheckout : Effect.succeed(pin.handle)
+    }
+  )
+
+  readonly query = (
+    text: string,
+    params?: ReadonlyArray<unknown>
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> =>
+    Effect.withFiberRuntime((fiber) => {
+      const pin = findPin(fiber.getFiberRef(currentPins), this)
+      return pin === undefined ? this.oneShot(text, params, this.config.retryLostQueries) : pin.handle.query(text, params)
+    })
+
+  readonly withConnection = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | PoolError, R> =>
+    Effect.withFiberRuntime((fiber) => {
+      const pins = fiber.getFiberRef(currentPins)
+      if (findPin(pins, this) !== undefined) return effect
+      return Effect.scoped(
+        Effect.flatMap(this.scopedCheckout, (handle) =>
+          Effect.locally(effect, currentPins, { core: this, handle, next: pins }))
+      )
+    })
+
+  readonly service: PgPool.PgPool & { readonly [CoreId]: PoolCore } = {
+    [TypeId]: TypeId,
+    [CoreId]: this,
+    connection: this.connection,
+    query: this.query,
+    withConnection: this.withConnection,
+    readOnly: (effect) => effect,
+    stats: Effect.sync(() => this.snapshot()),
+    purgeExpired: this.purgeExpired
+  }
+}
+
+/** @internal */
+export const make = (
+  config: PgPool.Config
+): Effect.Effect<PgPool.PgPool, ConnectionError | ConfigError.ConfigError, Scope.Scope | Connector.Connector> =>
+  Effect.gen(function*() {
+    const resolved = yield* config_.resolve(config)
+    const connector = yield* Connector.Connector
+    const clock = yield* Effect.clock
+    const random = yield* Effect.random
+    const closers = yield* FiberSet.make<unknown, unknown>()
+    const runCloser = yield* FiberSet.runtime(closers)<never>()
+    const runBackground = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+    const core = new PoolCore(resolved, connector, clock, random, runBackground, runCloser)
+    yield* Effect.addFinalizer(() =>
+      core.shutdown.pipe(
+        Effect.zipRight(FiberSet.awaitEmpty(closers).pipe(Effect.timeoutOption(Duration.seconds(10))))
+      )
+    )
+    runBackground(core.timerLoop)
+    runBackground(
+      core.maintenance.pipe(
+        Effect.catchAllCause((cause) => Effect.logError("maintenance failed", cause)),
+        Effect.repeat(Schedule.spaced(Duration.millis(resolved.maintenanceInterval)))
+      )
+    )
+    if (!resolved.lazy) yield* warmup(core)
+    else core.topUp()
+    return core.service
+  })
+
+/** Opens and checks one connection (plus minConnections) within connectTimeout, or fails. */
+const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
+  const count = Math.max(1, core.config.pooling ? core.config.minConnections : 1)
+  core.size += count
+  core.pending += count
+  let attempts = 0
+  const attempt = core.open.pipe(Effect.tapError(() => Effect.sync(() => attempts++)))
+  return Effect.forEach(
+    Array.from({ length: count }),
+    () =>
+      attempt.pipe(
+        Effect.retry({ schedule: core.config.reconnect, while: isTransientConnectError }),
+        Effect.exit,
+        Effect.tap((exit) => core.connected(exit)),
+        Effect.flatten
+      ),
+    { concurrency: "unbounded", discard: true }
+  ).pipe(
+    Effect.timeoutFail({
+      duration: core.config.connectTimeout,
+      onTimeout: () => {
+        const last = core.lastConnectError
+        return new ConnectionError({
+          message: `Cannot start the pool: no connection within connectTimeout (${
+            Duration.format(core.config.connectTimeout)
+          }) after ${attempts} failed attempts${last ? `, last: ${last.message}` : ""}`,
+          cause: last,
+          host: last?.host ?? core.config.hosts[0]?.host,
+          port: last?.port ?? core.config.hosts[0]?.port,
+          database: core.config.database,
+          code: last?.code,
+          attempts
+        })
+      }
+    })
+  )
+}
+
+const optionalInteger = (name: string) => Config.option(Config.integer(name))
+const optionalDuration = (name: string) => Config.option(Config.duration(name))
+const optionalBoolean = (name: string) => Config.option(Config.boolean(name))
+const optionalString = (name: string) => Config.option(Config.string(name))
+
+/** @internal */
+export const configFromEnv: Config.Config<PgPool.Config> = Config.all({
+  url: Config.option(Config.redacted("DATABASE_URL")),
+  host: optionalString("PGHOST"),
+  port: optionalInteger("PGPORT"),
+  database: optionalString("PGDATABASE"),
+  user: optionalString("PGUSER"),
+  password: Config.option(Config.redacted("PGPASSWORD")),
+  sslmode: optionalString("PGSSLMODE"),
+  applicationName: optionalString("PGAPPNAME"),
+  minConnections: optionalInteger("PGPOOL_MIN_CONNECTIONS"),
+  maxConnections: optionalInteger("PGPOOL_MAX_CONNECTIONS"),
+  maxIdle: optionalInteger("PGPOOL_MAX_IDLE"),
+  blocking: optionalBoolean("PGPOOL_BLOCKING"),
+  acquireTimeout: optionalDuration("PGPOOL_ACQUIRE_TIMEOUT"),
+  maxWaiting: optionalInteger("PGPOOL_MAX_WAITING"),
+  maxUsage: optionalInteger("PGPOOL_MAX_USAGE"),
+  setSession: Config.option(Config.array(Config.string(), "PGPOOL_SET_SESSION")),
+  reset: Config.option(Config.literal("transaction", "always", "full")("PGPOOL_RESET")),
+  idleTimeout: optionalDuration("PGPOOL_IDLE_TIMEOUT"),
+  maxLifetime: optionalDuration("PGPOOL_MAX_LIFETIME"),
+  pooling: optionalBoolean("PGPOOL_POOLING"),
+  connectTimeout: optionalDuration("PGPOOL_CONNECT_TIMEOUT"),
+  drainTimeout: optionalDuration("PGPOOL_DRAIN_TIMEOUT"),
+  lazy: optionalBoolean("PGPOOL_LAZY"),
+  statementTimeout: optionalDuration("PGPOOL_STATEMENT_TIMEOUT"),
+  queryTimeout: optionalDuration("PGPOOL_QUERY_TIMEOUT"),
+  leakDetectionThreshold: optionalDuration("PGPOOL_LEAK_DETECTION_THRESHOLD")
+}).pipe(
+  Config.mapOrFail((env) => {
+    const config: Record<string, unknown> = {}
+    for (const [key, value] of Object.entries(env) as Array<[string, Option.Option<unknown>]>) {
+      if (Option.isSome(value) && key !== "sslmode") config[key] = value.value
+    }
+    if (Option.isSome(env.url)) {
+      for (const key of ["host", "port", "database", "user", "password"]) delete config[key]
+    }
+    if (Option.isSome(env.sslmode) && Option.isNone(env.url)) {
+      const ssl = config_.sslFromMode(env.sslmode.value)
+      if (ssl === undefined) {
+        return Either.left(
+          ConfigError.InvalidData(["PGSSLMODE"], "must be one of disable, allow, prefer, require, verify-ca, verify-full")
+        )
+      }
+      config.ssl = ssl
+    }
+    if (Option.isSome(env.password) && Option.isNone(env.url)) config.password = env.password.value
+    return Either.right(config as PgPool.Config)
+  })
+)
+
