@@ -124,7 +124,7 @@ export interface Config {
   readonly connectTimeout?: Duration.DurationInput | undefined
   /** How long closing the layer waits for checked-out connections before closing them. Default 10 seconds. */
   readonly drainTimeout?: Duration.DurationInput | undefined
-  /** How often the maintenance fiber runs. Default 1 second. */
+  /** How often the maintenance fiber runs (idle and lifetime expiry, minConnections, keepalive pings). Default 5 seconds. */
   readonly maintenanceInterval?: Duration.DurationInput | undefined
 
   /** When connecting fails: the retry schedule. Default exponential from 100 ms, doubled, jittered, capped at 5 s. */

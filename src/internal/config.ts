@@ -310,7 +310,7 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (isError(connectTimeout)) return connectTimeout
   const drainTimeout = millis("drainTimeout", config.drainTimeout, 10_000, { allowZero: true })
   if (isError(drainTimeout)) return drainTimeout
-  const maintenanceInterval = millis("maintenanceInterval", config.maintenanceInterval, 1_000, { allowZero: false })
+  const maintenanceInterval = millis("maintenanceInterval", config.maintenanceInterval, 5_000, { allowZero: false })
   if (isError(maintenanceInterval)) return maintenanceInterval
   if (!Number.isFinite(maintenanceInterval!)) return invalid("maintenanceInterval", "maintenanceInterval must be finite")
   if (config.reconnect !== undefined && !Schedule.isSchedule(config.reconnect)) {

@@ -234,12 +234,18 @@ const transientConnectCode = (code: string): boolean =>
 
 /**
  * A connect failure worth retrying: network errors and the server's "not now" answers. A wrong password, a
- * missing database or a failing `setSession` statement will not heal by retrying.
+ * missing database, a failing `setSession` statement or a TLS mismatch will not heal by retrying.
  *
  * @internal
  */
-export const isTransientConnectError = (error: ConnectionError): boolean =>
-  error.code === undefined || transientConnectCode(error.code)
+export const isTransientConnectError = (error: ConnectionError): boolean => {
+  if (error.code !== undefined) return transientConnectCode(error.code)
+  const cause = error.cause as { readonly code?: unknown; readonly message?: unknown } | undefined
+  const code = typeof cause?.code === "string" ? cause.code : ""
+  const message = typeof cause?.message === "string" ? cause.message : ""
+  return !(code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.includes("CERT") ||
+    /\b(ssl|tls|certificate)\b/i.test(message))
+}
 
 const increment = (n: number) => n + 1
 
@@ -585,9 +591,10 @@ export class PoolCore {
     this.timeouts++
     const waited = now - waiter.enqueuedAt
     const last = this.lastConnectError
-    const connectTrouble = this.consecutiveFailures > 0 && last !== undefined &&
+    const failing = this.consecutiveFailures > 0 && last !== undefined &&
       (this.pending > 0 || this.lastFailureAt >= waiter.enqueuedAt)
-    const error: PoolError = connectTrouble
+    const host = this.config.hosts[0]!
+    const error: PoolError = failing
       ? new ConnectionError({
         message:
           `No connection within the acquire timeout (waited ${waited} ms): connecting kept failing (${this.consecutiveFailures} attempts), last: ${last.message}`,
@@ -596,6 +603,14 @@ export class PoolCore {
         port: last.port,
         database: last.database,
         code: last.code,
+        attempts: this.consecutiveFailures
+      })
+      : this.pending > 0
+      ? new ConnectionError({
+        message: `No connection within the acquire timeout (waited ${waited} ms): opening a connection to ${host.host}:${host.port}/${this.config.database} is still in progress`,
+        host: host.host,
+        port: host.port,
+        database: this.config.database,
         attempts: this.consecutiveFailures
       })
       : new PoolExhaustedError({ reason: "acquireTimeout", stats: this.snapshot(), waitedMillis: waited })
@@ -636,8 +651,8 @@ export class PoolCore {
       conn.leakWatch = undefined
       return Effect.zipRight(Fiber.interruptFork(watch), this.releaseWith(conn, usage))
     }
-    if (conn.lost || conn.driver.isBroken()) return this.discard(conn, "broken")
     if (conn.invalidated) return this.discard(conn, "invalidated")
+    if (conn.lost || conn.driver.isBroken()) return this.discard(conn, "broken")
     if (this.closed) return this.discard(conn, "poolClosed")
     if (conn.driver.isBusy()) return this.discard(conn, "busy")
     if (this.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") {
@@ -1157,14 +1172,13 @@ export const make = (
       )
     )
     runBackground(core.timerLoop)
+    if (!resolved.lazy) yield* warmup(core)
     runBackground(
       core.maintenance.pipe(
         Effect.catchAllCause((cause) => Effect.logError("maintenance failed", cause)),
         Effect.repeat(Schedule.spaced(Duration.millis(resolved.maintenanceInterval)))
       )
     )
-    if (!resolved.lazy) yield* warmup(core)
-    else core.topUp()
     return core.service
   })
 

@@ -1,0 +1,552 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Ref, Scope, TestClock } from "effect"
+import * as PgPool from "../src/PgPool.js"
+import { adminQuery, backends, eventually, testConfig, testDatabase, testLayer } from "./support/db.js"
+
+const pid = (rows: ReadonlyArray<PgPool.Row>) => Number(rows[0]!.pid)
+const backendPid = PgPool.query("select pg_backend_pid() as pid").pipe(Effect.map(pid))
+
+/** Checks a connection out and keeps it until `release` is completed. */
+const hold = (release: Deferred.Deferred<void>) =>
+  Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => Effect.as(Deferred.await(release), conn.backendPid)))
+
+const waitForStats = (predicate: (stats: PgPool.PoolStats) => boolean) =>
+  eventually(PgPool.stats, predicate)
+
+const serverBackends = (
+  predicate: (rows: ReadonlyArray<{ pid: number; state: string | null; query: string }>) => boolean
+) =>
+  eventually(backends(), predicate)
+
+describe("PgPool", () => {
+  describe("queries", () => {
+    it.effect("runs a statement with parameters and returns rows", () =>
+      Effect.gen(function*() {
+        const rows = yield* PgPool.query("select $1::int + 1 as n, $2::text as s", [41, "x"])
+        assert.deepStrictEqual(rows, [{ n: 42, s: "x" }])
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.inUse, 0)
+        assert.strictEqual(stats.idle, 1)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("a syntax error is a QueryError with SQLSTATE 42601 and the pool stays usable", () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(PgPool.query("selec 1"))
+        assert.strictEqual(error._tag, "QueryError")
+        if (error._tag !== "QueryError") return
+        assert.strictEqual(error.code, "42601")
+        assert.strictEqual(error.severity, "ERROR")
+        assert.isNumber(error.position)
+        assert.include(error.message, "syntax error")
+        const rows = yield* PgPool.query("select 1 as one")
+        assert.deepStrictEqual(rows, [{ one: 1 }])
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.inUse, 0)
+        assert.strictEqual(stats.size, 1)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("constraint violations carry detail, table and constraint", () =>
+      Effect.gen(function*() {
+        yield* PgPool.query("create table uniq_t (id int primary key)")
+        yield* PgPool.query("insert into uniq_t values (1)")
+        const error = yield* Effect.flip(PgPool.query("insert into uniq_t values (1)"))
+        assert.strictEqual(error._tag, "QueryError")
+        if (error._tag !== "QueryError") return
+        assert.strictEqual(error.code, "23505")
+        assert.strictEqual(error.table, "uniq_t")
+        assert.strictEqual(error.constraint, "uniq_t_pkey")
+        assert.include(error.detail ?? "", "already exists")
+      }).pipe(Effect.provide(testLayer())))
+  })
+
+  describe("connections", () => {
+    it.effect("a scoped connection is used by one fiber at a time and returns when its scope closes", () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* Effect.all([
+          Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
+            Effect.zipRight(conn.query("select pg_sleep(0.05)"), Effect.succeed(conn.backendPid)))),
+          Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
+            Effect.zipRight(conn.query("select pg_sleep(0.05)"), Effect.succeed(conn.backendPid))))
+        ], { concurrency: 2 })
+        assert.notStrictEqual(a, b)
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.inUse, stats.idle, stats.size], [0, 2, 2])
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("backendPid is the server's process id of the connection", () =>
+      Effect.gen(function*() {
+        const [reported, actual] = yield* Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
+          Effect.map(conn.query("select pg_backend_pid() as pid"), (rows) => [conn.backendPid, pid(rows)] as const)))
+        assert.strictEqual(reported, actual)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("returns the connection on success, failure, defect and interruption", () =>
+      Effect.gen(function*() {
+        const use = <A, E>(f: (conn: PgPool.PooledConnection) => Effect.Effect<A, E>) =>
+          Effect.scoped(Effect.flatMap(PgPool.connection, f))
+        yield* use((conn) => conn.query("select 1"))
+        yield* Effect.exit(use(() => Effect.fail("boom")))
+        yield* Effect.exit(use(() => Effect.die("defect")))
+        const started = yield* Deferred.make<void>()
+        const fiber = yield* Effect.fork(use(() => Effect.zipRight(Deferred.succeed(started, undefined), Effect.never)))
+        yield* Deferred.await(started)
+        yield* Fiber.interrupt(fiber)
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.inUse, stats.waiting], [0, 0])
+        assert.strictEqual(stats.size, 1)
+        assert.strictEqual(stats.acquired, 4)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("a connection used after its scope closed fails with a ConnectionError", () =>
+      Effect.gen(function*() {
+        const conn = yield* Effect.scoped(PgPool.connection)
+        const error = yield* Effect.flip(conn.query("select 1"))
+        assert.strictEqual(error._tag, "ConnectionError")
+        assert.include(error.message, "after it was returned")
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("invalidate closes the physical connection instead of returning it", () =>
+      Effect.gen(function*() {
+        const first = yield* Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
+          Effect.as(conn.invalidate, conn.backendPid)))
+        yield* serverBackends((rows) => !rows.some((row) => row.pid === first))
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.closedByReason.invalidated, 1)
+        const second = yield* backendPid
+        assert.notStrictEqual(second, first)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("withConnection pins one connection for every query inside, nested or not", () =>
+      Effect.gen(function*() {
+        const pids = yield* PgPool.withConnection(Effect.gen(function*() {
+          const a = yield* backendPid
+          const b = yield* backendPid
+          const c = yield* PgPool.withConnection(backendPid)
+          const d = yield* Effect.scoped(Effect.map(PgPool.connection, (conn) => conn.backendPid))
+          const stats = yield* PgPool.stats
+          return [a, b, c, d, stats.inUse]
+        }))
+        assert.deepStrictEqual(pids.slice(0, 4), [pids[0], pids[0], pids[0], pids[0]])
+        assert.strictEqual(pids[4], 1)
+        assert.strictEqual((yield* PgPool.stats).inUse, 0)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("a temporary table lives on the pinned connection", () =>
+      Effect.gen(function*() {
+        const rows = yield* PgPool.withConnection(Effect.gen(function*() {
+          yield* PgPool.query("create temporary table pinned_t (x int)")
+          yield* PgPool.query("insert into pinned_t values (1), (2)")
+          return yield* PgPool.query("select count(*)::int as n from pinned_t")
+        }))
+        assert.deepStrictEqual(rows, [{ n: 2 }])
+      }).pipe(Effect.provide(testLayer())))
+  })
+
+  describe("limits", () => {
+    it.effect("maxConnections caps the backends on the server; the next caller waits", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const holders = yield* Effect.fork(Effect.all(Array.from({ length: 3 }, () => hold(release)), {
+          concurrency: "unbounded"
+        }))
+        yield* waitForStats((s) => s.inUse === 3)
+        const waiter = yield* Effect.fork(backendPid)
+        yield* waitForStats((s) => s.waiting === 1)
+        const rows = yield* backends()
+        assert.strictEqual(rows.length, 3)
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.size, stats.inUse, stats.waiting], [3, 3, 1])
+        yield* Deferred.succeed(release, undefined)
+        const held = yield* Fiber.join(holders)
+        const got = yield* Fiber.join(waiter)
+        assert.include(held, got)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 3 }))))
+
+    it.effect("blocking: false fails at once with PoolExhaustedError(maxConnections)", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        yield* Effect.fork(Effect.all([hold(release), hold(release)], { concurrency: "unbounded" }))
+        yield* waitForStats((s) => s.inUse === 2)
+        const error = yield* Effect.flip(PgPool.query("select 1"))
+        assert.strictEqual(error._tag, "PoolExhaustedError")
+        if (error._tag !== "PoolExhaustedError") return
+        assert.strictEqual(error.reason, "maxConnections")
+        assert.strictEqual(error.stats.inUse, 2)
+        assert.include(error.message, "maxConnections")
+        const scoped = yield* Effect.flip(Effect.scoped(PgPool.connection))
+        assert.strictEqual(scoped._tag, "PoolExhaustedError")
+        yield* Deferred.succeed(release, undefined)
+        yield* waitForStats((s) => s.inUse === 0)
+        yield* PgPool.query("select 1")
+      }).pipe(Effect.provide(testLayer({ maxConnections: 2, blocking: false }))))
+
+    it.effect("maxWaiting bounds the queue: one more waiter fails with PoolExhaustedError(maxWaiting)", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        yield* Effect.fork(hold(release))
+        yield* waitForStats((s) => s.inUse === 1)
+        const waiters = yield* Effect.fork(Effect.all([backendPid, backendPid], { concurrency: "unbounded" }))
+        yield* waitForStats((s) => s.waiting === 2)
+        const error = yield* Effect.flip(PgPool.query("select 1"))
+        assert.strictEqual(error._tag, "PoolExhaustedError")
+        if (error._tag === "PoolExhaustedError") assert.strictEqual(error.reason, "maxWaiting")
+        yield* Deferred.succeed(release, undefined)
+        const pids = yield* Fiber.join(waiters)
+        assert.strictEqual(pids.length, 2)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, maxWaiting: 2 }))))
+
+    it.effect("acquireTimeout: a waiter fails with PoolExhaustedError(acquireTimeout) and leaves the queue", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        yield* Effect.fork(hold(release))
+        yield* waitForStats((s) => s.inUse === 1)
+        const waiter = yield* Effect.fork(Effect.flip(PgPool.query("select 1")))
+        yield* waitForStats((s) => s.waiting === 1)
+        yield* TestClock.adjust("4 seconds")
+        assert.isNull(yield* Fiber.poll(waiter).pipe(Effect.map(Option.getOrNull)))
+        yield* TestClock.adjust("1 second")
+        const error = yield* Fiber.join(waiter)
+        assert.strictEqual(error._tag, "PoolExhaustedError")
+        if (error._tag === "PoolExhaustedError") {
+          assert.strictEqual(error.reason, "acquireTimeout")
+          assert.strictEqual(error.waitedMillis, 5000)
+        }
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.waiting, stats.timeouts, stats.inUse], [0, 1, 1])
+        yield* Deferred.succeed(release, undefined)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, acquireTimeout: "5 seconds" }))))
+
+    it.live("acquireTimeout is honoured within a few milliseconds in real time", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        yield* Effect.fork(hold(release))
+        yield* waitForStats((s) => s.inUse === 1)
+        const started = Date.now()
+        const error = yield* Effect.flip(PgPool.query("select 1"))
+        const elapsed = Date.now() - started
+        assert.strictEqual(error._tag, "PoolExhaustedError")
+        assert.isAtLeast(elapsed, 145)
+        assert.isBelow(elapsed, 400)
+        yield* Deferred.succeed(release, undefined)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, acquireTimeout: "150 millis" }))))
+
+    it.effect("waiters are served first come, first served", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        yield* Effect.fork(hold(release))
+        yield* waitForStats((s) => s.inUse === 1)
+        const order = yield* Ref.make<ReadonlyArray<number>>([])
+        const fibers: Array<Fiber.RuntimeFiber<void, unknown>> = []
+        for (let i = 1; i <= 6; i++) {
+          const waiter = i % 2 === 0
+            ? Effect.asVoid(Effect.zipRight(PgPool.query("select 1"), Ref.update(order, (o) => [...o, i])))
+            : Effect.scoped(Effect.zipRight(PgPool.connection, Ref.update(order, (o) => [...o, i])))
+          fibers.push(yield* Effect.fork(waiter))
+          yield* waitForStats((s) => s.waiting === i)
+        }
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.joinAll(fibers)
+        assert.deepStrictEqual(yield* Ref.get(order), [1, 2, 3, 4, 5, 6])
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1 }))))
+  })
+
+  describe("knobs", () => {
+    it.effect("minConnections are opened when the layer is built", () =>
+      Effect.gen(function*() {
+        const rows = yield* serverBackends((r) => r.length === 3)
+        assert.strictEqual(rows.length, 3)
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.size, stats.idle], [3, 3])
+      }).pipe(Effect.provide(testLayer({ minConnections: 3 }))))
+
+    it.effect("maxIdle: connections returned beyond it are closed", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const holders = yield* Effect.fork(Effect.all(Array.from({ length: 5 }, () => hold(release)), {
+          concurrency: "unbounded"
+        }))
+        yield* waitForStats((s) => s.inUse === 5)
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holders)
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.idle, stats.size, stats.closedByReason.maxIdle], [2, 2, 3])
+        yield* serverBackends((r) => r.length === 2)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 5, maxIdle: 2 }))))
+
+    it.effect("maxUsage: a connection is replaced after that many statements", () =>
+      Effect.gen(function*() {
+        const pids: Array<number> = []
+        for (let i = 0; i < 7; i++) pids.push(yield* backendPid)
+        assert.strictEqual(new Set(pids.slice(0, 3)).size, 1)
+        assert.strictEqual(new Set(pids.slice(3, 6)).size, 1)
+        assert.notStrictEqual(pids[0], pids[3])
+        assert.notStrictEqual(pids[3], pids[6])
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.closedByReason.maxUsage, 2)
+        yield* serverBackends((r) => r.length === 1 && r[0]!.pid === pids[6])
+      }).pipe(Effect.provide(testLayer({ maxUsage: 3 }))))
+
+    it.effect("maxUsage never recycles inside a transaction: it waits for the return", () =>
+      Effect.gen(function*() {
+        const pids = yield* PgPool.withConnection(Effect.gen(function*() {
+          yield* PgPool.query("begin")
+          const inside: Array<number> = []
+          for (let i = 0; i < 4; i++) inside.push(yield* backendPid)
+          yield* PgPool.query("commit")
+          return inside
+        }))
+        assert.strictEqual(new Set(pids).size, 1)
+        const after = yield* backendPid
+        assert.notStrictEqual(after, pids[0])
+      }).pipe(Effect.provide(testLayer({ maxUsage: 2 }))))
+
+    it.effect("setSession runs on every new connection", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        yield* Effect.fork(hold(release))
+        yield* waitForStats((s) => s.inUse === 1)
+        const rows = yield* PgPool.query(
+          "select current_setting('TimeZone') as tz, current_setting('search_path') as sp"
+        )
+        assert.deepStrictEqual(rows, [{ tz: "Pacific/Auckland", sp: "pg_catalog, public" }])
+        assert.strictEqual((yield* PgPool.stats).size, 2)
+        yield* Deferred.succeed(release, undefined)
+      }).pipe(Effect.provide(testLayer({
+        setSession: ["set time zone 'Pacific/Auckland'", "set search_path to pg_catalog, public"]
+      }))))
+
+    it.effect("a failing setSession statement fails the layer with a ConnectionError naming it", () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(Layer.build(testLayer({ setSession: ["set no_such_setting = 1"] })))
+        assert.strictEqual(error._tag, "ConnectionError")
+        assert.include(error.message, "setSession")
+        if (error._tag === "ConnectionError") assert.strictEqual(error.code, "42704")
+      }).pipe(Effect.scoped))
+
+    it.effect("reset 'transaction': an open transaction is rolled back on return", () =>
+      Effect.gen(function*() {
+        yield* PgPool.query("create table reset_t (x int)")
+        const first = yield* PgPool.withConnection(Effect.gen(function*() {
+          yield* PgPool.query("begin")
+          yield* PgPool.query("insert into reset_t values (1)")
+          return yield* backendPid
+        }))
+        const [after] = yield* PgPool.query("select count(*)::int as n, pg_backend_pid() as pid from reset_t")
+        assert.deepStrictEqual(after, { n: 0, pid: first })
+        const rows = yield* adminQuery(
+          "select count(*)::int as n from pg_stat_activity where datname = $1 and state like 'idle in transaction%'",
+          [testDatabase()]
+        )
+        assert.deepStrictEqual(rows, [{ n: 0 }])
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("reset 'transaction': a failed transaction is rolled back too", () =>
+      Effect.gen(function*() {
+        yield* PgPool.withConnection(Effect.gen(function*() {
+          yield* PgPool.query("begin")
+          yield* Effect.exit(PgPool.query("select 1/0"))
+        }))
+        const rows = yield* PgPool.query("select 1 as ok")
+        assert.deepStrictEqual(rows, [{ ok: 1 }])
+        assert.strictEqual((yield* PgPool.stats).size, 1)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("reset 'always': every return issues ROLLBACK (the server's last statement)", () =>
+      Effect.gen(function*() {
+        const mine = yield* backendPid
+        const rows = yield* serverBackends((r) => r.some((row) => row.pid === mine && row.query === "ROLLBACK"))
+        assert.isTrue(rows.some((row) => row.pid === mine && row.state === "idle"))
+      }).pipe(Effect.provide(testLayer({ reset: "always" }))))
+
+    it.effect("reset 'full': session state is discarded and setSession applied again", () =>
+      Effect.gen(function*() {
+        const first = yield* PgPool.withConnection(Effect.gen(function*() {
+          yield* PgPool.query("create temporary table full_t (x int)")
+          yield* PgPool.query("set statement_timeout = '123s'")
+          return yield* backendPid
+        }))
+        const [row] = yield* PgPool.query(
+          "select pg_backend_pid() as pid, current_setting('statement_timeout') as st, current_setting('TimeZone') as tz, to_regclass('pg_temp.full_t') is null as gone"
+        )
+        assert.deepStrictEqual(row, { pid: first, st: "0", tz: "Asia/Tokyo", gone: true })
+      }).pipe(Effect.provide(testLayer({ reset: "full", setSession: ["set time zone 'Asia/Tokyo'"] }))))
+
+    it.effect("idleTimeout: idle connections are closed by maintenance, down to minConnections", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const holders = yield* Effect.fork(Effect.all(Array.from({ length: 4 }, () => hold(release)), {
+          concurrency: "unbounded"
+        }))
+        yield* waitForStats((s) => s.inUse === 4)
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holders)
+        yield* TestClock.adjust("59 seconds")
+        assert.strictEqual((yield* PgPool.stats).size, 4)
+        yield* TestClock.adjust("2 seconds")
+        const stats = yield* waitForStats((s) => s.size === 1)
+        assert.strictEqual(stats.closedByReason.idle, 3)
+        yield* serverBackends((r) => r.length === 1)
+      }).pipe(Effect.provide(testLayer({ idleTimeout: "1 minute", minConnections: 1 }))))
+
+    it.effect("purgeExpired closes idle connections past idleTimeout and returns how many", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const holders = yield* Effect.fork(Effect.all(Array.from({ length: 3 }, () => hold(release)), {
+          concurrency: "unbounded"
+        }))
+        yield* waitForStats((s) => s.inUse === 3)
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holders)
+        assert.strictEqual(yield* PgPool.purgeExpired, 0)
+        yield* TestClock.adjust("30 seconds")
+        assert.strictEqual(yield* PgPool.purgeExpired, 3)
+        assert.strictEqual((yield* PgPool.stats).size, 0)
+        yield* serverBackends((r) => r.length === 0)
+      }).pipe(Effect.provide(testLayer({ idleTimeout: "30 seconds", maintenanceInterval: "1 hour" }))))
+
+    it.effect("maxLifetime: connections are replaced at their age, spread by the jitter", () =>
+      Effect.gen(function*() {
+        const first = new Set((yield* backends()).map((row) => row.pid))
+        assert.strictEqual(first.size, 4)
+        yield* TestClock.adjust("8 minutes")
+        assert.strictEqual((yield* PgPool.stats).closedByReason.lifetime, 0)
+        yield* TestClock.adjust("2 minutes")
+        const stats = yield* waitForStats((s) => s.closedByReason.lifetime === 4 && s.size === 4)
+        assert.strictEqual(stats.created, 8, JSON.stringify(stats))
+        const now = yield* serverBackends((r) => r.length === 4 && r.every((row) => !first.has(row.pid)))
+        assert.strictEqual(now.length, 4)
+      }).pipe(Effect.provide(testLayer({
+        minConnections: 4,
+        maxLifetime: "10 minutes",
+        maxLifetimeJitter: "2 minutes",
+        healthCheck: false
+      }))))
+
+    it.effect("maxLifetime jitter: connections do not all expire at the same moment", () =>
+      Effect.gen(function*() {
+        yield* TestClock.adjust("55 minutes")
+        const stats = yield* PgPool.stats
+        assert.isAbove(stats.closedByReason.lifetime, 0)
+        assert.isBelow(stats.closedByReason.lifetime, 20)
+      }).pipe(Effect.provide(testLayer({
+        minConnections: 20,
+        maxConnections: 20,
+        maxLifetime: "1 hour",
+        maxLifetimeJitter: "10 minutes",
+        maintenanceInterval: "1 minute"
+      }))))
+
+    it.effect("a connection past its lifetime is closed when it comes back, not while in use", () =>
+      Effect.gen(function*() {
+        const [inside, after] = yield* PgPool.withConnection(Effect.gen(function*() {
+          const a = yield* backendPid
+          yield* TestClock.adjust("2 minutes")
+          const b = yield* backendPid
+          return [a, b] as const
+        }))
+        assert.strictEqual(inside, after)
+        const next = yield* backendPid
+        assert.notStrictEqual(next, inside)
+      }).pipe(Effect.provide(testLayer({ maxLifetime: "1 minute", maxLifetimeJitter: 0 }))))
+
+    it.effect("pooling: false opens a new connection for every checkout and closes it on return", () =>
+      Effect.gen(function*() {
+        const a = yield* backendPid
+        const b = yield* backendPid
+        assert.notStrictEqual(a, b)
+        yield* serverBackends((r) => r.length === 0)
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.size, 0)
+        assert.isAtLeast(stats.closedByReason.unpooled, 2)
+      }).pipe(Effect.provide(testLayer({ pooling: false }))))
+
+    it.effect("applicationName is what the server sees", () =>
+      Effect.gen(function*() {
+        const rows = yield* PgPool.query("select current_setting('application_name') as name")
+        assert.deepStrictEqual(rows, [{ name: "my-service" }])
+        const server = yield* backends("my-service")
+        assert.strictEqual(server.length, 1)
+      }).pipe(Effect.provide(testLayer({ applicationName: "my-service" }))))
+  })
+
+  describe("lifecycle", () => {
+    it.effect("closing the layer closes every connection; later calls fail with PoolClosedError", () =>
+      Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(testLayer({ minConnections: 2 }), scope)
+        const pool = context.unsafeMap.get(PgPool.PgPool.key) as PgPool.PgPool
+        yield* pool.query("select 1")
+        yield* Scope.close(scope, Exit.void)
+        yield* serverBackends((r) => r.length === 0)
+        const error = yield* Effect.flip(pool.query("select 1"))
+        assert.strictEqual(error._tag, "PoolClosedError")
+        const scoped = yield* Effect.flip(Effect.scoped(pool.connection))
+        assert.strictEqual(scoped._tag, "PoolClosedError")
+      }))
+
+    it.effect("an idle connection killed by the server never crashes the process and is replaced", () =>
+      Effect.gen(function*() {
+        const victim = yield* backendPid
+        yield* adminQuery("select pg_terminate_backend($1)", [victim])
+        yield* waitForStats((s) => s.closedByReason.broken === 1)
+        const next = yield* backendPid
+        assert.notStrictEqual(next, victim)
+        assert.strictEqual((yield* PgPool.stats).size, 1)
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("interrupting a running statement cancels it on the server and the connection is reused", () =>
+      Effect.gen(function*() {
+        const fiber = yield* Effect.fork(PgPool.query("select pg_sleep(30)"))
+        const [busy] = yield* serverBackends((r) => r.some((row) => row.state === "active"))
+        yield* Fiber.interrupt(fiber)
+        const rows = yield* backends()
+        assert.isTrue(rows.every((row) => row.state !== "active"))
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.inUse, stats.idle, stats.size], [0, 1, 1])
+        assert.strictEqual(yield* backendPid, busy!.pid)
+      }).pipe(Effect.provide(testLayer())))
+  })
+
+  describe("secrets and failures", () => {
+    it.effect("a wrong password is a ConnectionError that never shows the password", () =>
+      Effect.gen(function*() {
+        const secret = "s3cr3t-Password-Do-Not-Leak"
+        const server = testConfig()
+        const error = yield* Effect.flip(Layer.build(PgPool.layer({
+          ...server,
+          url: undefined,
+          host: "127.0.0.1",
+          port: portOf(server.url),
+          user: "postgres",
+          database: testDatabase(),
+          password: Redacted.make(secret)
+        })))
+        assert.strictEqual(error._tag, "ConnectionError")
+        if (error._tag !== "ConnectionError") return
+        assert.strictEqual(error.code, "28P01")
+        assert.include(error.message, "password authentication failed")
+        for (const text of [error.message, String(error), JSON.stringify(error), Cause.pretty(Cause.fail(error))]) {
+          assert.notInclude(text, secret)
+        }
+      }).pipe(Effect.scoped))
+
+    it.effect("a wrong password in a URL never shows up either", () =>
+      Effect.gen(function*() {
+        const secret = "url-Secret-42"
+        const url = Redacted.value(testConfig().url as Redacted.Redacted).replace(/:[^:@/]*@/, `:${secret}@`)
+        const error = yield* Effect.flip(Layer.build(PgPool.layer({ url: Redacted.make(url) })))
+        for (const text of [error.message, String(error), JSON.stringify(error)]) assert.notInclude(text, secret)
+      }).pipe(Effect.scoped))
+
+    it.effect("stats never contain the password", () =>
+      Effect.gen(function*() {
+        const stats = yield* PgPool.stats
+        const password = Redacted.value(testConfig().url as Redacted.Redacted).match(/:([^:@/]*)@/)![1]!
+        assert.notInclude(JSON.stringify(stats), password)
+      }).pipe(Effect.provide(testLayer())))
+  })
+})
+
+const portOf = (url: PgPool.Config["url"]): number =>
+  Number(/:(\d+)\//.exec(Redacted.isRedacted(url) ? Redacted.value(url) : String(url))![1])
+
