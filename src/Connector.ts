@@ -78,6 +78,11 @@ export interface QueryResult<R = Row> {
   readonly fields: ReadonlyArray<FieldInfo>
   readonly command: string
   readonly rowCount: number | null
+  /**
+   * When the text held several statements (simple protocol, no parameters): the result of each, in order.
+   * The other fields are then those of the last statement.
+   */
+  readonly results?: ReadonlyArray<QueryResult<R>> | undefined
 }
 
 /**
@@ -124,8 +129,9 @@ export interface Connection {
   /** The process id of the server backend serving this connection. */
   readonly backendPid: number
   /**
-   * Sends one statement and calls `callback` exactly once with its outcome. Without `params` the simple
-   * protocol is used; with them the extended protocol (parameters are never interpolated). With
+   * Sends one statement and calls `callback` exactly once with its outcome. Without `params` (or with none)
+   * the simple protocol is used, and the text may hold several statements; with parameters the extended
+   * protocol (parameters are never interpolated). With
    * `rowMode: "array"` rows are arrays of values instead of objects. This callback form is the primitive the
    * pool's hot path is built on; `Connector.query` is its Effect form.
    */
@@ -135,8 +141,6 @@ export interface Connection {
     rowMode: "array" | undefined,
     callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
   ) => void
-  /** Runs one or more statements with the simple protocol (no parameters). */
-  readonly queryUnprepared: (text: string) => Effect.Effect<ReadonlyArray<QueryResult>, QueryError | ConnectionError>
   /** Opens a cursor that fetches the rows of `text` in batches. */
   readonly cursor: (
     text: string,

@@ -23,3 +23,13 @@ export * as PgPoolError from "./PgPoolError.js"
  * @since 0.1.0
  */
 export { PgPoolLive } from "./PgPool.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as PgPoolSql from "./PgPoolSql.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Transaction from "./Transaction.js"

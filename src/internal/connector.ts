@@ -178,6 +178,9 @@ const makeConnection = (
         if (error) {
           if (isConnectionFailure(error)) state.lost = true
           callback(toStatementError(target, error), undefined)
+        } else if (Array.isArray(result)) {
+          const results = result as unknown as ReadonlyArray<Connector.QueryResult>
+          callback(undefined, { ...results[results.length - 1]!, results })
         } else {
           callback(undefined, result as unknown as Connector.QueryResult)
         }
@@ -188,17 +191,6 @@ const makeConnection = (
         client.query(text, params as Array<unknown>, done)
       }
     },
-    queryUnprepared: (text) =>
-      Effect.async<ReadonlyArray<Connector.QueryResult>, QueryError | ConnectionError>((resume) => {
-        inFlight++
-        client.query(text, (error: Error | null, result: pg.QueryResult | Array<pg.QueryResult> | undefined) => {
-          settle()
-          if (error && isConnectionFailure(error)) state.lost = true
-          if (error) return resume(Effect.fail(toStatementError(target, error)))
-          const results = (Array.isArray(result) ? result : [result]) as unknown as Array<Connector.QueryResult>
-          resume(Effect.succeed(results))
-        })
-      }),
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)
       let open = true

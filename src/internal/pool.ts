@@ -52,7 +52,7 @@ export const query = (
     if (core === undefined) return service.query(text, params)
     const pin = findPin(fiber.getFiberRef(currentPins), core)
     return pin === undefined
-      ? core.oneShot(text, params, core.config.retryLostQueries)
+      ? core.oneShot(text, params, undefined, rowsOf, core.config.retryLostQueries)
       : pin.handle.query(text, params)
   })
 
@@ -146,7 +146,8 @@ export class QueryOp implements Waiter {
   constructor(
     readonly core: PoolCore,
     readonly text: string,
-    readonly params: ReadonlyArray<unknown> | undefined
+    readonly params: ReadonlyArray<unknown> | undefined,
+    readonly rowMode: "array" | undefined
   ) {}
   readonly register = (resume: (effect: Effect.Effect<QueryOp, PoolError>) => void): void => {
     this.resume = resume
@@ -163,7 +164,7 @@ export class QueryOp implements Waiter {
   }
   send(conn: Physical): void {
     this.state = OpState.Running
-    conn.driver.send(this.text, this.params, undefined, this.onResult)
+    conn.driver.send(this.text, this.params, this.rowMode, this.onResult)
   }
   readonly onResult = (
     error: QueryError | ConnectionError | undefined,
@@ -195,7 +196,8 @@ export class QueryOp implements Waiter {
   }
 }
 
-interface Pin {
+/** @internal */
+export interface Pin {
   readonly core: PoolCore
   readonly handle: Handle
   readonly next: Pin | undefined
@@ -211,7 +213,8 @@ export const currentPins: FiberRef.FiberRef<Pin | undefined> = globalValue(
   () => FiberRef.unsafeMake<Pin | undefined>(undefined)
 )
 
-const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
+/** @internal */
+export const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
   while (pins !== undefined && pins.core !== core) pins = pins.next
   return pins
 }
@@ -248,6 +251,9 @@ export const isTransientConnectError = (error: ConnectionError): boolean => {
 }
 
 const increment = (n: number) => n + 1
+
+/** @internal */
+export const rowsOf = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => result.rows
 
 const CANCEL_SETTLE_TIMEOUT = Duration.seconds(5)
 const RESET_TIMEOUT = Duration.seconds(5)
@@ -1045,30 +1051,29 @@ export class PoolCore {
   }
 
   /**
-   * `PgPool.query` outside of a pinned connection: check out, send, return, in one suspension of the fiber.
+   * A statement outside of a pinned connection: check out, send, return, in one suspension of the fiber.
    * A statement that failed because its connection was lost is retried once on a fresh connection.
    */
-  oneShot(
+  oneShot<A>(
     text: string,
     params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    project: (result: Connector.QueryResult) => A,
     retry: boolean
-  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+  ): Effect.Effect<A, PoolError | QueryError> {
     const effect = Effect.uninterruptibleMask((restore) =>
-      Effect.suspend((): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> => {
+      Effect.suspend((): Effect.Effect<A, PoolError | QueryError> => {
         if (this.closed) return Effect.fail(this.closedError())
-        const op = new QueryOp(this, text, params)
+        const op = new QueryOp(this, text, params, rowMode)
         const now = this.clock.unsafeCurrentTimeMillis()
         const conn = this.takeIdle(now)
         if (conn !== undefined) {
           if (this.needsPing(conn, now)) {
-            return Effect.flatMap(
-              this.validate(conn),
-              (alive) => {
-                if (!alive) return restore(this.oneShot(text, params, retry))
-                op.conn = conn
-                return this.send(op, retry, restore)
-              }
-            )
+            return Effect.flatMap(this.validate(conn), (alive) => {
+              if (!alive) return restore(this.oneShot(text, params, rowMode, project, retry))
+              op.conn = conn
+              return this.send(op, project, retry, restore)
+            })
           }
           this.markBusy(conn)
           op.conn = conn
@@ -1076,43 +1081,61 @@ export class PoolCore {
           const refused = this.refusal()
           if (refused !== undefined) return refused
         }
-        return this.send(op, retry, restore)
+        return this.send(op, project, retry, restore)
       })
     )
     return this.config.queryTimeout === undefined ? effect : this.withQueryTimeout(effect)
   }
 
-  send(
+  send<A>(
     op: QueryOp,
+    project: (result: Connector.QueryResult) => A,
     retry: boolean,
     restore: Restore
-  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+  ): Effect.Effect<A, PoolError | QueryError> {
     return Effect.matchCauseEffect(restore(Effect.async(op.register)), {
       onFailure: (cause) => Effect.zipRight(op.abandon(), Effect.failCause(cause)),
-      onSuccess: (done) => this.complete(done, retry, restore)
+      onSuccess: (done) => this.complete(done, project, retry, restore)
     })
   }
 
-  /** The statement of a one-shot op has been answered: count it, return the connection, hand out the rows. */
-  complete(
+  /** The statement of a one-shot op has been answered: count it, return the connection, hand out the result. */
+  complete<A>(
     op: QueryOp,
+    project: (result: Connector.QueryResult) => A,
     retry: boolean,
     restore: Restore
-  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+  ): Effect.Effect<A, PoolError | QueryError> {
     op.state = OpState.Finished
     const conn = op.conn!
-    const finish = (usage: number): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> => {
+    const finish = (usage: number): Effect.Effect<A, PoolError | QueryError> => {
       const released = this.releaseWith(conn, usage)
       const error = op.error
       if (error === undefined) {
-        return released === Effect.void ? Effect.succeed(op.result!.rows) : Effect.as(released, op.result!.rows)
+        const value = project(op.result!)
+        return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
       }
       if (retry && error._tag === "ConnectionError" && conn.lost && !this.closed) {
-        return Effect.zipRight(released, restore(this.oneShot(op.text, op.params, false)))
+        return Effect.zipRight(released, restore(this.oneShot(op.text, op.params, op.rowMode, project, false)))
       }
       return Effect.zipRight(released, Effect.fail(error))
     }
     return this.counting ? Effect.flatMap(Ref.updateAndGet(conn.usage, increment), finish) : finish(0)
+  }
+
+  /** A statement on the pinned connection of this fiber, if any, else a one-shot statement. */
+  statement<A>(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    project: (result: Connector.QueryResult) => A
+  ): Effect.Effect<A, PoolError | QueryError> {
+    return Effect.withFiberRuntime((fiber) => {
+      const pin = findPin(fiber.getFiberRef(currentPins), this)
+      return pin === undefined
+        ? this.oneShot(text, params, rowMode, project, this.config.retryLostQueries)
+        : Effect.map(this.run(pin.handle.conn, text, params, rowMode), project)
+    })
   }
 
   readonly connection: Effect.Effect<PgPool.PooledConnection, PoolError, Scope.Scope> = Effect.withFiberRuntime(
@@ -1128,7 +1151,9 @@ export class PoolCore {
   ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> =>
     Effect.withFiberRuntime((fiber) => {
       const pin = findPin(fiber.getFiberRef(currentPins), this)
-      return pin === undefined ? this.oneShot(text, params, this.config.retryLostQueries) : pin.handle.query(text, params)
+      return pin === undefined
+        ? this.oneShot(text, params, undefined, rowsOf, this.config.retryLostQueries)
+        : pin.handle.query(text, params)
     })
 
   readonly withConnection = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | PoolError, R> =>

@@ -6,6 +6,7 @@ import { Duration, Effect, Layer, Redacted, TestServices } from "effect"
 import * as Connector from "../../src/Connector.js"
 import { parseUrl } from "../../src/internal/config.js"
 import * as PgPool from "../../src/PgPool.js"
+import type { ConnectionError, QueryError } from "../../src/PgPoolError.js"
 
 interface State {
   readonly adminUrl: string
@@ -43,7 +44,7 @@ export const adminQuery = (
   sql: string,
   params?: ReadonlyArray<unknown>,
   database?: string
-): Effect.Effect<ReadonlyArray<Connector.Row>, unknown> =>
+): Effect.Effect<ReadonlyArray<Connector.Row>, QueryError | ConnectionError> =>
   Effect.scoped(
     Effect.flatMap(
       Connector.make.connect(connectOptions(state().adminUrl, database), () => {}),
@@ -111,7 +112,7 @@ export const backends = (applicationName = "effect-pg-pool-test") =>
   adminQuery(
     "select pid, state, query, backend_type from pg_stat_activity where datname = $1 and application_name = $2 order by pid",
     [testDatabase(), applicationName]
-  ) as Effect.Effect<ReadonlyArray<{ pid: number; state: string | null; query: string }>, unknown>
+  ) as Effect.Effect<ReadonlyArray<{ pid: number; state: string | null; query: string }>, QueryError | ConnectionError>
 
 /** Polls `effect` until `predicate` holds, at most `attempts` times, a few milliseconds apart (real time, also under TestClock). */
 export const eventually = <A, E, R>(

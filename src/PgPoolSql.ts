@@ -1,0 +1,62 @@
+/**
+ * The @effect/sql drop-in: an `SqlClient`, also provided as @effect/sql-pg's `PgClient`, running on the pool.
+ * Swap `PgClient.layer(...)` for `PgPoolSql.layer` on top of a pool layer and existing code keeps working:
+ *
+ * ```ts
+ * import { SqlClient } from "@effect/sql"
+ * import { Effect, Layer } from "effect"
+ * import { PgPool, PgPoolSql } from "effect-pg-pool"
+ *
+ * const SqlLive = PgPoolSql.layer.pipe(Layer.provide(PgPool.layer({ url: "postgres://localhost/app" })))
+ *
+ * const program = Effect.gen(function*() {
+ *   const sql = yield* SqlClient.SqlClient
+ *   return yield* sql`select ${1}::int as one`
+ * })
+ * ```
+ *
+ * `sql.withTransaction` and `Transaction.withTransaction` are one mechanism: nested in each other they share
+ * the connection and the savepoint depth. Errors reach SqlClient users as `SqlError` whose `cause` is the
+ * pool's tagged error (`PoolExhaustedError`, `ConnectionError`, `QueryError`, `PoolClosedError`).
+ *
+ * @since 0.1.0
+ */
+import type * as PgClient from "@effect/sql-pg/PgClient"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Layer from "effect/Layer"
+import * as internal from "./internal/sql.js"
+import type { PgPool } from "./PgPool.js"
+
+/**
+ * Options of the client, as in @effect/sql-pg's `PgClientConfig`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Renames result columns, e.g. `String.snakeToCamel`. */
+  readonly transformResultNames?: ((str: string) => string) | undefined
+  /** Renames identifiers in queries, e.g. `String.camelToSnake`. */
+  readonly transformQueryNames?: ((str: string) => string) | undefined
+  /** Apply the name transforms inside JSON values too. Default true. */
+  readonly transformJson?: boolean | undefined
+  /** Extra attributes of every statement span. */
+  readonly spanAttributes?: Record<string, unknown> | undefined
+}
+
+/**
+ * `SqlClient` and `PgClient` on the `PgPool` of the context.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, never, PgPool> = internal.layerWith()
+
+/**
+ * `SqlClient` and `PgClient` with name transforms.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerWith: (options: Options) => Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, never, PgPool> =
+  internal.layerWith

@@ -1,0 +1,283 @@
+/**
+ * An @effect/sql `SqlClient` (also provided as @effect/sql-pg's `PgClient`) running on the pool.
+ *
+ * @internal
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Client from "@effect/sql/SqlClient"
+import type * as SqlConnection from "@effect/sql/SqlConnection"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Statement from "@effect/sql/Statement"
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as RcRef from "effect/RcRef"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type * as Connector from "../Connector.js"
+import type * as PgPool from "../PgPool.js"
+import type { ConnectionError, PoolError, QueryError } from "../PgPoolError.js"
+import type * as PgPoolSql from "../PgPoolSql.js"
+import * as config_ from "./config.js"
+import { CoreId, currentPins, findPin, type Handle, type PoolCore, tag as PgPoolTag } from "./pool.js"
+import * as transaction from "./transaction.js"
+
+type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+
+/** @internal */
+export const toSqlError = (error: PoolError | QueryError | ConnectionError): SqlError =>
+  new SqlError({ cause: error, message: error.message })
+
+const rowsOrResults = (result: Connector.QueryResult): ReadonlyArray<unknown> =>
+  result.results === undefined ? result.rows : result.results.map((r) => r.rows)
+
+const transformed = (transformRows: Transform) =>
+  transformRows === undefined
+    ? rowsOrResults
+    : (result: Connector.QueryResult): ReadonlyArray<unknown> =>
+      result.results === undefined
+        ? transformRows(result.rows as ReadonlyArray<object>)
+        : result.results.map((r) => transformRows(r.rows as ReadonlyArray<object>))
+
+const rawOf = (result: Connector.QueryResult): unknown => result
+const valuesOf = (result: Connector.QueryResult) => result.rows as unknown as ReadonlyArray<ReadonlyArray<unknown>>
+
+const STREAM_BATCH = 128
+
+/**
+ * A SqlConnection on the pool: bound to a checked-out connection (transactions, `reserve`, streams), or
+ * unbound, in which case every statement is a one-shot checkout (or runs on the fiber's pinned connection).
+ *
+ * @internal
+ */
+export class PooledSqlConnection implements SqlConnection.Connection {
+  constructor(readonly core: PoolCore, readonly handle: Handle | undefined) {}
+
+  run<A>(
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    rowMode: "array" | undefined,
+    project: (result: Connector.QueryResult) => A
+  ): Effect.Effect<A, SqlError> {
+    const handle = this.handle
+    const effect = handle === undefined
+      ? this.core.statement(sql, params, rowMode, project)
+      : handle.released
+      ? Effect.fail(this.core.usedAfterRelease(handle))
+      : Effect.map(this.core.run(handle.conn, sql, params, rowMode), project)
+    return Effect.mapError(effect, toSqlError)
+  }
+
+  execute(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
+    return this.run(sql, params, undefined, transformed(transformRows)) as Effect.Effect<ReadonlyArray<any>, SqlError>
+  }
+  executeRaw(sql: string, params: ReadonlyArray<unknown>) {
+    return this.run(sql, params, undefined, rawOf)
+  }
+  executeValues(sql: string, params: ReadonlyArray<unknown>) {
+    return this.run(sql, params, "array", valuesOf)
+  }
+  executeUnprepared(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
+    return this.execute(sql, params, transformRows)
+  }
+  executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
+    const core = this.core
+    const own = this.handle
+    return Stream.unwrapScoped(Effect.gen(function*() {
+      const pins = yield* FiberRef.get(currentPins)
+      const handle = own ?? findPin(pins, core)?.handle ?? (yield* Effect.mapError(core.scopedCheckout, toSqlError))
+      const cursor = handle.conn.driver.cursor(sql, params, undefined)
+      yield* Effect.addFinalizer(() => cursor.close)
+      const pull = cursor.read(STREAM_BATCH).pipe(
+        Effect.mapError((error) => Option.some(toSqlError(error))),
+        Effect.flatMap((rows) =>
+          rows.length === 0
+            ? Effect.fail(Option.none())
+            : Effect.succeed(Chunk.unsafeFromArray(
+              transformRows === undefined ? rows : transformRows(rows as ReadonlyArray<object>)
+            ))
+        )
+      )
+      return Stream.repeatEffectChunkOption(pull)
+    }))
+  }
+}
+
+/** The @effect/sql connection of a checked-out connection (used for `TransactionConnection`). */
+/** @internal */
+export const sqlConnection = (handle: Handle): SqlConnection.Connection => new PooledSqlConnection(handle.core, handle)
+
+const quoteIdent = (name: string) => `"${name.replace(/"/g, "\"\"")}"`
+
+/**
+ * LISTEN on a dedicated connection (outside the pool). When that connection is lost, it is reopened per the
+ * pool's `reconnect` schedule and every channel with subscribers is listened to again. A semaphore keeps
+ * subscriptions and the (re)start of the connection from interleaving.
+ */
+class Listener {
+  readonly channels = new Map<string, Set<(payload: string) => void>>()
+  readonly lock = Effect.unsafeMakeSemaphore(1)
+  driver: Connector.Connection | undefined = undefined
+  up: Deferred.Deferred<void> = Deferred.unsafeMake<void>(FiberId.none)
+  constructor(readonly core: PoolCore) {}
+
+  dispatch = (notification: Connector.Notification) => {
+    const subscribers = this.channels.get(notification.channel)
+    if (subscribers === undefined) return
+    for (const emit of subscribers) emit(notification.payload)
+  }
+
+  execute(driver: Connector.Connection | undefined, text: string): Effect.Effect<void> {
+    if (driver === undefined) return Effect.void
+    return Effect.async<void>((resume) => {
+      driver.send(text, undefined, undefined, () => resume(Effect.void))
+    })
+  }
+
+  /** One life of the dedicated connection: connect, LISTEN to every channel, wait until it is lost. */
+  readonly session: Effect.Effect<void, ConnectionError> = Effect.scoped(Effect.gen(this, function*() {
+    const lost = yield* Deferred.make<void>()
+    const options = config_.connectOptions(this.core.config, this.core.config.hosts[0]!)
+    const driver = yield* this.core.connector.connect(options, () => Deferred.unsafeDone(lost, Exit.void))
+    driver.onNotification(this.dispatch)
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        this.driver = undefined
+        this.up = Deferred.unsafeMake<void>(FiberId.none)
+      })
+    )
+    yield* this.lock.withPermits(1)(Effect.gen(this, function*() {
+      for (const channel of this.channels.keys()) yield* this.execute(driver, `LISTEN ${quoteIdent(channel)}`)
+      this.driver = driver
+      yield* Deferred.succeed(this.up, undefined)
+    }))
+    yield* Effect.logDebug("listen connection ready").pipe(Effect.annotateLogs({ backendPid: driver.backendPid }))
+    yield* Deferred.await(lost)
+    yield* Effect.logWarning("listen connection lost; reconnecting")
+  }))
+
+  get supervise(): Effect.Effect<never> {
+    return this.session.pipe(
+      Effect.retry({ schedule: this.core.config.reconnect }),
+      Effect.ignore,
+      Effect.forever
+    )
+  }
+
+  subscribe(channel: string, emit: (payload: string) => void): Effect.Effect<void> {
+    return this.lock.withPermits(1)(Effect.suspend(() => {
+      let subscribers = this.channels.get(channel)
+      const first = subscribers === undefined
+      if (subscribers === undefined) {
+        subscribers = new Set()
+        this.channels.set(channel, subscribers)
+      }
+      subscribers.add(emit)
+      return first ? this.execute(this.driver, `LISTEN ${quoteIdent(channel)}`) : Effect.void
+    }))
+  }
+
+  unsubscribe(channel: string, emit: (payload: string) => void): Effect.Effect<void> {
+    return this.lock.withPermits(1)(Effect.suspend(() => {
+      const subscribers = this.channels.get(channel)
+      if (subscribers === undefined) return Effect.void
+      subscribers.delete(emit)
+      if (subscribers.size > 0) return Effect.void
+      this.channels.delete(channel)
+      return this.execute(this.driver, `UNLISTEN ${quoteIdent(channel)}`)
+    }))
+  }
+
+  /** Completes once the dedicated connection is up and listening. */
+  readonly ready: Effect.Effect<void> = Effect.suspend(() => Deferred.await(this.up))
+}
+
+const PgJson = Statement.custom<PgClient.PgCustom>("PgJson")
+
+/** @internal */
+export const make = (
+  options: PgPoolSql.Options = {}
+): Effect.Effect<PgClient.PgClient, never, PgPool.PgPool | Scope.Scope | Reactivity.Reactivity> =>
+  Effect.gen(function*() {
+    const service = yield* PgPoolTag
+    const core = (service as { readonly [CoreId]?: PoolCore })[CoreId]
+    if (core === undefined) return yield* Effect.dieMessage("PgPoolSql needs a PgPool built by this package")
+    const config = core.config
+    const host = config.hosts[0]!
+    const unbound = new PooledSqlConnection(core, undefined)
+    const reserve = Effect.map(Effect.mapError(core.scopedCheckout, toSqlError), (handle) =>
+      new PooledSqlConnection(core, handle) as SqlConnection.Connection)
+    const compiler = PgClient.makeCompiler(options.transformQueryNames, options.transformJson)
+    const transformRows = options.transformResultNames
+      ? Statement.defaultTransforms(options.transformResultNames, options.transformJson).array
+      : undefined
+    const client = yield* Client.make({
+      acquirer: Effect.succeed(unbound),
+      transactionAcquirer: reserve,
+      compiler,
+      spanAttributes: [
+        ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
+        ["db.system.name", "postgresql"],
+        ["db.namespace", config.database],
+        ["server.address", host.host],
+        ["server.port", host.port]
+      ],
+      transformRows
+    })
+    const withTransaction = transaction.make({ map: toSqlError }, () => core)
+    const listener = yield* RcRef.make({
+      acquire: Effect.gen(function*() {
+        const listener = new Listener(core)
+        yield* Effect.forkScoped(listener.supervise)
+        return listener
+      }),
+      idleTimeToLive: "1 second"
+    })
+    const pgClient: PgClient.PgClient = Object.assign(client, {
+      [PgClient.TypeId]: PgClient.TypeId,
+      withTransaction: <R, E, A>(effect: Effect.Effect<A, E, R>) => withTransaction(effect),
+      config: {
+        host: host.host,
+        port: host.port,
+        database: config.database,
+        username: config.user,
+        password: config.password,
+        ssl: config.ssl !== undefined && config.ssl !== false,
+        applicationName: config.applicationName
+      },
+      json: (value: unknown) => PgJson(value, undefined, undefined),
+      listen: (channel: string) =>
+        Stream.asyncPush<string, SqlError>((emit) =>
+          Effect.gen(function*() {
+            const active = yield* RcRef.get(listener)
+            const push = (payload: string) => {
+              emit.single(payload)
+            }
+            yield* Effect.acquireRelease(active.subscribe(channel, push), () => active.unsubscribe(channel, push))
+            yield* Effect.timeoutOption(active.ready, core.config.connectTimeout)
+          })
+        ),
+      notify: (channel: string, payload: string) =>
+        Effect.mapError(
+          core.statement("select pg_notify($1, $2)", [channel, payload], undefined, () => undefined),
+          toSqlError
+        )
+    })
+    return pgClient
+  })
+
+/** @internal */
+export const layerWith = (
+  options: PgPoolSql.Options = {}
+): Layer.Layer<Client.SqlClient | PgClient.PgClient, never, PgPool.PgPool> =>
+  Layer.scopedContext(
+    Effect.map(make(options), (client) =>
+      Context.make(PgClient.PgClient, client).pipe(Context.add(Client.SqlClient, client)))
+  ).pipe(Layer.provide(Reactivity.layer))

@@ -1,0 +1,220 @@
+/**
+ * Transactions on the pool: BEGIN, run, COMMIT; ROLLBACK for any other exit; SAVEPOINTs when nested. One
+ * mechanism serves `Transaction.withTransaction` and the SqlClient's `withTransaction`: the depth and the
+ * connection travel in the context (our `Transaction` service and @effect/sql's `TransactionConnection`),
+ * and the connection is pinned so that `PgPool.query` and `PgPool.connection` use it too.
+ *
+ * @internal
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import * as Scope from "effect/Scope"
+import type { PgPool, PooledConnection } from "../PgPool.js"
+import type { ConnectionError, PoolError } from "../PgPoolError.js"
+import { QueryError } from "../PgPoolError.js"
+import type * as Transaction from "../Transaction.js"
+import { CoreId, currentPins, findPin, type Handle, type Pin, type PoolCore, tag as PgPoolTag } from "./pool.js"
+import { sqlConnection } from "./sql.js"
+
+/** @internal */
+export const TransactionTag: Context.Tag<Transaction.Transaction, Transaction.Transaction> = Context.GenericTag<
+  Transaction.Transaction
+>("effect-pg-pool/Transaction")
+
+/** @internal */
+export class TransactionImpl implements Transaction.Transaction {
+  constructor(
+    readonly core: PoolCore,
+    readonly handle: Handle,
+    readonly depth: number,
+    readonly options: Transaction.TransactionOptions
+  ) {}
+  get connection(): PooledConnection {
+    return this.handle
+  }
+  get readOnly(): boolean {
+    return this.options.readOnly === true
+  }
+}
+
+/** @internal */
+export const beginStatement = (options: Transaction.TransactionOptions): string => {
+  let text = "BEGIN"
+  if (options.isolation !== undefined) text += ` ISOLATION LEVEL ${options.isolation.toUpperCase()}`
+  if (options.readOnly === true) text += " READ ONLY"
+  else if (options.readOnly === false) text += " READ WRITE"
+  if (options.deferrable === true) text += " DEFERRABLE"
+  else if (options.deferrable === false) text += " NOT DEFERRABLE"
+  return text
+}
+
+const isolationLevels = new Set(["read committed", "repeatable read", "serializable", "read uncommitted"])
+
+const invalidOptions = (options: Transaction.TransactionOptions): QueryError | undefined => {
+  if (options.isolation !== undefined && !isolationLevels.has(options.isolation)) {
+    return new QueryError({
+      message: `Invalid transaction isolation level ${
+        JSON.stringify(options.isolation)
+      }: use "read committed", "repeatable read" or "serializable" (SQLSTATE 22023)`,
+      code: "22023"
+    })
+  }
+  return undefined
+}
+
+type TxError = PoolError | QueryError
+
+/**
+ * How the statements of the transaction mechanism (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, and the checkout) fail:
+ * the pool's own errors for `Transaction.withTransaction`, SqlError for the SqlClient.
+ *
+ * @internal
+ */
+export interface ErrorMapping<X> {
+  readonly map: (error: TxError) => X
+}
+
+const identity: ErrorMapping<TxError> = { map: (error) => error }
+
+const runOn = (handle: Handle, text: string) =>
+  handle.core.run(handle.conn, text, undefined)
+
+const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionError> =>
+  Effect.flatMap(runOn(handle, "COMMIT"), (result) =>
+    result.command === "ROLLBACK"
+      ? Effect.fail(
+        new QueryError({
+          message:
+            "COMMIT was answered with ROLLBACK: a statement of the transaction had failed, so nothing was committed (SQLSTATE 40000)",
+          code: "40000"
+        })
+      )
+      : Effect.void)
+
+/** Runs the outcome statement after the body: commit on success, roll back otherwise, keeping both causes. */
+const settle = <A, E, X>(
+  exit: Exit.Exit<A, E>,
+  onSuccess: Effect.Effect<void, QueryError | ConnectionError>,
+  onFailure: Effect.Effect<void, QueryError | ConnectionError>,
+  mapping: ErrorMapping<X>
+): Effect.Effect<A, E | X> =>
+  Exit.isSuccess(exit)
+    ? Effect.matchCauseEffect(onSuccess, {
+      onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
+      onSuccess: () => exit
+    })
+    : Effect.matchCauseEffect(onFailure, {
+      onFailure: (cause) => Effect.failCause(Cause.sequential(exit.cause, Cause.map(cause, mapping.map))),
+      onSuccess: () => exit
+    })
+
+/**
+ * The transaction mechanism, for the pool found by `poolOf` (the `PgPool` in the context for
+ * `Transaction.withTransaction`, the pool the SqlClient was built on for `sql.withTransaction`).
+ *
+ * @internal
+ */
+export const make = <X, RP>(
+  mapping: ErrorMapping<X>,
+  poolOf: (context: Context.Context<never>) => PoolCore | undefined
+) =>
+<A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  options: Transaction.TransactionOptions = {}
+): Effect.Effect<A, E | X, R | RP> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.withFiberRuntime<A, E | X, R>((fiber) => {
+      const invalid = invalidOptions(options)
+      if (invalid !== undefined) return Effect.fail(mapping.map(invalid))
+      const context = fiber.getFiberRef(FiberRef.currentContext)
+      const core = poolOf(context)
+      if (core === undefined) {
+        return Effect.dieMessage("Transaction.withTransaction needs a PgPool built by this package (PgPool.layer)")
+      }
+      const outer = Context.getOption(context, TransactionTag)
+      if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
+        return nested(outer.value as TransactionImpl, effect, context, restore, mapping)
+      }
+      return outermost(core, effect, options, context, fiber.getFiberRef(currentPins), restore, mapping)
+    })
+  )
+
+const inside = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  tx: TransactionImpl,
+  context: Context.Context<never>,
+  restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>
+): Effect.Effect<A, E, R> => {
+  const next = Context.add(context, TransactionTag, tx).pipe(
+    Context.add(SqlClient.TransactionConnection, [sqlConnection(tx.handle), tx.depth] as const)
+  )
+  return Effect.locally(restore(effect), FiberRef.currentContext, next as Context.Context<R>)
+}
+
+const outermost = <A, E, R, X>(
+  core: PoolCore,
+  effect: Effect.Effect<A, E, R>,
+  options: Transaction.TransactionOptions,
+  context: Context.Context<never>,
+  pins: Pin | undefined,
+  restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
+  mapping: ErrorMapping<X>
+): Effect.Effect<A, E | X, R> =>
+  Effect.flatMap(Scope.make(), (scope) => {
+    const pinned = findPin(pins, core)?.handle
+    const checkout: Effect.Effect<Handle, PoolError> = pinned !== undefined
+      ? Effect.succeed(pinned)
+      : restore(Scope.extend(core.scopedCheckout, scope))
+    return Effect.matchCauseEffect(checkout, {
+      onFailure: (cause) => Effect.zipRight(Scope.close(scope, Exit.void), Effect.failCause(Cause.map(cause, mapping.map))),
+      onSuccess: (handle) => {
+        const tx = new TransactionImpl(core, handle, 0, options)
+        const body = Effect.locally(
+          inside(effect, tx, context, restore),
+          currentPins,
+          { core, handle, next: pins }
+        )
+        return Effect.matchCauseEffect(runOn(handle, beginStatement(options)), {
+          onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
+          onSuccess: () =>
+            Effect.flatMap(Effect.exit(body), (exit) =>
+              settle(exit, commit(handle), Effect.asVoid(runOn(handle, "ROLLBACK")), mapping))
+        }).pipe(Effect.onExit((exit) => Scope.close(scope, exit)))
+      }
+    })
+  })
+
+const nested = <A, E, R, X>(
+  outer: TransactionImpl,
+  effect: Effect.Effect<A, E, R>,
+  context: Context.Context<never>,
+  restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
+  mapping: ErrorMapping<X>
+): Effect.Effect<A, E | X, R> => {
+  const tx = new TransactionImpl(outer.core, outer.handle, outer.depth + 1, outer.options)
+  const name = `effect_sql_${tx.depth}`
+  return Effect.matchCauseEffect(runOn(tx.handle, `SAVEPOINT ${name}`), {
+    onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
+    onSuccess: () =>
+      Effect.flatMap(Effect.exit(inside(effect, tx, context, restore)), (exit) =>
+        settle(
+          exit,
+          Effect.asVoid(runOn(tx.handle, `RELEASE SAVEPOINT ${name}`)),
+          Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`)),
+          mapping
+        ))
+  })
+}
+
+const poolInContext = (context: Context.Context<never>): PoolCore | undefined =>
+  (Context.unsafeGet(context, PgPoolTag) as { readonly [CoreId]?: PoolCore })[CoreId]
+
+/** @internal */
+export const withTransaction: <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  options?: Transaction.TransactionOptions
+) => Effect.Effect<A, E | PoolError | QueryError, R | PgPool> = make<TxError, PgPool>(identity, poolInContext)

@@ -1,0 +1,272 @@
+import { assert, describe, it } from "@effect/vitest"
+import { SqlClient } from "@effect/sql"
+import { Cause, Deferred, Effect, Exit, Fiber, Layer, Option } from "effect"
+import * as PgPool from "../src/PgPool.js"
+import * as PgPoolSql from "../src/PgPoolSql.js"
+import * as Transaction from "../src/Transaction.js"
+import { adminQuery, backends, eventually, testDatabase, testLayer } from "./support/db.js"
+
+const PoolLive = testLayer({ maxConnections: 6 })
+const Live = Layer.provideMerge(PgPoolSql.layer, PoolLive)
+
+const count = (table: string) =>
+  PgPool.query(`select count(*)::int as n from ${table}`).pipe(Effect.map((rows) => Number(rows[0]!.n)))
+
+const backendPid = PgPool.query("select pg_backend_pid() as pid").pipe(Effect.map((rows) => Number(rows[0]!.pid)))
+
+const idleInTransaction = adminQuery(
+  "select count(*)::int as n from pg_stat_activity where datname = $1 and state like 'idle in transaction%'",
+  [testDatabase()]
+).pipe(Effect.map((rows) => Number(rows[0]!.n)))
+
+const fresh = (table: string) =>
+  Effect.zipRight(
+    PgPool.query(`drop table if exists ${table}`),
+    PgPool.query(`create table ${table} (id int primary key, v int not null default 0)`)
+  )
+
+describe("Transaction", () => {
+  it.effect("commits: the rows are visible afterwards", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_commit")
+      const inside = yield* Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into tx_commit (id) values (1), (2)")
+        return yield* Transaction.isActive
+      }))
+      assert.isTrue(inside)
+      assert.isFalse(yield* Transaction.isActive)
+      assert.strictEqual(yield* count("tx_commit"), 2)
+    }).pipe(Effect.provide(Live)))
+
+  for (const [name, end] of [
+    ["a failure", Effect.fail("boom")],
+    ["a defect", Effect.die("defect")]
+  ] as const) {
+    it.effect(`rolls back on ${name}`, () =>
+      Effect.gen(function*() {
+        yield* fresh("tx_rb")
+        const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("insert into tx_rb (id) values (1)")
+          return yield* end
+        })))
+        assert.isTrue(Exit.isFailure(exit))
+        assert.strictEqual(yield* count("tx_rb"), 0)
+        assert.strictEqual(yield* idleInTransaction, 0)
+        assert.strictEqual((yield* PgPool.stats).inUse, 0)
+      }).pipe(Effect.provide(Live)))
+  }
+
+  it.effect("rolls back on interruption", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_int")
+      const inserted = yield* Deferred.make<void>()
+      const fiber = yield* Effect.fork(Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into tx_int (id) values (1)")
+        yield* Deferred.succeed(inserted, undefined)
+        yield* Effect.never
+      })))
+      yield* Deferred.await(inserted)
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(yield* count("tx_int"), 0)
+      assert.strictEqual(yield* idleInTransaction, 0)
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.inUse, 0)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("interrupting a statement inside a transaction cancels it and rolls back", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_sleep")
+      const fiber = yield* Effect.fork(Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into tx_sleep (id) values (1)")
+        yield* PgPool.query("select pg_sleep(30)")
+      })))
+      yield* eventually(backends(), (rows) => rows.some((row) => row.query === "select pg_sleep(30)" && row.state === "active"))
+      yield* Fiber.interrupt(fiber)
+      const rows = yield* backends()
+      assert.isTrue(rows.every((row) => row.state === "idle"), JSON.stringify(rows))
+      assert.strictEqual(yield* count("tx_sleep"), 0)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("PgPool.query and PgPool.connection inside use the transaction's connection", () =>
+    Effect.gen(function*() {
+      const [a, b, c, txPid] = yield* Transaction.withTransaction(Effect.gen(function*() {
+        const a = yield* backendPid
+        const b = yield* Effect.scoped(Effect.map(PgPool.connection, (conn) => conn.backendPid))
+        const c = yield* PgPool.withConnection(backendPid)
+        const tx = yield* Transaction.Transaction
+        return [a, b, c, tx.connection.backendPid] as const
+      }))
+      assert.deepStrictEqual([a, b, c], [txPid, txPid, txPid])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("a nested call is a savepoint: rolled back alone on failure, released on success", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_nested")
+      const depths = yield* Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into tx_nested (id) values (1)")
+        const inner = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("insert into tx_nested (id) values (2)")
+          return yield* Effect.fail("inner fails")
+        })))
+        assert.isTrue(Exit.isFailure(inner))
+        const kept = yield* Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("insert into tx_nested (id) values (3)")
+          const tx = yield* Transaction.Transaction
+          return tx.depth
+        }))
+        const outer = yield* Transaction.Transaction
+        return [outer.depth, kept]
+      }))
+      assert.deepStrictEqual(depths, [0, 1])
+      const rows = yield* PgPool.query("select id from tx_nested order by id")
+      assert.deepStrictEqual(rows, [{ id: 1 }, { id: 3 }])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("sql.withTransaction and Transaction.withTransaction nest in each other on one connection", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_mixed")
+      const sql = yield* SqlClient.SqlClient
+      const seen = yield* sql.withTransaction(Effect.gen(function*() {
+        const outerPid = yield* backendPid
+        yield* sql`insert into tx_mixed (id) values (1)`
+        const innerExit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* sql`insert into tx_mixed (id) values (2)`
+          const innerPid = yield* backendPid
+          const depth = (yield* Transaction.Transaction).depth
+          const deepest = yield* sql.withTransaction(Effect.map(Transaction.Transaction, (tx) => tx.depth))
+          yield* Effect.fail({ innerPid, depth, deepest })
+        })))
+        return { outerPid, innerExit }
+      }))
+      const failure = Cause.failureOption(Exit.isFailure(seen.innerExit) ? seen.innerExit.cause : Cause.empty)
+      assert.isTrue(Option.isSome(failure))
+      const inner = Option.getOrThrow(failure) as { innerPid: number; depth: number; deepest: number }
+      assert.strictEqual(inner.innerPid, seen.outerPid)
+      assert.deepStrictEqual([inner.depth, inner.deepest], [1, 2])
+      const rows = yield* sql<{ id: number }>`select id from tx_mixed order by id`
+      assert.deepStrictEqual(rows.map((r) => r.id), [1])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("isolation level and read-only take effect", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_ro")
+      const [row] = yield* Transaction.withTransaction(
+        PgPool.query(
+          "select current_setting('transaction_isolation') as iso, current_setting('transaction_read_only') as ro, current_setting('transaction_deferrable') as d"
+        ),
+        { isolation: "serializable", readOnly: true, deferrable: true }
+      )
+      assert.deepStrictEqual(row, { iso: "serializable", ro: "on", d: "on" })
+      const error = yield* Effect.flip(
+        Transaction.withTransaction(PgPool.query("insert into tx_ro (id) values (1)"), { readOnly: true })
+      )
+      assert.strictEqual(error._tag, "QueryError")
+      if (error._tag === "QueryError") assert.strictEqual(error.code, "25006")
+      const [rr] = yield* PgPool.query("select 1 as x").pipe(
+        Transaction.withTransaction({ isolation: "repeatable read" }),
+        Effect.zipRight(
+          Transaction.withTransaction(PgPool.query("select current_setting('transaction_isolation') as iso"), {
+            isolation: "repeatable read"
+          })
+        )
+      )
+      assert.deepStrictEqual(rr, { iso: "repeatable read" })
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("an invalid isolation level is a typed error", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(
+        Transaction.withTransaction(PgPool.query("select 1"), { isolation: "chaos" as never })
+      )
+      assert.strictEqual(error._tag, "QueryError")
+      assert.include(error.message, "isolation")
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("a COMMIT the server answers with ROLLBACK is an error, not a success", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_failed")
+      const error = yield* Effect.flip(Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into tx_failed (id) values (1)")
+        yield* Effect.ignore(PgPool.query("select 1/0"))
+        return "looks fine"
+      })))
+      assert.strictEqual(error._tag, "QueryError")
+      if (error._tag === "QueryError") assert.strictEqual(error.code, "40000")
+      assert.include(error.message, "ROLLBACK")
+      assert.strictEqual(yield* count("tx_failed"), 0)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("a COMMIT that fails (deferred constraint) is a typed QueryError, not a defect", () =>
+    Effect.gen(function*() {
+      yield* PgPool.query("drop table if exists tx_child")
+      yield* PgPool.query("drop table if exists tx_parent")
+      yield* PgPool.query("create table tx_parent (id int primary key)")
+      yield* PgPool.query(
+        "create table tx_child (id int, parent int references tx_parent (id) deferrable initially deferred)"
+      )
+      const exit = yield* Effect.exit(Transaction.withTransaction(PgPool.query("insert into tx_child values (1, 42)")))
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) {
+        assert.isFalse(Cause.isDie(exit.cause))
+        const error = Option.getOrThrow(Cause.failureOption(exit.cause))
+        assert.strictEqual(error._tag, "QueryError")
+        if (error._tag === "QueryError") assert.strictEqual(error.code, "23503")
+      }
+      assert.strictEqual(yield* count("tx_child"), 0)
+      assert.strictEqual((yield* PgPool.stats).inUse, 0)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("a connection lost inside a transaction surfaces as ConnectionError and nothing is retried", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_lost")
+      const error = yield* Effect.flip(Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into tx_lost (id) values (1)")
+        const pid = yield* backendPid
+        yield* adminQuery("select pg_terminate_backend($1)", [pid])
+        yield* PgPool.query("insert into tx_lost (id) values (2)")
+      })))
+      assert.strictEqual(error._tag, "ConnectionError")
+      assert.strictEqual(yield* count("tx_lost"), 0)
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.inUse, 0)
+      assert.isAtLeast(stats.closedByReason.broken, 1)
+    }).pipe(Effect.provide(Live)))
+
+  it.live("bank transfers under concurrency, random failures and interruptions keep the total", () =>
+    Effect.gen(function*() {
+      yield* PgPool.query("drop table if exists bank")
+      yield* PgPool.query("create table bank (id int primary key, balance int not null)")
+      yield* PgPool.query("insert into bank select g, 1000 from generate_series(1, 10) g")
+      const sql = yield* SqlClient.SqlClient
+      let seed = 42
+      const random = () => {
+        seed = (seed * 1103515245 + 12345) & 0x7fffffff
+        return seed / 0x7fffffff
+      }
+      const transfer = (i: number) => {
+        const from = 1 + Math.floor(random() * 10)
+        const to = 1 + Math.floor(random() * 10)
+        const amount = 1 + Math.floor(random() * 50)
+        const fail = random() < 0.2
+        const viaSql = i % 2 === 0
+        const body = Effect.gen(function*() {
+          if (viaSql) yield* sql`update bank set balance = balance - ${amount} where id = ${from}`
+          else yield* PgPool.query("update bank set balance = balance - $2 where id = $1", [from, amount])
+          yield* Effect.sleep(Math.floor(random() * 3))
+          if (fail) yield* Effect.fail("random failure")
+          if (viaSql) yield* sql`update bank set balance = balance + ${amount} where id = ${to}`
+          else yield* PgPool.query("update bank set balance = balance + $2 where id = $1", [to, amount])
+        })
+        return viaSql ? sql.withTransaction(body) : Transaction.withTransaction(body)
+      }
+      const fibers: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
+      for (let i = 0; i < 300; i++) fibers.push(yield* Effect.fork(Effect.exit(transfer(i))))
+      for (const fiber of fibers) if (random() < 0.2) yield* Effect.fork(Fiber.interrupt(fiber))
+      yield* Fiber.awaitAll(fibers)
+      const [total] = yield* PgPool.query("select sum(balance)::int as total from bank")
+      assert.deepStrictEqual(total, { total: 10_000 })
+      const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0 && s.waiting === 0)
+      assert.isAtMost(stats.size, 6)
+      assert.strictEqual(yield* idleInTransaction, 0)
+    }).pipe(Effect.provide(Live)), 60_000)
+})
