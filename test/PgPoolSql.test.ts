@@ -1,0 +1,183 @@
+import { assert, describe, it } from "@effect/vitest"
+import { NodeContext } from "@effect/platform-node"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as PgMigrator from "@effect/sql-pg/PgMigrator"
+import { SqlClient, SqlError } from "@effect/sql"
+import { Chunk, Deferred, Effect, Fiber, Layer, Stream, String as Str } from "effect"
+import * as PgPool from "../src/PgPool.js"
+import * as PgPoolError from "../src/PgPoolError.js"
+import * as PgPoolSql from "../src/PgPoolSql.js"
+import { adminQuery, backends, eventually, testLayer } from "./support/db.js"
+
+const PoolLive = testLayer({ maxConnections: 4 })
+const Live = Layer.provideMerge(PgPoolSql.layer, PoolLive)
+
+describe("PgPoolSql", () => {
+  it.effect("runs sql template statements with parameters", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const rows = yield* sql<{ n: number; s: string }>`select ${41}::int + 1 as n, ${"x"}::text as s`
+      assert.deepStrictEqual(rows, [{ n: 42, s: "x" }])
+      yield* sql`create table sql_people (id serial primary key, name text not null, age int)`
+      yield* sql`insert into sql_people ${sql.insert([{ name: "ada", age: 36 }, { name: "alan", age: 41 }])}`
+      const found = yield* sql<{ name: string }>`select name from sql_people where ${sql.in("name", ["ada", "bob"])}`
+      assert.deepStrictEqual(found, [{ name: "ada" }])
+      yield* sql`update sql_people set ${sql.update({ age: 37 })} where name = ${"ada"}`
+      const [ada] = yield* sql<{ age: number }>`select age from sql_people where name = 'ada'`
+      assert.strictEqual(ada!.age, 37)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("is also the PgClient, with json, raw, values and unprepared statements", () =>
+    Effect.gen(function*() {
+      const sql = yield* PgClient.PgClient
+      const doc = { a: 1, nested: { b: [1, 2, 3] }, text: "héllo" }
+      const [row] = yield* sql<{ doc: unknown }>`select ${sql.json(doc)}::jsonb as doc`
+      assert.deepStrictEqual(row!.doc, doc)
+      const values = yield* sql`select 1 as a, 'two' as b`.values
+      assert.deepStrictEqual(values, [[1, "two"]])
+      const raw = (yield* sql`select 1 as a`.raw) as { rows: Array<unknown>; command: string; rowCount: number }
+      assert.strictEqual(raw.command, "SELECT")
+      assert.strictEqual(raw.rowCount, 1)
+      const unprepared = yield* sql.unsafe("select 7 as seven").unprepared
+      assert.deepStrictEqual(unprepared, [{ seven: 7 }])
+      assert.strictEqual(sql.config.database, (yield* PgPool.query("select current_database() as d"))[0]!.d)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("streams many rows with a cursor", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const chunk = yield* Stream.runCollect(sql<{ g: number }>`select g from generate_series(1, 20000) g`.stream)
+      assert.strictEqual(Chunk.size(chunk), 20000)
+      assert.deepStrictEqual(Chunk.unsafeGet(chunk, 19999), { g: 20000 })
+      const firstFive = yield* Stream.runCollect(
+        Stream.take(sql<{ g: number }>`select g from generate_series(1, 1000000) g`.stream, 5)
+      )
+      assert.deepStrictEqual(Chunk.toReadonlyArray(firstFive).map((r) => r.g), [1, 2, 3, 4, 5])
+      const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0)
+      assert.strictEqual(stats.inUse, 0)
+      const rows = yield* sql`select 1 as ok`
+      assert.deepStrictEqual(rows, [{ ok: 1 }])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("errors reach SqlClient users as SqlError with the pool's error as cause", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const error = yield* Effect.flip(sql`selec 1`)
+      assert.instanceOf(error, SqlError.SqlError)
+      assert.instanceOf(error.cause, PgPoolError.QueryError)
+      assert.strictEqual((error.cause as PgPoolError.QueryError).code, "42601")
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("reserve checks a connection out for the scope", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const pids = yield* Effect.scoped(Effect.gen(function*() {
+        const conn = yield* sql.reserve
+        const a = yield* conn.execute("select pg_backend_pid() as pid", [], undefined)
+        const b = yield* conn.execute("select pg_backend_pid() as pid", [], undefined)
+        const stats = yield* PgPool.stats
+        return [a[0].pid, b[0].pid, stats.inUse]
+      }))
+      assert.strictEqual(pids[0], pids[1])
+      assert.strictEqual(pids[2], 1)
+      assert.strictEqual((yield* PgPool.stats).inUse, 0)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("withTransaction commits and rolls back", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`create table sql_tx (id int primary key)`
+      yield* sql.withTransaction(sql`insert into sql_tx values (1)`)
+      const failed = yield* Effect.exit(sql.withTransaction(Effect.zipRight(
+        sql`insert into sql_tx values (2)`,
+        Effect.fail("no")
+      )))
+      assert.strictEqual(failed._tag, "Failure")
+      const rows = yield* sql<{ id: number }>`select id from sql_tx`
+      assert.deepStrictEqual(rows, [{ id: 1 }])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("interrupting a statement cancels it on the server, on its own backend only", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const fiber = yield* Effect.fork(sql`select pg_sleep(30)`)
+      const other = yield* Effect.fork(sql`select pg_sleep(0.3), 'other finished' as result`)
+      yield* eventually(backends(), (rows) => rows.filter((row) => row.state === "active").length === 2)
+      yield* Fiber.interrupt(fiber)
+      const rows = yield* backends()
+      assert.isFalse(rows.some((row) => row.query === "select pg_sleep(30)" && row.state === "active"))
+      const result = yield* Fiber.join(other)
+      assert.deepStrictEqual(result.map((r) => r.result), ["other finished"])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("name transforms (layerWith)", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const [row] = yield* sql`select 1 as first_name_length`
+      assert.deepStrictEqual(row, { firstNameLength: 1 })
+    }).pipe(Effect.provide(Layer.provide(
+      PgPoolSql.layerWith({ transformResultNames: Str.snakeToCamel, transformQueryNames: Str.camelToSnake }),
+      PoolLive
+    ))))
+
+  it.live("listen and notify, also after the listening backend was terminated", () =>
+    Effect.gen(function*() {
+      const sql = yield* PgClient.PgClient
+      const received: Array<string> = []
+      const first = yield* Deferred.make<void>()
+      const fiber = yield* Effect.fork(Stream.runForEach(sql.listen("events"), (payload) =>
+        Effect.sync(() => received.push(payload)).pipe(
+          Effect.zipRight(Deferred.succeed(first, undefined))
+        )))
+      yield* eventually(
+        Effect.zipRight(sql.notify("events", "hello"), Deferred.isDone(first)),
+        (done) => done
+      )
+      assert.include(received, "hello")
+      const listeners = yield* adminQuery(
+        "select pid from pg_stat_activity where datname = $1 and query like 'LISTEN%'",
+        [(yield* PgPool.query("select current_database() as d"))[0]!.d]
+      )
+      assert.isAtLeast(listeners.length, 1)
+      for (const row of listeners) yield* adminQuery("select pg_terminate_backend($1)", [row.pid])
+      yield* eventually(
+        Effect.zipRight(sql.notify("events", "after restart"), Effect.sync(() => received.includes("after restart"))),
+        (done) => done,
+        { attempts: 400, interval: "50 millis" }
+      )
+      yield* Fiber.interrupt(fiber)
+    }).pipe(Effect.provide(Live)), 60_000)
+
+  it.effect("PgMigrator runs migrations on the pool", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const done = yield* PgMigrator.run({
+        loader: PgMigrator.fromRecord({
+          "1_create_users": Effect.flatMap(SqlClient.SqlClient, (sql) =>
+            sql`create table mig_users (id serial primary key, name text)`),
+          "2_add_email": Effect.flatMap(SqlClient.SqlClient, (sql) =>
+            sql`alter table mig_users add column email text`)
+        }),
+        table: "mig_history"
+      })
+      assert.deepStrictEqual(done, [[1, "create_users"], [2, "add_email"]])
+      const again = yield* PgMigrator.run({
+        loader: PgMigrator.fromRecord({}),
+        table: "mig_history"
+      })
+      assert.deepStrictEqual(again, [])
+      const columns = yield* sql<{ column_name: string }>`
+        select column_name from information_schema.columns where table_name = 'mig_users' order by ordinal_position`
+      assert.deepStrictEqual(columns.map((c) => c.column_name), ["id", "name", "email"])
+    }).pipe(Effect.provide(Layer.mergeAll(Live, NodeContext.layer))))
+
+  it.effect("the pinned connection of PgPool.withConnection is used by SqlClient statements", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const [a, b] = yield* PgPool.withConnection(Effect.all([
+        PgPool.query("select pg_backend_pid() as pid"),
+        sql<{ pid: number }>`select pg_backend_pid() as pid`
+      ]))
+      assert.strictEqual(a[0]!.pid, b[0]!.pid)
+    }).pipe(Effect.provide(Live)))
+})
