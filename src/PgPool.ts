@@ -141,6 +141,10 @@ export interface Config {
   readonly queryTimeout?: Duration.DurationInput | undefined
   /** Log a warning, naming where it was checked out, when a connection is held longer than this. Default off. */
   readonly leakDetectionThreshold?: Duration.DurationInput | undefined
+  /** The pool's name in logs and metrics (`db.client.connection.pool.name`). Default `user@host:port/database`. */
+  readonly name?: string | undefined
+  /** Record the `db.client.connection.*` metrics. Default true. */
+  readonly metrics?: boolean | undefined
 }
 
 /**

@@ -50,6 +50,8 @@ export interface ResolvedConfig {
   readonly healthCheck: HealthCheck
   readonly retryLostQueries: boolean
   readonly leakDetectionThreshold: number | undefined
+  readonly name: string
+  readonly metrics: boolean
 }
 
 /** @internal */
@@ -330,6 +332,12 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (config.retryLostQueries !== undefined && typeof config.retryLostQueries !== "boolean") {
     return invalid("retryLostQueries", "retryLostQueries must be a boolean")
   }
+  if (config.metrics !== undefined && typeof config.metrics !== "boolean") {
+    return invalid("metrics", "metrics must be a boolean")
+  }
+  if (config.name !== undefined && (typeof config.name !== "string" || config.name === "")) {
+    return invalid("name", "name must be a non-empty string")
+  }
 
   return {
     hosts,
@@ -360,7 +368,9 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
     queryTimeout: queryTimeout === Infinity ? undefined : queryTimeout,
     healthCheck,
     retryLostQueries: config.retryLostQueries ?? true,
-    leakDetectionThreshold: leakDetectionThreshold === Infinity ? undefined : leakDetectionThreshold
+    leakDetectionThreshold: leakDetectionThreshold === Infinity ? undefined : leakDetectionThreshold,
+    name: config.name ?? `${user}@${hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${database}`,
+    metrics: config.metrics ?? true
   }
 }
 

@@ -25,11 +25,14 @@ import type * as Random from "effect/Random"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as Tracer from "effect/Tracer"
 import * as Connector from "../Connector.js"
 import type * as PgPool from "../PgPool.js"
 import { ConnectionError, PoolClosedError, PoolExhaustedError, QueryError } from "../PgPoolError.js"
 import type { PoolError } from "../PgPoolError.js"
 import * as config_ from "./config.js"
+import * as Metrics from "./metrics.js"
+import type { PoolMetrics } from "./metrics.js"
 
 /** @internal */
 export const CoreId: unique symbol = Symbol.for("effect-pg-pool/PgPool/core")
@@ -70,6 +73,7 @@ export class Physical {
   invalidated = false
   lost = false
   leakWatch: Fiber.RuntimeFiber<void> | undefined = undefined
+  checkedOutAt = 0
   constructor(
     readonly id: number,
     readonly driver: Connector.Connection,
@@ -287,7 +291,11 @@ export class PoolCore {
   tail: Waiter | undefined = undefined
   waiting = 0
   size = 0
-  pending = 0
+  /** Start times of the connects in flight. */
+  readonly connects = new Set<{ readonly startedAt: number }>()
+  get pending(): number {
+    return this.connects.size
+  }
   closing = 0
   checking = 0
   inUse = 0
@@ -304,7 +312,7 @@ export class PoolCore {
   lastConnectError: ConnectionError | undefined = undefined
   timerWake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
   drained: Deferred.Deferred<void> | undefined = undefined
-  readonly hostIndex = 0
+  readonly metrics: PoolMetrics | undefined
 
   constructor(
     readonly config: config_.ResolvedConfig,
@@ -313,7 +321,21 @@ export class PoolCore {
     readonly random: Random.Random,
     readonly runBackground: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>,
     readonly runCloser: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
-  ) {}
+  ) {
+    this.metrics = config.metrics ? Metrics.make(config.name) : undefined
+  }
+
+  /** Sets the gauges (connection count by state, pending requests, limits) to the current state. */
+  updateGauges(): void {
+    this.metrics?.setGauges({
+      idle: this.idle.length,
+      used: this.size - this.idle.length,
+      pending: this.waiting,
+      max: this.config.maxConnections,
+      idleMax: this.config.maxIdle,
+      idleMin: this.config.minConnections
+    })
+  }
 
   // ---------------------------------------------------------------------------------------------
   // statements
@@ -439,10 +461,12 @@ export class PoolCore {
     return health.enabled && now - conn.idleSince >= health.idleThreshold
   }
 
-  markBusy(conn: Physical): void {
+  markBusy(conn: Physical, now: number, waited: number): void {
     conn.state = "busy"
+    conn.checkedOutAt = now
     this.inUse++
     this.acquired++
+    if (this.metrics !== undefined) this.metrics.waitTime(waited)
   }
 
   /** Why a checkout that found no idle connection must fail at once, if it must. */
@@ -463,7 +487,7 @@ export class PoolCore {
         if (this.needsPing(conn, now)) {
           return Effect.flatMap(this.validate(conn), (alive) => alive ? Effect.succeed(conn) : this.checkout(restore))
         }
-        this.markBusy(conn)
+        this.markBusy(conn, now, 0)
         return Effect.succeed(conn)
       }
       const refused = this.refusal()
@@ -489,7 +513,8 @@ export class PoolCore {
     return Effect.map(this.ping(conn), (alive) => {
       this.checking--
       if (alive && !this.closed) {
-        this.markBusy(conn)
+        const now = this.clock.unsafeCurrentTimeMillis()
+        this.markBusy(conn, now, 0)
         return true
       }
       this.closeDetached(conn, alive ? "poolClosed" : "broken")
@@ -578,7 +603,8 @@ export class PoolCore {
     if (waiter === undefined) return false
     waiter.settled = true
     this.unlink(waiter)
-    this.markBusy(conn)
+    const now = this.clock.unsafeCurrentTimeMillis()
+    this.markBusy(conn, now, now - waiter.enqueuedAt)
     waiter.deliver(conn)
     return true
   }
@@ -595,6 +621,7 @@ export class PoolCore {
     waiter.settled = true
     this.unlink(waiter)
     this.timeouts++
+    if (this.metrics !== undefined) this.metrics.timeout()
     const waited = now - waiter.enqueuedAt
     const last = this.lastConnectError
     const failing = this.consecutiveFailures > 0 && last !== undefined &&
@@ -611,7 +638,7 @@ export class PoolCore {
         code: last.code,
         attempts: this.consecutiveFailures
       })
-      : this.pending > 0
+      : this.connectingSince(waiter.enqueuedAt)
       ? new ConnectionError({
         message: `No connection within the acquire timeout (waited ${waited} ms): opening a connection to ${host.host}:${host.port}/${this.config.database} is still in progress`,
         host: host.host,
@@ -689,6 +716,7 @@ export class PoolCore {
     if (usage >= config.maxUsage) return this.discard(conn, "maxUsage")
     const now = this.clock.unsafeCurrentTimeMillis()
     if (now >= conn.expiresAt) return this.discard(conn, "lifetime")
+    if (this.metrics !== undefined) this.metrics.useTime(now - conn.checkedOutAt)
     this.inUse--
     if (this.deliver(conn)) return Effect.void
     if (this.idle.length >= config.maxIdle) {
@@ -705,6 +733,7 @@ export class PoolCore {
 
   /** Closes a checked-out connection instead of returning it. */
   discard(conn: Physical, reason: PgPool.CloseReason): Effect.Effect<void> {
+    if (this.metrics !== undefined) this.metrics.useTime(this.clock.unsafeCurrentTimeMillis() - conn.checkedOutAt)
     this.inUse--
     this.closeDetached(conn, reason)
     if (this.inUse === 0 && this.drained !== undefined) Deferred.unsafeDone(this.drained, Exit.void)
@@ -781,18 +810,30 @@ export class PoolCore {
   }
 
   startConnect(): void {
-    this.size++
-    this.pending++
+    const token = this.beginConnect()
     this.runBackground(
       this.openRetrying((error) => isTransientConnectError(error) && this.needed()).pipe(
         Effect.exit,
-        Effect.flatMap((exit) => this.connected(exit))
+        Effect.flatMap((exit) => this.connected(exit, token))
       )
     )
   }
 
-  connected(exit: Exit.Exit<Physical, ConnectionError>): Effect.Effect<void> {
-    this.pending--
+  beginConnect(): { readonly startedAt: number } {
+    const token = { startedAt: this.clock.unsafeCurrentTimeMillis() }
+    this.size++
+    this.connects.add(token)
+    return token
+  }
+
+  /** True when a connect that started no later than `time` is still in flight. */
+  connectingSince(time: number): boolean {
+    for (const token of this.connects) if (token.startedAt <= time) return true
+    return false
+  }
+
+  connected(exit: Exit.Exit<Physical, ConnectionError>, token: { readonly startedAt: number }): Effect.Effect<void> {
+    this.connects.delete(token)
     if (Exit.isSuccess(exit)) {
       const conn = exit.value
       if (this.closed) {
@@ -822,6 +863,7 @@ export class PoolCore {
       const host = this.config.hosts[0]!
       const options = config_.connectOptions(this.config, host)
       const scope = yield* Scope.make()
+      const startedAt = this.clock.unsafeCurrentTimeMillis()
       const holder: { conn: Physical | undefined; lost: boolean } = { conn: undefined, lost: false }
       const opened = yield* restore(
         Effect.flatMap(
@@ -853,6 +895,7 @@ export class PoolCore {
         return yield* Effect.failCause(opened.cause)
       }
       const now = this.clock.unsafeCurrentTimeMillis()
+      if (this.metrics !== undefined) this.metrics.createTime(now - startedAt)
       const lifetime = this.config.maxLifetime
       const jitter = this.config.maxLifetimeJitter > 0 ? (yield* this.random.next) * this.config.maxLifetimeJitter : 0
       const conn = new Physical(
@@ -1023,29 +1066,34 @@ export class PoolCore {
   readonly scopedCheckout: Effect.Effect<Handle, PoolError, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(this.checkout(restore), (conn) => {
       const handle = new Handle(this, conn)
-      this.watchLeak(conn)
-      return Effect.as(
-        Effect.addFinalizer(() =>
-          Effect.suspend(() => {
-            handle.released = true
-            return this.release(conn)
-          })
-        ),
-        handle
+      const release = Effect.addFinalizer(() =>
+        Effect.suspend(() => {
+          handle.released = true
+          return this.release(conn)
+        })
       )
+      if (this.config.leakDetectionThreshold === undefined) return Effect.as(release, handle)
+      return Effect.withFiberRuntime((fiber) => {
+        this.watchLeak(conn, Context.getOption(fiber.currentContext, Tracer.ParentSpan))
+        return Effect.as(release, handle)
+      })
     })
   )
 
-  watchLeak(conn: Physical): void {
-    const threshold = this.config.leakDetectionThreshold
-    if (threshold === undefined) return
-    const trace = new Error("connection checked out here")
+  /** Logs a warning, naming the span and the code that checked the connection out, when it is held too long. */
+  watchLeak(conn: Physical, span: Option.Option<Tracer.AnySpan>): void {
+    const threshold = this.config.leakDetectionThreshold!
+    const trace = new Error("connection checked out here").stack ?? ""
+    const spanName = Option.match(span, {
+      onNone: () => "(no span)",
+      onSome: (span) => span._tag === "Span" ? span.name : `external span ${span.spanId}`
+    })
     conn.leakWatch = this.runBackground(
       Effect.sleep(threshold).pipe(
         Effect.zipRight(Effect.logWarning(
-          `possible connection leak: backend ${conn.driver.backendPid} has been checked out for more than ${threshold} ms`
+          `possible connection leak: backend ${conn.driver.backendPid} has been checked out for more than ${threshold} ms, in span "${spanName}"`
         )),
-        Effect.annotateLogs({ backendPid: conn.driver.backendPid, checkedOutAt: trace.stack ?? "" })
+        Effect.annotateLogs({ backendPid: conn.driver.backendPid, span: spanName, checkedOutAt: trace })
       )
     )
   }
@@ -1075,7 +1123,7 @@ export class PoolCore {
               return this.send(op, project, retry, restore)
             })
           }
-          this.markBusy(conn)
+          this.markBusy(conn, now, 0)
           op.conn = conn
         } else {
           const refused = this.refusal()
@@ -1173,7 +1221,10 @@ export class PoolCore {
     query: this.query,
     withConnection: this.withConnection,
     readOnly: (effect) => effect,
-    stats: Effect.sync(() => this.snapshot()),
+    stats: Effect.sync(() => {
+      this.updateGauges()
+      return this.snapshot()
+    }),
     purgeExpired: this.purgeExpired
   }
 }
@@ -1204,24 +1255,24 @@ export const make = (
         Effect.repeat(Schedule.spaced(Duration.millis(resolved.maintenanceInterval)))
       )
     )
+    if (core.metrics !== undefined) {
+      runBackground(Effect.repeat(Effect.sync(() => core.updateGauges()), Schedule.spaced(Duration.seconds(1))))
+    }
     return core.service
   })
 
 /** Opens and checks one connection (plus minConnections) within connectTimeout, or fails. */
 const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
   const count = Math.max(1, core.config.pooling ? core.config.minConnections : 1)
-  core.size += count
-  core.pending += count
+  const tokens = Array.from({ length: count }, () => core.beginConnect())
   let attempts = 0
   const attempt = core.open.pipe(Effect.tapError(() => Effect.sync(() => attempts++)))
   return Effect.forEach(
-    Array.from({ length: count }),
-    () =>
+    tokens,
+    (token) =>
       attempt.pipe(
         Effect.retry({ schedule: core.config.reconnect, while: isTransientConnectError }),
-        Effect.exit,
-        Effect.tap((exit) => core.connected(exit)),
-        Effect.flatten
+        Effect.onExit((exit) => core.connected(exit, token))
       ),
     { concurrency: "unbounded", discard: true }
   ).pipe(
