@@ -227,7 +227,7 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
     if (typeof config.host !== "string" || config.host === "") return invalid("host", "host must be a non-empty string")
     hosts = [{ host: config.host, port: port ?? 5432 }]
   } else if (parsed !== undefined && parsed.hosts.length > 0) {
-    hosts = parsed.hosts.map((h) => ({ host: h.host || "localhost", port: h.port ?? port ?? 5432 }))
+    hosts = parsed.hosts.map((h) => ({ host: h.host || "localhost", port: config.port ?? h.port ?? port ?? 5432 }))
   } else {
     hosts = [{ host: params.get("host") ?? "localhost", port: port ?? 5432 }]
   }

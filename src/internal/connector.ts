@@ -128,7 +128,7 @@ interface PgClientInternals {
 }
 
 const sendCancel = (target: Target, pid: number, secretKey: number): Effect.Effect<void, ConnectionError> =>
-  Effect.async<void, ConnectionError>((resume) => {
+  Effect.interruptible(Effect.async<void, ConnectionError>((resume) => {
     const con = new pg.Connection() as unknown as CancelConnection
     let done = false
     const finish = (error?: unknown) => {
@@ -144,7 +144,7 @@ const sendCancel = (target: Target, pid: number, secretKey: number): Effect.Effe
     con.on("error", (error: unknown) => finish(error))
     con.connect(target.port, target.host)
     return Effect.sync(() => finish())
-  }).pipe(
+  })).pipe(
     Effect.timeoutFail({
       duration: CANCEL_TIMEOUT,
       onTimeout: () => toConnectionError(target, "Cancel request failed", new Error("timed out"))
@@ -244,11 +244,11 @@ const makeConnection = (
 }
 
 const closeClient = (client: pg.Client, state: ClientState): Effect.Effect<void> =>
-  Effect.async<void>((resume) => {
+  Effect.interruptible(Effect.async<void>((resume) => {
     state.closing = true
     state.lost = true
     client.end(() => resume(Effect.void))
-  }).pipe(
+  })).pipe(
     Effect.timeoutTo({
       duration: CLOSE_TIMEOUT,
       onSuccess: () => Effect.void,

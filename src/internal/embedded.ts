@@ -159,7 +159,17 @@ export const make = (
         running = true
       })
     )
-    const stop = Effect.tryPromise({ try: () => instance.stop(), catch: failure("PostgreSQL did not stop") }).pipe(
+    const exited = () => {
+      const child = (instance as unknown as { readonly process?: { exitCode: number | null; signalCode: string | null } })
+        .process
+      return child === undefined || child.exitCode !== null || child.signalCode !== null
+    }
+    const stop = Effect.suspend(() =>
+      exited()
+        ? Effect.void
+        : Effect.tryPromise({ try: () => instance.stop(), catch: failure("PostgreSQL did not stop") })
+    ).pipe(
+      Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => failure("PostgreSQL did not stop")("timeout") }),
       Effect.tap(() => {
         running = false
       })

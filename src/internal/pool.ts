@@ -73,6 +73,8 @@ export class Physical {
   invalidated = false
   lost = false
   leakWatch: Fiber.RuntimeFiber<void> | undefined = undefined
+  /** The background cancel of an interrupted statement, while it runs. */
+  settling: Fiber.RuntimeFiber<void> | undefined = undefined
   checkedOutAt = 0
   constructor(
     readonly id: number,
@@ -191,7 +193,8 @@ export class QueryOp implements Waiter {
       case OpState.Waiting:
         return this.core.cancelWaiter(this)
       case OpState.Running:
-        return Effect.zipRight(this.core.cancelAndSettle(this.conn!), this.core.release(this.conn!))
+        this.core.settleInBackground(this.conn!)
+        return this.core.release(this.conn!)
       case OpState.Done:
         return this.core.release(this.conn!)
       case OpState.Finished:
@@ -348,24 +351,25 @@ export class PoolCore {
     params: ReadonlyArray<unknown> | undefined,
     rowMode?: "array" | undefined
   ): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    const send = Effect.uninterruptibleMask((restore) =>
+      Effect.matchCauseEffect(
+        restore(Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+          conn.driver.send(text, params, rowMode, (error, result) => {
+            resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+          })
+        })),
+        {
+          onFailure: (cause) => {
+            if (Cause.isInterrupted(cause)) this.settleInBackground(conn)
+            return Effect.failCause(cause)
+          },
+          onSuccess: Effect.succeed
+        }
+      )
+    )
     const statement = this.countStatement(
       conn,
-      Effect.uninterruptibleMask((restore) =>
-        Effect.matchCauseEffect(
-          restore(Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
-            conn.driver.send(text, params, rowMode, (error, result) => {
-              resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
-            })
-          })),
-          {
-            onFailure: (cause) =>
-              Cause.isInterrupted(cause)
-                ? Effect.zipRight(this.cancelAndSettle(conn), Effect.failCause(cause))
-                : Effect.failCause(cause),
-            onSuccess: Effect.succeed
-          }
-        )
-      )
+      Effect.suspend(() => conn.settling === undefined ? send : Effect.zipRight(Fiber.await(conn.settling), send))
     )
     return this.config.queryTimeout === undefined ? statement : this.withQueryTimeout(statement)
   }
@@ -407,18 +411,32 @@ export class PoolCore {
 
   /**
    * Sends a CancelRequest for the statement running on `conn` and waits until the driver has seen the end of
-   * it. A statement that does not settle gets its connection closed, which ends it.
+   * it. A statement that does not settle within the bound gets its connection closed, which ends it.
    */
   cancelAndSettle(conn: Physical): Effect.Effect<void> {
     if (!conn.driver.isBusy()) return Effect.void
-    return conn.driver.cancel.pipe(
-      Effect.zipRight(conn.driver.awaitIdle),
+    return Effect.interruptible(Effect.zipRight(conn.driver.cancel, conn.driver.awaitIdle)).pipe(
       Effect.timeoutFail({ duration: CANCEL_SETTLE_TIMEOUT, onTimeout: () => "unsettled" as const }),
       Effect.catchAll(() => {
         conn.lost = true
         return Scope.close(conn.scope, Exit.void)
-      }),
-      Effect.uninterruptible
+      })
+    )
+  }
+
+  /**
+   * The fiber running a statement was interrupted: cancel the statement in the background, so the
+   * interruption is not held up by the network. The connection is not reused until the cancel has settled.
+   */
+  settleInBackground(conn: Physical): void {
+    if (conn.settling !== undefined || !conn.driver.isBusy()) return
+    conn.settling = this.runCloser(
+      Effect.ensuring(
+        this.cancelAndSettle(conn),
+        Effect.sync(() => {
+          conn.settling = undefined
+        })
+      )
     )
   }
 
@@ -523,7 +541,7 @@ export class PoolCore {
   }
 
   ping(conn: Physical): Effect.Effect<boolean> {
-    return Connector.query(conn.driver, "select 1").pipe(
+    return Effect.interruptible(Connector.query(conn.driver, "select 1")).pipe(
       Effect.timeout(this.config.healthCheck.timeout),
       Effect.match({
         onFailure: () => {
@@ -638,7 +656,7 @@ export class PoolCore {
         code: last.code,
         attempts: this.consecutiveFailures
       })
-      : this.connectingSince(waiter.enqueuedAt)
+      : this.connectingSince(now - waited / 2)
       ? new ConnectionError({
         message: `No connection within the acquire timeout (waited ${waited} ms): opening a connection to ${host.host}:${host.port}/${this.config.database} is still in progress`,
         host: host.host,
@@ -679,6 +697,10 @@ export class PoolCore {
   }
 
   releaseWith(conn: Physical, usage: number): Effect.Effect<void> {
+    if (conn.settling !== undefined) {
+      const settling = conn.settling
+      return Effect.zipRight(Fiber.await(settling), Effect.suspend(() => this.releaseWith(conn, usage)))
+    }
     if (conn.leakWatch !== undefined) {
       const watch = conn.leakWatch
       conn.leakWatch = undefined
@@ -700,7 +722,7 @@ export class PoolCore {
     const statements: Array<string> = []
     if (config.reset !== "transaction" || driver.transactionStatus() !== "idle") statements.push("ROLLBACK")
     if (config.reset === "full") statements.push("DISCARD ALL", ...config.setSession)
-    return Effect.forEach(statements, (text) => Connector.query(driver, text), { discard: true }).pipe(
+    return Effect.interruptible(Effect.forEach(statements, (text) => Connector.query(driver, text), { discard: true })).pipe(
       Effect.timeout(RESET_TIMEOUT),
       Effect.matchEffect({
         onFailure: () => this.discard(conn, "reset"),
@@ -826,7 +848,10 @@ export class PoolCore {
     return token
   }
 
-  /** True when a connect that started no later than `time` is still in flight. */
+  /**
+   * True when a connect that started no later than `time` is still in flight. A waiter that times out while a
+   * connect has been running for at least half of its wait waited on the database, not on busy connections.
+   */
   connectingSince(time: number): boolean {
     for (const token of this.connects) if (token.startedAt <= time) return true
     return false
@@ -1017,7 +1042,7 @@ export class PoolCore {
     for (const conn of this.idle.splice(0)) this.closeDetached(conn, "poolClosed")
     const drain = this.inUse === 0 ? Effect.void : Effect.flatMap(Deferred.make<void>(), (drained) => {
       this.drained = drained
-      return Deferred.await(drained).pipe(
+      return Effect.interruptible(Deferred.await(drained)).pipe(
         Effect.timeoutTo({
           duration: this.config.drainTimeout,
           onSuccess: () => Effect.void,
@@ -1244,7 +1269,7 @@ export const make = (
     const core = new PoolCore(resolved, connector, clock, random, runBackground, runCloser)
     yield* Effect.addFinalizer(() =>
       core.shutdown.pipe(
-        Effect.zipRight(FiberSet.awaitEmpty(closers).pipe(Effect.timeoutOption(Duration.seconds(10))))
+        Effect.zipRight(Effect.interruptible(FiberSet.awaitEmpty(closers)).pipe(Effect.timeoutOption(Duration.seconds(10))))
       )
     )
     runBackground(core.timerLoop)
@@ -1280,10 +1305,14 @@ const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
       duration: core.config.connectTimeout,
       onTimeout: () => {
         const last = core.lastConnectError
+        const host = core.config.hosts[0]!
+        const tried = attempts === 0
+          ? `the connect to ${host.host}:${host.port} did not complete`
+          : `${attempts} failed attempts, last: ${last?.message ?? "unknown"}`
         return new ConnectionError({
           message: `Cannot start the pool: no connection within connectTimeout (${
             Duration.format(core.config.connectTimeout)
-          }) after ${attempts} failed attempts${last ? `, last: ${last.message}` : ""}`,
+          }): ${tried}`,
           cause: last,
           host: last?.host ?? core.config.hosts[0]?.host,
           port: last?.port ?? core.config.hosts[0]?.port,
