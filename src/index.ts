@@ -33,3 +33,8 @@ export * as PgPoolSql from "./PgPoolSql.js"
  * @since 0.1.0
  */
 export * as Transaction from "./Transaction.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as PgPoolTest from "./PgPoolTest.js"

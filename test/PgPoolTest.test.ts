@@ -1,0 +1,268 @@
+import { assert, describe, it } from "@effect/vitest"
+import { SqlClient } from "@effect/sql"
+import { Context, Effect, Exit, Fiber, Layer, Option, TestClock } from "effect"
+import * as Connector from "../src/Connector.js"
+import * as PgPool from "../src/PgPool.js"
+import * as PgPoolSql from "../src/PgPoolSql.js"
+import * as PgPoolTest from "../src/PgPoolTest.js"
+import * as Transaction from "../src/Transaction.js"
+import { eventually, testConfig } from "./support/db.js"
+
+const backendPid = PgPool.query("select pg_backend_pid() as pid").pipe(Effect.map((rows) => Number(rows[0]!.pid)))
+
+describe("PgPoolTest.layer (the fake server)", () => {
+  it.effect("scripted results by statement, with parameters", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.when(/from users where id/, (statement) => ({
+        rows: [{ id: statement.params[0], name: "ada" }]
+      }))
+      const rows = yield* PgPool.query("select id, name from users where id = $1", [7])
+      assert.deepStrictEqual(rows, [{ id: 7, name: "ada" }])
+      const log = yield* server.statements
+      assert.deepStrictEqual(log.map((s) => [s.text, s.params]), [["select id, name from users where id = $1", [7]]])
+    }).pipe(Effect.provide(PgPoolTest.layer())))
+
+  it.effect("scripted errors carry their SQLSTATE; a transaction then fails as on a real server", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.when("insert into users", {
+        error: { code: "23505", message: "duplicate key value violates unique constraint", constraint: "users_pkey" }
+      })
+      const error = yield* Effect.flip(PgPool.query("insert into users values (1)"))
+      assert.strictEqual(error._tag, "QueryError")
+      if (error._tag === "QueryError") {
+        assert.strictEqual(error.code, "23505")
+        assert.strictEqual(error.constraint, "users_pkey")
+      }
+      const commit = yield* Effect.flip(Transaction.withTransaction(Effect.gen(function*() {
+        yield* Effect.ignore(PgPool.query("insert into users values (1)"))
+        const next = yield* Effect.exit(PgPool.query("select 1"))
+        assert.isTrue(Exit.isFailure(next) && JSON.stringify(next.cause).includes("25P02"))
+      })))
+      assert.strictEqual(commit._tag === "QueryError" ? commit.code : "", "40000")
+    }).pipe(Effect.provide(PgPoolTest.layer())))
+
+  it.effect("latency is Clock time: deterministic under TestClock", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.setLatency("2 seconds")
+      const fiber = yield* Effect.fork(PgPool.query("select 1 as x"))
+      yield* TestClock.adjust("1999 millis")
+      assert.isTrue(Option.isNone(yield* Fiber.poll(fiber)))
+      yield* TestClock.adjust("1 milli")
+      assert.deepStrictEqual(yield* Fiber.join(fiber), [{ x: 1 }])
+    }).pipe(Effect.provide(PgPoolTest.layer())))
+
+  it.effect("acquire timeouts under TestClock", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.setLatency("1 minute")
+      const slow = yield* Effect.fork(PgPool.query("select 1"))
+      const waiter = yield* Effect.fork(Effect.flip(PgPool.query("select 2")))
+      yield* TestClock.adjust("10 seconds")
+      const error = yield* Fiber.join(waiter)
+      assert.strictEqual(error._tag, "PoolExhaustedError")
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.join(slow)
+    }).pipe(Effect.provide(PgPoolTest.layer({ config: { maxConnections: 1, acquireTimeout: "10 seconds" } }))))
+
+  it.effect("refused connections are ConnectionErrors with the SQLSTATE", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.refuseConnections({ code: "28P01", message: "password authentication failed" })
+      const error = yield* Effect.flip(PgPool.query("select 1"))
+      assert.strictEqual(error._tag, "ConnectionError")
+      if (error._tag === "ConnectionError") assert.strictEqual(error.code, "28P01")
+      yield* server.refuseConnections(false)
+      assert.deepStrictEqual(yield* PgPool.query("select 1 as x"), [{ x: 1 }])
+    }).pipe(Effect.provide(PgPoolTest.layer({ config: { lazy: true } }))))
+
+  it.effect("a connection dropped in the middle of a statement: ConnectionError, or a transparent retry", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.setLatency("1 second")
+      const scoped = yield* Effect.fork(Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
+        Effect.flip(conn.query("select 1")))))
+      yield* eventually(server.backends, (b) => b.some((x) => x.busy))
+      assert.isTrue(yield* server.dropConnection())
+      const error = yield* Fiber.join(scoped)
+      assert.strictEqual(error._tag, "ConnectionError")
+      const oneShot = yield* Effect.fork(PgPool.query("select 2 as two"))
+      yield* eventually(server.backends, (b) => b.some((x) => x.busy))
+      yield* server.dropConnection()
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* Fiber.join(oneShot), [{ two: 2 }])
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.closedByReason.broken, 2)
+    }).pipe(Effect.provide(PgPoolTest.layer())))
+
+  it.effect("a restart loses every connection; the pool replaces them", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      const before = (yield* server.backends).map((b) => b.backendPid)
+      assert.strictEqual(before.length, 3)
+      yield* server.restart
+      yield* eventually(PgPool.stats, (s) => s.closedByReason.broken === 3)
+      const pid = yield* backendPid
+      assert.notInclude(before, pid)
+      yield* TestClock.adjust("5 seconds")
+      yield* eventually(PgPool.stats, (s) => s.size === 3)
+    }).pipe(Effect.provide(PgPoolTest.layer({ config: { minConnections: 3 } }))))
+
+  it.effect("interrupting a statement sends a cancel and the connection is reused", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      const fiber = yield* Effect.fork(PgPool.query("select pg_sleep(30)"))
+      yield* eventually(server.backends, (b) => b.some((x) => x.busy))
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(yield* server.cancels, 1)
+      yield* eventually(PgPool.stats, (s) => s.inUse === 0 && s.idle === 1)
+      assert.strictEqual((yield* PgPool.stats).size, 1)
+    }).pipe(Effect.provide(PgPoolTest.layer())))
+
+  it.effect("the SqlClient runs on the fake too", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.when("from orders", { rows: [{ id: 1, total: 10 }, { id: 2, total: 20 }] })
+      const sql = yield* SqlClient.SqlClient
+      const rows = yield* sql<{ id: number }>`select id, total from orders where total > ${5}`
+      assert.deepStrictEqual(rows.map((r) => r.id), [1, 2])
+      yield* sql.withTransaction(sql`select id from orders`)
+      const log = (yield* server.statements).map((s) => s.text)
+      assert.deepStrictEqual(log.slice(-3), ["BEGIN", "select id from orders", "COMMIT"])
+    }).pipe(Effect.provide(Layer.provideMerge(PgPoolSql.layer, PgPoolTest.layer()))))
+})
+
+// ---------------------------------------------------------------------------------------------
+// The fake checked against a real server: the same scenario, the same observations.
+// ---------------------------------------------------------------------------------------------
+
+interface Logged {
+  readonly pid: number
+  readonly text: string
+  readonly status: Connector.TransactionStatus
+}
+
+/** Wraps a connector so that every statement sent is recorded with the transaction status before it. */
+const recording = (connector: Connector.Connector, log: Array<Logged>): Connector.Connector => ({
+  connect: (options, onLost) =>
+    Effect.map(connector.connect(options, onLost), (connection) => ({
+      ...connection,
+      backendPid: connection.backendPid,
+      send: (text, params, rowMode, callback) => {
+        log.push({ pid: connection.backendPid, text, status: connection.transactionStatus() })
+        connection.send(text, params, rowMode, callback)
+      },
+      cursor: connection.cursor,
+      transactionStatus: () => connection.transactionStatus(),
+      isBusy: () => connection.isBusy(),
+      isBroken: () => connection.isBroken(),
+      awaitIdle: connection.awaitIdle,
+      cancel: connection.cancel,
+      onNotification: (handler) => connection.onNotification(handler)
+    }))
+})
+
+/** Renames backend pids A, B, C... in order of appearance, so runs on two servers can be compared. */
+const normalize = (log: ReadonlyArray<Logged>) => {
+  const names = new Map<number, string>()
+  return log.map((entry) => {
+    if (!names.has(entry.pid)) names.set(entry.pid, String.fromCharCode(65 + names.size))
+    return `${names.get(entry.pid)} ${entry.status} ${entry.text}`
+  })
+}
+
+const realLayer = (config: PgPool.Config, log: Array<Logged>) =>
+  Layer.scoped(PgPool.PgPool, PgPool.make(testConfig({ ...config, healthCheck: false }))).pipe(
+    Layer.provide(Layer.succeed(Connector.Connector, recording(Connector.make, log)))
+  )
+
+const fakeLayer = (config: PgPool.Config, log: Array<Logged>) =>
+  Layer.unwrapScoped(Effect.gen(function*() {
+    const context = yield* Layer.build(PgPoolTest.layer({ config: { lazy: true } }))
+    const controller = Context.get(context, PgPoolTest.Controller)
+    yield* controller.when("select 1/0", { error: { code: "22012", message: "division by zero" } })
+    return Layer.scoped(PgPool.PgPool, PgPool.make({ host: "fake", database: "fake", ...config, healthCheck: false })).pipe(
+      Layer.provide(Layer.succeed(Connector.Connector, recording(controller.connector, log)))
+    )
+  }))
+
+interface Scenario {
+  readonly name: string
+  readonly config: PgPool.Config
+  readonly run: Effect.Effect<unknown, unknown, PgPool.PgPool>
+}
+
+const scenarios: ReadonlyArray<Scenario> = [
+  {
+    name: "checkout: two connections held together, then both idle",
+    config: { maxConnections: 2 },
+    run: Effect.gen(function*() {
+      const [a, b, during] = yield* Effect.scoped(Effect.gen(function*() {
+        const a = yield* PgPool.connection
+        const b = yield* PgPool.connection
+        yield* a.query("select 1 as x")
+        yield* b.query("select 2 as x")
+        return [a.backendPid, b.backendPid, yield* PgPool.stats] as const
+      }))
+      const after = yield* PgPool.stats
+      return { distinct: a !== b, during: [during.inUse, during.idle], after: [after.inUse, after.idle, after.size] }
+    })
+  },
+  {
+    name: "transaction commit",
+    config: {},
+    run: Transaction.withTransaction(PgPool.query("select 1 as x"))
+  },
+  {
+    name: "transaction rollback on failure, and a failed transaction's COMMIT",
+    config: {},
+    run: Effect.gen(function*() {
+      const failed = yield* Effect.exit(Transaction.withTransaction(Effect.zipRight(PgPool.query("select 1 as x"), Effect.fail("no"))))
+      const commit = yield* Effect.flip(Transaction.withTransaction(Effect.ignore(PgPool.query("select 1/0"))))
+      const nested = yield* Transaction.withTransaction(Effect.exit(Transaction.withTransaction(Effect.fail("inner"))))
+      return { failed: Exit.isFailure(failed), commit: commit._tag === "QueryError" ? commit.code : commit._tag, nested: Exit.isFailure(nested) }
+    })
+  },
+  {
+    name: "maxUsage recycling",
+    config: { maxUsage: 2 },
+    run: Effect.forEach([1, 2, 3, 4, 5], (i) => PgPool.query(`select ${i} as x`))
+  },
+  {
+    name: "reset 'transaction' after an open transaction",
+    config: {},
+    run: Effect.zipRight(
+      PgPool.withConnection(Effect.zipRight(PgPool.query("BEGIN"), PgPool.query("select 1 as x"))),
+      PgPool.query("select 2 as x")
+    )
+  },
+  {
+    name: "reset 'always'",
+    config: { reset: "always" },
+    run: Effect.zipRight(PgPool.query("select 1 as x"), PgPool.query("select 2 as x"))
+  },
+  {
+    name: "reset 'full' with setSession",
+    config: { reset: "full", setSession: ["SET TIME ZONE 'UTC'"] },
+    run: Effect.zipRight(
+      PgPool.withConnection(Effect.zipRight(PgPool.query("SET statement_timeout = '5s'"), PgPool.query("select 1 as x"))),
+      PgPool.query("select current_setting('statement_timeout') as st")
+    )
+  }
+]
+
+describe("PgPoolTest.layer behaves like a real server", () => {
+  for (const scenario of scenarios) {
+    it.effect(scenario.name, () =>
+      Effect.gen(function*() {
+        const realLog: Array<Logged> = []
+        const fakeLog: Array<Logged> = []
+        const real = yield* Effect.exit(scenario.run.pipe(Effect.provide(realLayer(scenario.config, realLog))))
+        const fake = yield* Effect.exit(scenario.run.pipe(Effect.provide(fakeLayer(scenario.config, fakeLog))))
+        assert.deepStrictEqual(fake, real)
+        assert.deepStrictEqual(normalize(fakeLog), normalize(realLog), JSON.stringify({ real: normalize(realLog), fake: normalize(fakeLog) }))
+      }))
+  }
+})
