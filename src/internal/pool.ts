@@ -220,6 +220,36 @@ export const currentPins: FiberRef.FiberRef<Pin | undefined> = globalValue(
   () => FiberRef.unsafeMake<Pin | undefined>(undefined)
 )
 
+/**
+ * Runs `effect` (through `restore`) with the fiber's pins, and optionally its context, set; both are put back
+ * on every exit. A cheaper `Effect.locally` for the inside of an uninterruptible region.
+ *
+ * @internal
+ */
+export const withFiberRefs = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
+  pins: Pin | undefined,
+  context: Context.Context<never> | undefined
+): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime((fiber) => {
+    const previousPins = fiber.getFiberRef(currentPins)
+    const previousContext = fiber.getFiberRef(FiberRef.currentContext)
+    const set = context === undefined
+      ? FiberRef.set(currentPins, pins)
+      : Effect.zipRight(FiberRef.set(currentPins, pins), FiberRef.set(FiberRef.currentContext, context))
+    const reset = context === undefined
+      ? FiberRef.set(currentPins, previousPins)
+      : Effect.zipRight(FiberRef.set(currentPins, previousPins), FiberRef.set(FiberRef.currentContext, previousContext))
+    return Effect.zipRight(
+      set,
+      Effect.matchCauseEffect(restore(effect), {
+        onFailure: (cause) => Effect.zipRight(reset, Effect.failCause(cause)),
+        onSuccess: (value) => Effect.as(reset, value)
+      })
+    )
+  })
+
 /** @internal */
 export const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
   while (pins !== undefined && pins.core !== core) pins = pins.next
@@ -1088,22 +1118,55 @@ export class PoolCore {
   // the service
   // ---------------------------------------------------------------------------------------------
 
-  readonly scopedCheckout: Effect.Effect<Handle, PoolError, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(this.checkout(restore), (conn) => {
-      const handle = new Handle(this, conn)
-      const release = Effect.addFinalizer(() =>
-        Effect.suspend(() => {
-          handle.released = true
-          return this.release(conn)
-        })
-      )
-      if (this.config.leakDetectionThreshold === undefined) return Effect.as(release, handle)
-      return Effect.withFiberRuntime((fiber) => {
-        this.watchLeak(conn, Context.getOption(fiber.currentContext, Tracer.ParentSpan))
-        return Effect.as(release, handle)
+  /** Checks a connection out as a Handle. Must run in an uninterruptible region; only the wait is restored. */
+  checkoutHandle(restore: Restore): Effect.Effect<Handle, PoolError> {
+    const handle = Effect.map(this.checkout(restore), (conn) => new Handle(this, conn))
+    if (this.config.leakDetectionThreshold === undefined) return handle
+    return Effect.withFiberRuntime((fiber) =>
+      Effect.tap(handle, (h) => {
+        this.watchLeak(h.conn, Context.getOption(fiber.currentContext, Tracer.ParentSpan))
       })
+    )
+  }
+
+  releaseHandle(handle: Handle): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      handle.released = true
+      return this.release(handle.conn)
+    })
+  }
+
+  /** `PgPool.connection`: a checkout returned by a finalizer of the caller's Scope. */
+  readonly scopedCheckout: Effect.Effect<Handle, PoolError, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
+    Effect.withFiberRuntime((fiber) => {
+      const scope = Context.unsafeGet(fiber.currentContext, Scope.Scope)
+      return Effect.flatMap(
+        this.checkoutHandle(restore),
+        (handle) => Effect.as(Scope.addFinalizer(scope, this.releaseHandle(handle)), handle)
+      )
     })
   )
+
+  /**
+   * Runs `use` with a connection checked out for it and returned on every exit (no Scope involved). With
+   * `pin`, the connection is pinned for the fiber while `use` runs.
+   */
+  withHandle<A, E, R>(
+    use: (handle: Handle) => Effect.Effect<A, E, R>,
+    pin?: { readonly core: PoolCore; readonly next: Pin | undefined }
+  ): Effect.Effect<A, E | PoolError, R> {
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(this.checkoutHandle(restore), (handle) => {
+        const body = pin === undefined
+          ? restore(use(handle))
+          : withFiberRefs(use(handle), restore, { core: pin.core, handle, next: pin.next }, undefined)
+        return Effect.matchCauseEffect(body, {
+          onFailure: (cause) => Effect.zipRight(this.releaseHandle(handle), Effect.failCause(cause)),
+          onSuccess: (value) => Effect.as(this.releaseHandle(handle), value)
+        })
+      })
+    )
+  }
 
   /** Logs a warning, naming the span and the code that checked the connection out, when it is held too long. */
   watchLeak(conn: Physical, span: Option.Option<Tracer.AnySpan>): void {
@@ -1233,10 +1296,7 @@ export class PoolCore {
     Effect.withFiberRuntime((fiber) => {
       const pins = fiber.getFiberRef(currentPins)
       if (findPin(pins, this) !== undefined) return effect
-      return Effect.scoped(
-        Effect.flatMap(this.scopedCheckout, (handle) =>
-          Effect.locally(effect, currentPins, { core: this, handle, next: pins }))
-      )
+      return this.withHandle((handle) => effect, { core: this, next: pins })
     })
 
   readonly service: PgPool.PgPool & { readonly [CoreId]: PoolCore } = {

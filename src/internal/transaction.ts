@@ -12,12 +12,20 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
-import * as Scope from "effect/Scope"
 import type { PgPool, PooledConnection } from "../PgPool.js"
 import type { ConnectionError, PoolError } from "../PgPoolError.js"
 import { QueryError } from "../PgPoolError.js"
 import type * as Transaction from "../Transaction.js"
-import { CoreId, currentPins, findPin, type Handle, type Pin, type PoolCore, tag as PgPoolTag } from "./pool.js"
+import {
+  CoreId,
+  currentPins,
+  findPin,
+  type Handle,
+  type Pin,
+  type PoolCore,
+  tag as PgPoolTag,
+  withFiberRefs
+} from "./pool.js"
 import { sqlConnection } from "./sql.js"
 
 /** @internal */
@@ -137,22 +145,24 @@ export const make = <X, RP>(
       }
       const outer = Context.getOption(context, TransactionTag)
       if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
-        return nested(outer.value as TransactionImpl, effect, context, restore, mapping)
+        return nested(outer.value as TransactionImpl, effect, context, fiber.getFiberRef(currentPins), restore, mapping)
       }
       return outermost(core, effect, options, context, fiber.getFiberRef(currentPins), restore, mapping)
     })
   )
 
+/** The body of a transaction, with the transaction in the context and its connection pinned. */
 const inside = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   tx: TransactionImpl,
   context: Context.Context<never>,
+  pins: Pin | undefined,
   restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>
 ): Effect.Effect<A, E, R> => {
   const next = Context.add(context, TransactionTag, tx).pipe(
     Context.add(SqlClient.TransactionConnection, [sqlConnection(tx.handle), tx.depth] as const)
   )
-  return Effect.locally(restore(effect), FiberRef.currentContext, next as Context.Context<R>)
+  return withFiberRefs(effect, restore, pins, next)
 }
 
 const outermost = <A, E, R, X>(
@@ -163,35 +173,34 @@ const outermost = <A, E, R, X>(
   pins: Pin | undefined,
   restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
   mapping: ErrorMapping<X>
-): Effect.Effect<A, E | X, R> =>
-  Effect.flatMap(Scope.make(), (scope) => {
-    const pinned = findPin(pins, core)?.handle
-    const checkout: Effect.Effect<Handle, PoolError> = pinned !== undefined
-      ? Effect.succeed(pinned)
-      : restore(Scope.extend(core.scopedCheckout, scope))
-    return Effect.matchCauseEffect(checkout, {
-      onFailure: (cause) => Effect.zipRight(Scope.close(scope, Exit.void), Effect.failCause(Cause.map(cause, mapping.map))),
-      onSuccess: (handle) => {
-        const tx = new TransactionImpl(core, handle, 0, options)
-        const body = Effect.locally(
-          inside(effect, tx, context, restore),
-          currentPins,
-          { core, handle, next: pins }
-        )
-        return Effect.matchCauseEffect(runOn(handle, beginStatement(options)), {
-          onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
-          onSuccess: () =>
-            Effect.flatMap(Effect.exit(body), (exit) =>
-              settle(exit, commit(handle), Effect.asVoid(runOn(handle, "ROLLBACK")), mapping))
-        }).pipe(Effect.onExit((exit) => Scope.close(scope, exit)))
-      }
+): Effect.Effect<A, E | X, R> => {
+  const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
+    const tx = new TransactionImpl(core, handle, 0, options)
+    const body = inside(effect, tx, context, { core, handle, next: pins }, restore)
+    return Effect.matchCauseEffect(runOn(handle, beginStatement(options)), {
+      onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
+      onSuccess: () =>
+        Effect.flatMap(Effect.exit(body), (exit) =>
+          settle(exit, commit(handle), Effect.asVoid(runOn(handle, "ROLLBACK")), mapping))
     })
+  }
+  const pinned = findPin(pins, core)?.handle
+  if (pinned !== undefined) return run(pinned)
+  return Effect.matchCauseEffect(core.checkoutHandle(restore), {
+    onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
+    onSuccess: (handle) =>
+      Effect.matchCauseEffect(run(handle), {
+        onFailure: (cause) => Effect.zipRight(core.releaseHandle(handle), Effect.failCause(cause)),
+        onSuccess: (value) => Effect.as(core.releaseHandle(handle), value)
+      })
   })
+}
 
 const nested = <A, E, R, X>(
   outer: TransactionImpl,
   effect: Effect.Effect<A, E, R>,
   context: Context.Context<never>,
+  pins: Pin | undefined,
   restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
   mapping: ErrorMapping<X>
 ): Effect.Effect<A, E | X, R> => {
@@ -200,7 +209,7 @@ const nested = <A, E, R, X>(
   return Effect.matchCauseEffect(runOn(tx.handle, `SAVEPOINT ${name}`), {
     onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
     onSuccess: () =>
-      Effect.flatMap(Effect.exit(inside(effect, tx, context, restore)), (exit) =>
+      Effect.flatMap(Effect.exit(inside(effect, tx, context, pins, restore)), (exit) =>
         settle(
           exit,
           Effect.asVoid(runOn(tx.handle, `RELEASE SAVEPOINT ${name}`)),

@@ -1,0 +1,196 @@
+/**
+ * The database candidates: `SELECT 1` and the transaction workload, for our pool and the libraries users
+ * would pick instead. Every pool gets 10 connections, and idle timeouts long enough that no pool closes
+ * connections while the other candidates take their turn.
+ *
+ * A new way of using our pool is one line in a list below, made with the helpers here (`sqlClientSelect1`,
+ * `ourTransaction`, `sqlClientTransaction`, or `ready`); a slot for something not written yet is a
+ * `pending(name, role, reason)` line, shown in the report as "not yet available".
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as ManagedRuntime from "effect/ManagedRuntime"
+import * as Redacted from "effect/Redacted"
+import pg from "pg"
+import postgres from "postgres"
+import * as PgPool from "../src/PgPool.js"
+import type { PoolError, QueryError } from "../src/PgPoolError.js"
+import * as PgPoolSql from "../src/PgPoolSql.js"
+import * as Transaction from "../src/Transaction.js"
+import { fromPromise, fromRuntime, ready } from "./candidate.js"
+import type { Candidate, Role } from "./candidate.js"
+import type { Target } from "./database.js"
+import { ROWS, TABLE } from "./database.js"
+
+export const POOL_SIZE = 10
+
+/** Long enough that no pool closes an idle connection during a run (pg.Pool's default is 10 s). */
+const IDLE_TIMEOUT_MS = 10 * 60_000
+
+const SELECT_ROW = `SELECT id, counter FROM ${TABLE} WHERE id = $1`
+const UPDATE_ROW = `UPDATE ${TABLE} SET counter = counter + 1 WHERE id = $1`
+
+const randomId = (): number => 1 + Math.floor(Math.random() * ROWS)
+
+// ---------------------------------------------------------------------------------------------------------
+// layers and clients
+// ---------------------------------------------------------------------------------------------------------
+
+/** Our pool, as an application would configure it. */
+export const ourLayer = (db: Target): Layer.Layer<PgPool.PgPool, unknown> =>
+  PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours" })
+
+/** Our `SqlClient` (PgPoolSql) on our pool. */
+const ourSqlLayer = (db: Target): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  PgPoolSql.layer.pipe(Layer.provide(ourLayer(db)))
+
+const effectSqlPgLayer = (db: Target): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  PgClient.layer({
+    url: db.url,
+    maxConnections: POOL_SIZE,
+    idleTimeout: IDLE_TIMEOUT_MS,
+    applicationName: "bench-effect-sql-pg"
+  })
+
+const pgPool = (db: Target): pg.Pool =>
+  new pg.Pool({
+    connectionString: Redacted.value(db.url),
+    max: POOL_SIZE,
+    idleTimeoutMillis: IDLE_TIMEOUT_MS,
+    application_name: "bench-pg-pool"
+  })
+
+const postgresJs = (db: Target): postgres.Sql =>
+  postgres(Redacted.value(db.url), {
+    max: POOL_SIZE,
+    idle_timeout: 0,
+    onnotice: () => {},
+    connection: { application_name: "bench-postgres-js" }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// SELECT 1
+// ---------------------------------------------------------------------------------------------------------
+
+/** `SELECT 1` through any `SqlClient` layer (@effect/sql-pg's PgClient, later our PgPoolSql). */
+export const sqlClientSelect1 = (
+  name: string,
+  role: Role,
+  layer: (db: Target) => Layer.Layer<SqlClient.SqlClient, unknown>
+): Candidate<Target> =>
+  ready(name, role, async (db) => {
+    const runtime = ManagedRuntime.make(layer(db))
+    const sql = await runtime.runPromise(SqlClient.SqlClient)
+    return fromRuntime(runtime, Effect.suspend(() => sql`SELECT 1`))
+  })
+
+export const select1: ReadonlyArray<Candidate<Target>> = [
+  ready("PgPool.query", "ours", (db) =>
+    fromRuntime(ManagedRuntime.make(ourLayer(db)), Effect.suspend(() => PgPool.query("SELECT 1")))),
+  ready("PgPool.connection + conn.query", "ours", (db) =>
+    fromRuntime(
+      ManagedRuntime.make(ourLayer(db)),
+      Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => conn.query("SELECT 1")))
+    )),
+  sqlClientSelect1("PgPoolSql (SqlClient)", "ours", ourSqlLayer),
+  ready("pg.Pool", "alternative", async (db) => {
+    const pool = pgPool(db)
+    await pool.query("SELECT 1")
+    return fromPromise(() => pool.query("SELECT 1"), () => pool.end())
+  }),
+  ready("postgres.js", "alternative", async (db) => {
+    const sql = postgresJs(db)
+    await sql`SELECT 1`
+    return fromPromise(() => sql`SELECT 1`, () => sql.end({ timeout: 5 }))
+  }),
+  sqlClientSelect1("@effect/sql-pg PgClient", "alternative", effectSqlPgLayer)
+]
+
+// ---------------------------------------------------------------------------------------------------------
+// transaction: BEGIN; SELECT a row by primary key; UPDATE its counter; COMMIT
+// ---------------------------------------------------------------------------------------------------------
+
+/** The statements inside the transaction, through our `PgPool.query` (which uses the pinned connection). */
+const ourBody: Effect.Effect<unknown, PoolError | QueryError, PgPool.PgPool> = Effect.suspend(() => {
+  const id = randomId()
+  return Effect.zipRight(PgPool.query(SELECT_ROW, [id]), PgPool.query(UPDATE_ROW, [id]))
+})
+
+/** A transaction combinator of ours: today BEGIN/COMMIT by hand, later `Transaction.withTransaction`. */
+type OurTransaction = <A, E, R>(body: Effect.Effect<A, E, R>) => Effect.Effect<A, unknown, R | PgPool.PgPool>
+
+export const ourTransaction = (name: string, transaction: OurTransaction): Candidate<Target> =>
+  ready(name, "ours", (db) => fromRuntime(ManagedRuntime.make(ourLayer(db)), transaction(ourBody)))
+
+/**
+ * BEGIN/COMMIT by hand on a pinned connection. On failure the pool's reset (`reset: "transaction"`) rolls
+ * back before the connection is reused.
+ */
+const manualTransaction: OurTransaction = (body) =>
+  PgPool.withConnection(
+    Effect.zipRight(
+      PgPool.query("BEGIN"),
+      Effect.zipLeft(body, PgPool.query("COMMIT"))
+    )
+  )
+
+/** The transaction workload through any `SqlClient` layer's `withTransaction`. */
+export const sqlClientTransaction = (
+  name: string,
+  role: Role,
+  layer: (db: Target) => Layer.Layer<SqlClient.SqlClient, unknown>
+): Candidate<Target> =>
+  ready(name, role, async (db) => {
+    const runtime = ManagedRuntime.make(layer(db))
+    const sql = await runtime.runPromise(SqlClient.SqlClient)
+    const body: Effect.Effect<unknown, SqlError> = Effect.suspend(() => {
+      const id = randomId()
+      // The table name is spelled out: a tagged template cannot take TABLE without an identifier helper.
+      return Effect.zipRight(
+        sql`SELECT id, counter FROM effect_pg_pool_bench_accounts WHERE id = ${id}`,
+        sql`UPDATE effect_pg_pool_bench_accounts SET counter = counter + 1 WHERE id = ${id}`
+      )
+    })
+    return fromRuntime(runtime, sql.withTransaction(body))
+  })
+
+export const transaction: ReadonlyArray<Candidate<Target>> = [
+  ourTransaction("PgPool.withConnection + BEGIN/COMMIT", manualTransaction),
+  ourTransaction("Transaction.withTransaction", (body) => Transaction.withTransaction(body)),
+  sqlClientTransaction("PgPoolSql withTransaction", "ours", ourSqlLayer),
+  ready("pg.Pool", "alternative", async (db) => {
+    const pool = pgPool(db)
+    await pool.query("SELECT 1")
+    const run = async () => {
+      const client = await pool.connect()
+      try {
+        await client.query("BEGIN")
+        const id = randomId()
+        await client.query(SELECT_ROW, [id])
+        await client.query(UPDATE_ROW, [id])
+        await client.query("COMMIT")
+      } catch (error) {
+        await client.query("ROLLBACK").catch(() => undefined)
+        throw error
+      } finally {
+        client.release()
+      }
+    }
+    return fromPromise(run, () => pool.end())
+  }),
+  ready("postgres.js sql.begin", "alternative", async (db) => {
+    const sql = postgresJs(db)
+    await sql`SELECT 1`
+    const run = () =>
+      sql.begin(async (tx) => {
+        const id = randomId()
+        await tx`SELECT id, counter FROM effect_pg_pool_bench_accounts WHERE id = ${id}`
+        await tx`UPDATE effect_pg_pool_bench_accounts SET counter = counter + 1 WHERE id = ${id}`
+      })
+    return fromPromise(run, () => sql.end({ timeout: 5 }))
+  }),
+  sqlClientTransaction("@effect/sql-pg withTransaction", "alternative", effectSqlPgLayer)
+]
