@@ -2,8 +2,8 @@ import { assert, describe, it } from "@effect/vitest"
 import { NodeContext } from "@effect/platform-node"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
-import { SqlClient, SqlError } from "@effect/sql"
-import { Chunk, Deferred, Effect, Fiber, Layer, Stream, String as Str } from "effect"
+import { SqlClient, SqlError, Statement } from "@effect/sql"
+import { Chunk, Deferred, Effect, Fiber, Layer, Option, Stream, String as Str, Tracer } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import * as PgPoolError from "../src/PgPoolError.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
@@ -170,6 +170,63 @@ describe("PgPoolSql", () => {
         select column_name from information_schema.columns where table_name = 'mig_users' order by ordinal_position`
       assert.deepStrictEqual(columns.map((c) => c.column_name), ["id", "name", "email"])
     }).pipe(Effect.provide(Layer.mergeAll(Live, NodeContext.layer))))
+
+  it.effect("statements are traced as @effect/sql traces them: a sql.execute span with the query text", () =>
+    Effect.gen(function*() {
+      const spans: Array<{ name: string; attributes: Map<string, unknown>; parent: string | undefined }> = []
+      let ids = 0
+      const tracer = Tracer.make({
+        span: (name, parent, context, links, startTime, kind) => {
+          const attributes = new Map<string, unknown>()
+          spans.push({ name, attributes, parent: Option.getOrUndefined(Option.map(parent, (p) => p.spanId)) })
+          const span: Tracer.Span = {
+            _tag: "Span",
+            name,
+            spanId: `span-${++ids}`,
+            traceId: "trace",
+            parent,
+            context,
+            status: { _tag: "Started", startTime },
+            attributes,
+            links,
+            sampled: true,
+            kind,
+            end: () => {},
+            attribute: (key, value) => {
+              attributes.set(key, value)
+            },
+            event: () => {},
+            addLinks: () => {}
+          }
+          return span
+        },
+        context: (f) => f()
+      })
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`select ${1}::int as one`.pipe(Effect.withSpan("handler"), Effect.withTracer(tracer))
+      const execute = spans.find((span) => span.name === "sql.execute")
+      assert.isDefined(execute)
+      assert.strictEqual(execute!.attributes.get("db.query.text"), "select $1::int as one")
+      assert.strictEqual(execute!.attributes.get("db.operation.name"), "execute")
+      assert.strictEqual(execute!.attributes.get("db.system.name"), "postgresql")
+      assert.isDefined(execute!.parent)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("statement transformers, sql.unsafe and withoutTransform behave as in @effect/sql", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const rows = yield* sql`select 1 as wrong`.pipe(
+        Statement.withTransformer((_statement, sql) => Effect.succeed(sql`select 2 as right_one`))
+      )
+      assert.deepStrictEqual(rows, [{ rightOne: 2 }])
+      assert.deepStrictEqual(yield* sql.unsafe("select $1::int as x", [5]), [{ x: 5 }])
+      const nested = sql`select ${sql.literal("3")} as y`
+      assert.deepStrictEqual(yield* sql`${nested}`, [{ y: 3 }])
+      assert.deepStrictEqual(yield* sql`select 4 as first_name`.withoutTransform, [{ first_name: 4 }])
+    }).pipe(Effect.provide(Layer.provide(
+      PgPoolSql.layerWith({ transformResultNames: Str.snakeToCamel }),
+      PoolLive
+    ))))
 
   it.effect("the pinned connection of PgPool.withConnection is used by SqlClient statements", () =>
     Effect.gen(function*() {

@@ -293,6 +293,8 @@ const increment = (n: number) => n + 1
 export const rowsOf = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => result.rows
 
 const CANCEL_SETTLE_TIMEOUT = Duration.seconds(5)
+/** How long the fiber returning a connection waits for the cancel of its interrupted statement to settle. */
+const SETTLE_WAIT = Duration.millis(250)
 const RESET_TIMEOUT = Duration.seconds(5)
 
 /**
@@ -728,8 +730,21 @@ export class PoolCore {
 
   releaseWith(conn: Physical, usage: number): Effect.Effect<void> {
     if (conn.settling !== undefined) {
+      // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
+      // healthy network), else let the return finish in the background so the caller is not held up
       const settling = conn.settling
-      return Effect.zipRight(Fiber.await(settling), Effect.suspend(() => this.releaseWith(conn, usage)))
+      const rest = Effect.suspend(() => this.releaseWith(conn, usage))
+      return Effect.interruptible(Fiber.await(settling)).pipe(
+        Effect.timeoutTo({
+          duration: SETTLE_WAIT,
+          onSuccess: () => rest,
+          onTimeout: () => {
+            this.runCloser(Effect.zipRight(Fiber.await(settling), rest))
+            return Effect.void
+          }
+        }),
+        Effect.flatten
+      )
     }
     if (conn.leakWatch !== undefined) {
       const watch = conn.leakWatch
@@ -974,19 +989,28 @@ export class PoolCore {
     })
   )
 
-  /** Opens a connection, retrying per the `reconnect` schedule while `retryWhile` holds. */
+  /**
+   * Opens a connection, retrying per the `reconnect` schedule while `retryWhile` holds; an attempt that comes
+   * due when nobody needs the connection any more is not made.
+   */
   openRetrying(retryWhile: (error: ConnectionError) => boolean): Effect.Effect<Physical, ConnectionError> {
     let attempt = 0
-    return this.open.pipe(
+    const attemptIfNeeded = Effect.suspend(() =>
+      attempt === 0 || this.needed() ? this.open : Effect.fail(this.notNeeded)
+    )
+    return attemptIfNeeded.pipe(
       Effect.tapError((error) => {
+        if (error === this.notNeeded) return Effect.void
         attempt++
         return Effect.logWarning(`connect failed (attempt ${attempt}): ${error.message}`).pipe(
           Effect.annotateLogs({ attempt, host: error.host ?? "", code: error.code ?? "" })
         )
       }),
-      Effect.retry({ schedule: this.config.reconnect, while: retryWhile })
+      Effect.retry({ schedule: this.config.reconnect, while: (error) => error !== this.notNeeded && retryWhile(error) })
     )
   }
+
+  readonly notNeeded = new ConnectionError({ message: "Connect abandoned: no one needs the connection any more" })
 
   setSession(driver: Connector.Connection, options: Connector.ConnectOptions): Effect.Effect<void, ConnectionError> {
     if (this.config.setSession.length === 0) return Effect.void

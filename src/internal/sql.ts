@@ -13,6 +13,8 @@ import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Effectable from "effect/Effectable"
+import { identity } from "effect/Function"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
@@ -201,6 +203,104 @@ class Listener {
 
 const PgJson = Statement.custom<PgClient.PgCustom>("PgJson")
 
+interface StatementContext {
+  readonly unbound: SqlConnection.Connection
+  readonly spanAttributes: ReadonlyArray<readonly [string, unknown]>
+  readonly transformRows: Transform
+}
+
+type Run<X> = (connection: SqlConnection.Connection, sql: string, params: ReadonlyArray<unknown>) => Effect.Effect<X, SqlError>
+
+/**
+ * A statement of the SqlClient, executed the way @effect/sql does it (a `sql.execute` span with the same
+ * attributes, the transaction's connection when there is one, the same transforms) but without the per
+ * statement `Effect.scoped` of @effect/sql's generic implementation, which costs more than the rest of the
+ * statement together. Building, compiling and streaming are @effect/sql's own; when a statement transformer
+ * is installed (`Statement.withTransformer`), the statement runs @effect/sql's path unchanged.
+ */
+class PooledStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> implements Statement.Statement<A> {
+  constructor(readonly inner: Statement.Statement<A>, readonly context: StatementContext) {
+    super()
+  }
+  get [Statement.FragmentId]() {
+    return identity
+  }
+  get segments() {
+    return this.inner.segments
+  }
+  readonly compile = (withoutTransform?: boolean | undefined) => this.inner.compile(withoutTransform)
+  get stream(): Stream.Stream<A, SqlError> {
+    return this.inner.stream
+  }
+  get raw(): Effect.Effect<unknown, SqlError> {
+    return this.execute("executeRaw", true, (conn, sql, params) => conn.executeRaw(sql, params), this.inner.raw)
+  }
+  get withoutTransform(): Effect.Effect<ReadonlyArray<A>, SqlError> {
+    return this.execute(
+      "executeWithoutTransform",
+      true,
+      (conn, sql, params) => conn.execute(sql, params, undefined),
+      this.inner.withoutTransform
+    )
+  }
+  get values(): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError> {
+    return this.execute("executeValues", false, (conn, sql, params) => conn.executeValues(sql, params), this.inner.values)
+  }
+  get unprepared(): Effect.Effect<ReadonlyArray<A>, SqlError> {
+    return this.execute(
+      "executeUnprepared",
+      false,
+      (conn, sql, params) => conn.executeUnprepared(sql, params, this.context.transformRows),
+      this.inner.unprepared
+    )
+  }
+  commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
+    return this.execute(
+      "execute",
+      false,
+      (conn, sql, params) => conn.execute(sql, params, this.context.transformRows),
+      this.inner
+    )
+  }
+  toJSON(): unknown {
+    return (this.inner as unknown as { toJSON(): unknown }).toJSON()
+  }
+  execute<X>(operation: string, withoutTransform: boolean, run: Run<X>, fallback: Effect.Effect<X, SqlError>) {
+    return Effect.withFiberRuntime<X, SqlError>((fiber) => {
+      if (fiber.getFiberRef(Statement.currentTransformer)._tag === "Some") return fallback
+      const tx = Context.getOption(fiber.currentContext, Client.TransactionConnection)
+      const connection = tx._tag === "Some" ? tx.value[0] : this.context.unbound
+      return Effect.useSpan("sql.execute", spanOptions, (span) => {
+        const [sql, params] = this.inner.compile(withoutTransform)
+        for (const [key, value] of this.context.spanAttributes) span.attribute(key, value)
+        span.attribute("db.operation.name", operation)
+        span.attribute("db.query.text", sql)
+        return run(connection, sql, params)
+      })
+    })
+  }
+}
+
+const spanOptions = { kind: "client", captureStackTrace: false } as const
+
+const isStatement = (u: unknown): u is Statement.Statement<unknown> =>
+  Effect.isEffect(u) && Statement.isFragment(u) && typeof (u as { compile?: unknown }).compile === "function"
+
+/** The client's `sql` function and `sql.unsafe`, with their statements executed by `PooledStatement`. */
+const pooledConstructor = <C extends Client.SqlClient>(client: C, context: StatementContext): C => {
+  const wrap = (result: unknown) => isStatement(result) ? new PooledStatement(result, context) : result
+  const sql = function(...args: Array<unknown>) {
+    return wrap((client as unknown as (...args: Array<unknown>) => unknown)(...args))
+  }
+  Object.assign(sql, client)
+  const unsafe = client.unsafe
+  Object.assign(sql, {
+    unsafe: (text: string, params?: ReadonlyArray<unknown>) => wrap(unsafe(text, params)),
+    safe: sql
+  })
+  return sql as unknown as C
+}
+
 /** @internal */
 export const make = (
   options: PgPoolSql.Options = {}
@@ -218,17 +318,18 @@ export const make = (
     const transformRows = options.transformResultNames
       ? Statement.defaultTransforms(options.transformResultNames, options.transformJson).array
       : undefined
+    const spanAttributes: ReadonlyArray<readonly [string, unknown]> = [
+      ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
+      ["db.system.name", "postgresql"],
+      ["db.namespace", config.database],
+      ["server.address", host.host],
+      ["server.port", host.port]
+    ]
     const client = yield* Client.make({
       acquirer: Effect.succeed(unbound),
       transactionAcquirer: reserve,
       compiler,
-      spanAttributes: [
-        ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
-        ["db.system.name", "postgresql"],
-        ["db.namespace", config.database],
-        ["server.address", host.host],
-        ["server.port", host.port]
-      ],
+      spanAttributes,
       transformRows
     })
     const withTransaction = transaction.make({ map: toSqlError }, () => core)
@@ -240,7 +341,7 @@ export const make = (
       }),
       idleTimeToLive: "1 second"
     })
-    const pgClient: PgClient.PgClient = Object.assign(client, {
+    const pgClient: PgClient.PgClient = Object.assign(pooledConstructor(client, { unbound, spanAttributes, transformRows }), {
       [PgClient.TypeId]: PgClient.TypeId,
       withTransaction: <R, E, A>(effect: Effect.Effect<A, E, R>) => withTransaction(effect),
       config: {

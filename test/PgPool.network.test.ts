@@ -1,0 +1,255 @@
+/**
+ * A blackholed network (issue 3): the pool talks to its private server through the test TCP proxy, which is
+ * switched to "drop" (every byte and every close is swallowed, sockets stay open: a pulled cable, a silent
+ * firewall) and back to "pass". Acquire, connect and queries must fail within their timeouts, the pool must
+ * close within a bounded time, and it must recover by itself once the network heals.
+ */
+import { assert, layer } from "@effect/vitest"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
+import * as PgPool from "../src/PgPool.js"
+import type { ConnectionError, QueryError } from "../src/PgPoolError.js"
+import { eventually } from "./support/db.js"
+import { watchProcessErrors } from "./support/processErrors.js"
+import * as Proxy from "./support/proxy.js"
+import * as PrivateServer from "./support/server.js"
+
+class Server extends Context.Tag("test/network/Server")<Server, PrivateServer.PrivateServer>() {}
+
+const now = Effect.sync(() => performance.now())
+
+const timedExit = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const start = yield* now
+    const exit = yield* Effect.exit(effect)
+    return { millis: (yield* now) - start, exit }
+  })
+
+const failureOf = <A, E>(exit: Exit.Exit<A, E>): E => {
+  if (Exit.isSuccess(exit)) return assert.fail(`expected a failure, got a success: ${JSON.stringify(exit.value)}`)
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isNone(failure)) return assert.fail(`expected a failure, got ${Cause.pretty(exit.cause)}`)
+  return failure.value
+}
+
+/** A proxy to the server and a pool config going through it (each test has its own application name). */
+const throughProxy = (applicationName: string, mode: Proxy.Mode = "pass") =>
+  Effect.gen(function*() {
+    const server = yield* Server
+    const proxy = yield* Proxy.make({ target: { host: server.host, port: server.port }, mode })
+    const config = (overrides: PgPool.Config = {}): PgPool.Config =>
+      server.config({ applicationName, host: proxy.host, port: proxy.port, ...overrides })
+    return { server, proxy, config }
+  })
+
+/**
+ * Resets every proxied connection before the pool's scope closes (finalizers run in reverse order), for the
+ * tests that do not measure the close itself. Call it after making the pool.
+ */
+const resetBeforeClose = (proxy: Proxy.TcpProxy) => Effect.addFinalizer(() => proxy.setMode("reset"))
+
+layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, timeout: "60 seconds" })(
+  "PgPool on a blackholed network",
+  (it) => {
+    it.scoped("connecting into the blackhole: a waiter fails within acquireTimeout with ConnectionError", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const { config, proxy } = yield* throughProxy("blackhole-acquire", "drop")
+        // the connect hangs (accepted, then silence) and connectTimeout is longer than acquireTimeout
+        const pool = yield* PrivateServer.makePool(config({ lazy: true, acquireTimeout: "1 second", connectTimeout: "10 seconds" }))
+        const { exit, millis } = yield* timedExit(pool.query("select 1"))
+        const error = failureOf(exit)
+        // not PoolExhaustedError: nothing is busy, the database cannot be reached
+        assert.strictEqual(error._tag, "ConnectionError")
+        assert.isAtLeast(millis, 900)
+        assert.isBelow(millis, 1_000 + 1_500)
+        assert.isAtLeast(proxy.connections(), 1)
+        // a scoped checkout too
+        const checkout = yield* timedExit(Effect.scoped(pool.connection))
+        assert.strictEqual(failureOf(checkout.exit)._tag, "ConnectionError")
+        assert.isBelow(checkout.millis, 1_000 + 1_500)
+        const stats = yield* pool.stats
+        assert.deepStrictEqual([stats.waiting, stats.inUse], [0, 0])
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
+    it.scoped("connecting into the blackhole: connectTimeout bounds every attempt; the layer fails within it", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const { config, proxy } = yield* throughProxy("blackhole-connect", "drop")
+        const pool = yield* PrivateServer.makePool(config({
+          lazy: true,
+          acquireTimeout: "2 seconds",
+          connectTimeout: "400 millis",
+          reconnect: Schedule.spaced("100 millis")
+        }))
+        const { exit, millis } = yield* timedExit(pool.query("select 1"))
+        const error = failureOf(exit) as ConnectionError
+        assert.strictEqual(error._tag, "ConnectionError")
+        assert.isBelow(millis, 2_000 + 1_500)
+        // each attempt gave up after 400 ms and the next one followed 100 ms later: about 4 in 2 s
+        const attempts = proxy.acceptTimes()
+        const context = `attempts at ${JSON.stringify(attempts)}`
+        assert.isAtLeast(attempts.length, 3, context)
+        assert.isAtMost(attempts.length, 5, context)
+        assert.isTrue(attempts.slice(1).every((t, i) => t - attempts[i]! >= 480), context)
+        assert.isAtLeast(error.attempts ?? 0, 2)
+        assert.include(error.message, "connectTimeout")
+
+        // an eager layer gives up within connectTimeout
+        const built = yield* timedExit(
+          Effect.scoped(Layer.build(PgPool.layer(config({ connectTimeout: "1 second" }))))
+        )
+        assert.strictEqual(failureOf(built.exit)._tag, "ConnectionError")
+        assert.isBelow(built.millis, 1_000 + 1_500)
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
+    it.scoped("a statement on a blackholed connection fails within queryTimeout", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const { config, proxy } = yield* throughProxy("blackhole-query")
+        const pool = yield* PrivateServer.makePool(config({
+          maxConnections: 2,
+          queryTimeout: "500 millis",
+          healthCheck: false,
+          acquireTimeout: "1 second",
+          connectTimeout: "500 millis"
+        }))
+        yield* resetBeforeClose(proxy)
+        assert.deepStrictEqual(
+          yield* Effect.all([pool.query("select 1 as one, pg_sleep(0.1)"), pool.query("select 1 as one, pg_sleep(0.1)")], {
+            concurrency: 2
+          }).pipe(Effect.map((results) => results.map((rows) => rows[0]!.one))),
+          [1, 1]
+        )
+        yield* proxy.setMode("drop")
+        // one-shot statement
+        const oneShot = yield* timedExit(pool.query("select 1"))
+        const error = failureOf(oneShot.exit) as QueryError
+        assert.strictEqual(error._tag, "QueryError")
+        assert.strictEqual(error.code, "57014")
+        assert.isAtLeast(oneShot.millis, 450)
+        assert.isBelow(oneShot.millis, 500 + 1_500)
+        // a statement on a scoped connection (the network is reset before the connection goes back, so that
+        // its return does not wait for the cancel request lost in the blackhole)
+        const scoped = yield* Effect.scoped(
+          Effect.flatMap(pool.connection, (conn) => Effect.zipLeft(timedExit(conn.query("select 1")), proxy.setMode("reset")))
+        )
+        assert.strictEqual((failureOf(scoped.exit) as QueryError).code, "57014")
+        assert.isAtLeast(scoped.millis, 450)
+        assert.isBelow(scoped.millis, 500 + 1_500)
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
+    it.scoped("a waiter behind a connection stuck in the blackhole fails within acquireTimeout", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const { config, proxy } = yield* throughProxy("blackhole-waiter")
+        const pool = yield* PrivateServer.makePool(config({ maxConnections: 1, acquireTimeout: "1 second", healthCheck: false }))
+        yield* resetBeforeClose(proxy)
+        assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
+        yield* proxy.setMode("drop")
+        // no queryTimeout: this statement hangs and holds the only connection
+        const stuck = yield* Effect.forkScoped(Effect.exit(pool.query("select 1")))
+        yield* eventually(pool.stats, (s) => s.inUse === 1)
+        const { exit, millis } = yield* timedExit(pool.query("select 2"))
+        const error = failureOf(exit)
+        // the connection is busy (its statement unanswered): the pool is exhausted, and says so in time
+        assert.strictEqual(error._tag, "PoolExhaustedError")
+        assert.isAtLeast(millis, 900)
+        assert.isBelow(millis, 1_000 + 1_500)
+        assert.deepStrictEqual([(yield* pool.stats).waiting, (yield* pool.stats).timeouts], [0, 1])
+        // end it: the connection is reset, the stuck statement fails
+        yield* proxy.setMode("reset")
+        assert.strictEqual(failureOf(yield* Fiber.join(stuck))._tag, "ConnectionError")
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
+    it.scoped("the pool closes within a bounded time under the blackhole", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const { config, proxy, server } = yield* throughProxy("blackhole-close")
+        const scope = yield* Scope.make()
+        yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+        const context = yield* Layer.buildWithScope(
+          PgPool.layer(config({ minConnections: 2, drainTimeout: "1 second", healthCheck: false })),
+          scope
+        )
+        const pool = Context.get(context, PgPool.PgPool)
+        yield* eventually(server.backends("blackhole-close"), (rows) => rows.length === 2)
+        // a borrower whose statement goes into the blackhole, and an idle connection
+        const checkedOut = yield* Deferred.make<void>()
+        yield* proxy.setMode("drop")
+        const borrower = yield* Effect.forkScoped(
+          Effect.scoped(Effect.gen(function*() {
+            const conn = yield* pool.connection
+            yield* Deferred.succeed(checkedOut, undefined)
+            return yield* conn.query("select 1")
+          })).pipe(Effect.exit)
+        )
+        yield* Deferred.await(checkedOut)
+        yield* eventually(pool.stats, (s) => s.inUse === 1)
+        const { exit, millis } = yield* timedExit(Scope.close(scope, Exit.void))
+        assert.isTrue(Exit.isSuccess(exit))
+        // it waited drainTimeout for the borrower, then closed everything without hearing from the server
+        assert.isAtLeast(millis, 900)
+        assert.isBelow(millis, 1_000 + 4_000)
+        // the borrower's statement failed (its connection was closed under it), and no socket is left open
+        const borrowed = yield* Fiber.join(borrower)
+        assert.strictEqual(failureOf(borrowed)._tag, "ConnectionError")
+        yield* eventually(proxy.stats, (s) => s.open === 0)
+        assert.strictEqual(failureOf(yield* Effect.exit(pool.query("select 1")))._tag, "PoolClosedError")
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
+    it.scoped("after the network heals the pool recovers by itself", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const app = "blackhole-heal"
+        const { config, proxy, server } = yield* throughProxy(app)
+        const pool = yield* PrivateServer.makePool(config({
+          minConnections: 2,
+          maxConnections: 3,
+          connectTimeout: "500 millis",
+          acquireTimeout: "1 second",
+          queryTimeout: "1 second",
+          reconnect: Schedule.spaced("100 millis"),
+          maintenanceInterval: "200 millis",
+          healthCheck: { idleThreshold: "200 millis", interval: "500 millis", timeout: "300 millis" }
+        }))
+        yield* resetBeforeClose(proxy)
+        yield* eventually(server.backends(app), (rows) => rows.length === 2)
+        assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
+
+        yield* proxy.setMode("drop")
+        // during the outage statements fail, each within its bounds (queryTimeout, acquireTimeout)
+        const during = yield* Effect.all(
+          Array.from({ length: 4 }, () => timedExit(pool.query("select 1 as one"))),
+          { concurrency: "unbounded" }
+        )
+        for (const { exit, millis } of during) {
+          const error = failureOf(exit)
+          assert.include(["QueryError", "ConnectionError", "PoolExhaustedError"], error._tag)
+          assert.isBelow(millis, 1_000 + 1_500)
+        }
+
+        yield* proxy.setMode("pass")
+        // the same pool, no rebuild: statements succeed again once the stuck connections are replaced
+        yield* eventually(
+          pool.query("select 1 as one").pipe(Effect.orElseSucceed((): ReadonlyArray<PgPool.Row> => [])),
+          (rows) => rows.length === 1,
+          { attempts: 150, interval: "100 millis" }
+        )
+        const rows = yield* Effect.all(Array.from({ length: 10 }, (_, i) => pool.query("select $1::int as i", [i])))
+        assert.deepStrictEqual(rows.map((r) => r[0]!.i), Array.from({ length: 10 }, (_, i) => i))
+        // and it settles: nothing in use, and the server sees exactly the pool's connections
+        const stats = yield* eventually(
+          pool.stats,
+          (s) => s.inUse === 0 && s.pending === 0 && s.waiting === 0 && s.size >= 2,
+          { attempts: 150, interval: "100 millis" }
+        )
+        yield* eventually(server.backends(app), (rows) => rows.length === stats.size, { attempts: 150, interval: "100 millis" })
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+  }
+)
