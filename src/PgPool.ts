@@ -145,6 +145,25 @@ export interface Config {
   readonly name?: string | undefined
   /** Record the `db.client.connection.*` metrics. Default true. */
   readonly metrics?: boolean | undefined
+
+  /**
+   * Which server ordinary work runs on (libpq's `target_session_attrs`): `"any"` (default), `"read-write"`,
+   * `"read-only"`, `"primary"`, `"standby"`, `"prefer-standby"`. Hosts are tried in order until one matches.
+   */
+  readonly targetSessionAttrs?: "any" | "read-write" | "read-only" | "primary" | "standby" | "prefer-standby" | undefined
+  /** `"random"`: try the hosts in a random order for each connection (libpq's `load_balance_hosts`). Default `"disable"`. */
+  readonly loadBalanceHosts?: "disable" | "random" | undefined
+  /**
+   * Where read-only work (`PgPool.readOnly`, read-only transactions) runs: `"standby"` (the default when
+   * several hosts are given) or `"off"` (with everything else).
+   */
+  readonly readRouting?: "standby" | "off" | undefined
+  /** How a standby is chosen for read-only work: `"least-busy"` (default), `"round-robin"` or `"random"`. */
+  readonly readBalancing?: "round-robin" | "random" | "least-busy" | undefined
+  /** When no standby is healthy, run read-only work where ordinary work runs (true, default) or fail. */
+  readonly readFallback?: boolean | undefined
+  /** How often the role of each host (primary or standby) is checked again. Default 5 seconds. */
+  readonly roleCheckInterval?: Duration.DurationInput | undefined
 }
 
 /**
@@ -174,6 +193,27 @@ export interface PoolStats {
   readonly timeouts: number
   /** Connect attempts that failed. */
   readonly connectFailures: number
+  /** Open connections per host, with the host's role as last seen (`"unknown"` until it is checked). */
+  readonly hosts: ReadonlyArray<HostStats>
+}
+
+/**
+ * The connections of one host.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HostStats {
+  readonly host: string
+  readonly port: number
+  readonly role: "primary" | "standby" | "unknown"
+  /** False while the host does not answer (it is probed per the `reconnect` schedule). */
+  readonly up: boolean
+  readonly size: number
+  readonly idle: number
+  readonly inUse: number
+  /** Of `size`, the connections that serve read-only work (the host's read pool). */
+  readonly forReads: number
 }
 
 /**
@@ -192,6 +232,7 @@ export type CloseReason =
   | "unpooled"
   | "reset"
   | "busy"
+  | "role"
   | "poolClosed"
 
 /**

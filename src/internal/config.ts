@@ -52,7 +52,25 @@ export interface ResolvedConfig {
   readonly leakDetectionThreshold: number | undefined
   readonly name: string
   readonly metrics: boolean
+  readonly targetSessionAttrs: TargetSessionAttrs
+  readonly loadBalanceHosts: "disable" | "random"
+  readonly readRouting: "standby" | "off"
+  readonly readBalancing: "round-robin" | "random" | "least-busy"
+  readonly readFallback: boolean
+  readonly roleCheckInterval: number
 }
+
+/** @internal */
+export type TargetSessionAttrs = "any" | "read-write" | "read-only" | "primary" | "standby" | "prefer-standby"
+
+const targetSessionAttrsValues: ReadonlyArray<TargetSessionAttrs> = [
+  "any",
+  "read-write",
+  "read-only",
+  "primary",
+  "standby",
+  "prefer-standby"
+]
 
 /** @internal */
 export interface HealthCheck {
@@ -308,7 +326,13 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (config.pooling !== undefined && typeof config.pooling !== "boolean") {
     return invalid("pooling", "pooling must be a boolean")
   }
-  const connectTimeout = millis("connectTimeout", config.connectTimeout, 10_000, { allowZero: false })
+  const urlConnectTimeout = params.has("connect_timeout") ? Number(params.get("connect_timeout")) * 1000 : undefined
+  if (urlConnectTimeout !== undefined && !(urlConnectTimeout > 0)) {
+    return invalid("url", "connect_timeout must be a positive number of seconds")
+  }
+  const connectTimeout = millis("connectTimeout", config.connectTimeout ?? urlConnectTimeout, 10_000, {
+    allowZero: false
+  })
   if (isError(connectTimeout)) return connectTimeout
   const drainTimeout = millis("drainTimeout", config.drainTimeout, 10_000, { allowZero: true })
   if (isError(drainTimeout)) return drainTimeout
@@ -338,6 +362,36 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (config.name !== undefined && (typeof config.name !== "string" || config.name === "")) {
     return invalid("name", "name must be a non-empty string")
   }
+  const targetSessionAttrs = config.targetSessionAttrs ?? params.get("target_session_attrs") ?? "any"
+  if (!targetSessionAttrsValues.includes(targetSessionAttrs as TargetSessionAttrs)) {
+    return invalid(
+      config.targetSessionAttrs === undefined ? "url" : "targetSessionAttrs",
+      `targetSessionAttrs must be one of ${targetSessionAttrsValues.join(", ")}, got ${JSON.stringify(targetSessionAttrs)}`
+    )
+  }
+  const loadBalanceHosts = config.loadBalanceHosts ?? params.get("load_balance_hosts") ?? "disable"
+  if (loadBalanceHosts !== "disable" && loadBalanceHosts !== "random") {
+    return invalid(
+      config.loadBalanceHosts === undefined ? "url" : "loadBalanceHosts",
+      `loadBalanceHosts must be "disable" or "random", got ${JSON.stringify(loadBalanceHosts)}`
+    )
+  }
+  const readRouting = config.readRouting ?? (hosts.length > 1 ? "standby" : "off")
+  if (readRouting !== "standby" && readRouting !== "off") {
+    return invalid("readRouting", `readRouting must be "standby" or "off", got ${JSON.stringify(readRouting)}`)
+  }
+  const readBalancing = config.readBalancing ?? "least-busy"
+  if (readBalancing !== "round-robin" && readBalancing !== "random" && readBalancing !== "least-busy") {
+    return invalid(
+      "readBalancing",
+      `readBalancing must be "round-robin", "random" or "least-busy", got ${JSON.stringify(readBalancing)}`
+    )
+  }
+  if (config.readFallback !== undefined && typeof config.readFallback !== "boolean") {
+    return invalid("readFallback", "readFallback must be a boolean")
+  }
+  const roleCheckInterval = millis("roleCheckInterval", config.roleCheckInterval, 5_000, { allowZero: false })
+  if (isError(roleCheckInterval)) return roleCheckInterval
 
   return {
     hosts,
@@ -370,7 +424,13 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
     retryLostQueries: config.retryLostQueries ?? true,
     leakDetectionThreshold: leakDetectionThreshold === Infinity ? undefined : leakDetectionThreshold,
     name: config.name ?? `${user}@${hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${database}`,
-    metrics: config.metrics ?? true
+    metrics: config.metrics ?? true,
+    targetSessionAttrs: targetSessionAttrs as TargetSessionAttrs,
+    loadBalanceHosts,
+    readRouting,
+    readBalancing,
+    readFallback: config.readFallback ?? true,
+    roleCheckInterval: roleCheckInterval!
   }
 }
 

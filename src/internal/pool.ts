@@ -32,6 +32,16 @@ import { ConnectionError, PoolClosedError, PoolExhaustedError, QueryError } from
 import type { PoolError } from "../PgPoolError.js"
 import * as config_ from "./config.js"
 import * as Metrics from "./metrics.js"
+import { type ReadPool, Router } from "./router.js"
+import {
+  type HostPolicy,
+  type HostState,
+  mainPolicy,
+  queryRole,
+  type ServerRole,
+  standbyPolicy,
+  Topology
+} from "./topology.js"
 import type { PoolMetrics } from "./metrics.js"
 
 /** @internal */
@@ -54,10 +64,22 @@ export const query = (
     const core = (service as { readonly [CoreId]?: PoolCore })[CoreId]
     if (core === undefined) return service.query(text, params)
     const pin = findPin(fiber.getFiberRef(currentPins), core)
-    return pin === undefined
-      ? core.oneShot(text, params, undefined, rowsOf, core.config.retryLostQueries)
-      : pin.handle.query(text, params)
+    if (pin !== undefined) return pin.handle.query(text, params)
+    const target = core.router === undefined ? core : core.route(fiber)
+    return target === undefined
+      ? Effect.fail(core.router!.noStandby())
+      : target.oneShot(text, params, undefined, rowsOf, target.config.retryLostQueries)
   })
+
+/**
+ * True inside `PgPool.readOnly`: the work may run on a standby.
+ *
+ * @internal
+ */
+export const currentReadOnly: FiberRef.FiberRef<boolean> = globalValue(
+  Symbol.for("effect-pg-pool/PgPool/currentReadOnly"),
+  () => FiberRef.unsafeMake(false)
+)
 
 /** @internal */
 export const TypeId: PgPool.TypeId = Symbol.for("effect-pg-pool/PgPool") as PgPool.TypeId
@@ -80,7 +102,7 @@ export class Physical {
     readonly id: number,
     readonly driver: Connector.Connection,
     readonly scope: Scope.CloseableScope,
-    readonly host: config_.HostPort,
+    readonly server: HostState,
     readonly createdAt: number,
     readonly expiresAt: number,
     readonly usage: Ref.Ref<number>
@@ -252,7 +274,7 @@ export const withFiberRefs = <A, E, R>(
 
 /** @internal */
 export const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
-  while (pins !== undefined && pins.core !== core) pins = pins.next
+  while (pins !== undefined && pins.core.root !== core.root) pins = pins.next
   return pins
 }
 
@@ -266,8 +288,29 @@ const emptyReasons = (): Record<PgPool.CloseReason, number> => ({
   unpooled: 0,
   reset: 0,
   busy: 0,
+  role: 0,
   poolClosed: 0
 })
+
+/** Connect failures that settle the round: every host answered and none fits (e.g. no primary). */
+const definitive = new WeakSet<ConnectionError>()
+
+const noHostFits = (
+  policy: HostPolicy,
+  failures: ReadonlyArray<string>,
+  last: ConnectionError | undefined,
+  answered: boolean
+): ConnectionError => {
+  const error = new ConnectionError({
+    message: `No host fits ${policy.describe}: ${failures.join("; ")}`,
+    cause: last,
+    host: last?.host,
+    port: last?.port,
+    database: last?.database
+  })
+  if (answered) definitive.add(error)
+  return error
+}
 
 const transientConnectCode = (code: string): boolean =>
   code.startsWith("08") || code.startsWith("53") || code.startsWith("57P")
@@ -279,6 +322,7 @@ const transientConnectCode = (code: string): boolean =>
  * @internal
  */
 export const isTransientConnectError = (error: ConnectionError): boolean => {
+  if (definitive.has(error)) return false
   if (error.code !== undefined) return transientConnectCode(error.code)
   const cause = error.cause as { readonly code?: unknown; readonly message?: unknown } | undefined
   const code = typeof cause?.code === "string" ? cause.code : ""
@@ -349,15 +393,28 @@ export class PoolCore {
   drained: Deferred.Deferred<void> | undefined = undefined
   readonly metrics: PoolMetrics | undefined
 
+  /** The pool this one belongs to: itself, or the pool for ordinary work when this one serves reads. */
+  root: PoolCore = this
+  /** Read routing over standbys, on the root pool of several hosts. */
+  router: Router | undefined = undefined
+
   constructor(
     readonly config: config_.ResolvedConfig,
     readonly connector: Connector.Connector,
     readonly clock: Clock.Clock,
     readonly random: Random.Random,
     readonly runBackground: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>,
-    readonly runCloser: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+    readonly runCloser: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>,
+    readonly policy: HostPolicy,
+    readonly topology: Topology | undefined
   ) {
     this.metrics = config.metrics ? Metrics.make(config.name) : undefined
+  }
+
+  /** False when the server of `conn` no longer fits this pool (roles changed at a failover). */
+  fits(conn: Physical): boolean {
+    const keeps = this.policy.keeps
+    return keeps === undefined || keeps(conn.server)
   }
 
   /** Sets the gauges (connection count by state, pending requests, limits) to the current state. */
@@ -499,6 +556,8 @@ export class PoolCore {
         this.closeDetached(conn, "broken")
       } else if (now >= conn.expiresAt) {
         this.closeDetached(conn, "lifetime")
+      } else if (!this.fits(conn)) {
+        this.closeDetached(conn, "role")
       } else {
         return conn
       }
@@ -753,6 +812,7 @@ export class PoolCore {
     }
     if (conn.invalidated) return this.discard(conn, "invalidated")
     if (conn.lost || conn.driver.isBroken()) return this.discard(conn, "broken")
+    if (!this.fits(conn)) return this.discard(conn, "role")
     if (this.closed) return this.discard(conn, "poolClosed")
     if (conn.driver.isBusy()) return this.discard(conn, "busy")
     if (this.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") {
@@ -817,7 +877,7 @@ export class PoolCore {
     this.runCloser(
       Scope.close(conn.scope, Exit.void).pipe(
         Effect.zipRight(Effect.logDebug("connection closed")),
-        Effect.annotateLogs({ backendPid: conn.driver.backendPid, reason, host: conn.host.host }),
+        Effect.annotateLogs({ backendPid: conn.driver.backendPid, reason, host: conn.server.label }),
         Effect.ensuring(Effect.sync(() => {
           this.closing--
           this.all.delete(conn)
@@ -927,67 +987,127 @@ export class PoolCore {
     return Effect.void
   }
 
-  /** One connect attempt: open, set the session up, wrap it. */
+  /**
+   * One connect attempt: try the hosts of the policy in order until one connects (and, where roles matter,
+   * is a server that fits), set the session up, wrap the connection.
+   */
   readonly open: Effect.Effect<Physical, ConnectionError> = Effect.uninterruptibleMask((restore) =>
     Effect.gen(this, function*() {
-      const host = this.config.hosts[0]!
-      const options = config_.connectOptions(this.config, host)
-      const scope = yield* Scope.make()
+      const policy = this.policy
       const startedAt = this.clock.unsafeCurrentTimeMillis()
-      const holder: { conn: Physical | undefined; lost: boolean } = { conn: undefined, lost: false }
-      const opened = yield* restore(
-        Effect.flatMap(
-          this.connector.connect(options, (error) => this.lost(holder, error)),
-          (driver) => Effect.as(this.setSession(driver, options), driver)
-        ).pipe(
-          Scope.extend(scope),
-          Effect.timeoutFail({
-            duration: this.config.connectTimeout,
-            onTimeout: () =>
-              new ConnectionError({
-                message: `Cannot connect (${host.host}:${host.port}/${this.config.database}): connectTimeout of ${
-                  Duration.format(this.config.connectTimeout)
-                } ran out`,
-                host: host.host,
-                port: host.port,
-                database: this.config.database
-              })
-          })
-        )
-      ).pipe(Effect.exit)
-      if (Exit.isFailure(opened)) {
-        yield* Scope.close(scope, opened)
-        this.connectFailures++
-        this.consecutiveFailures++
-        this.lastFailureAt = this.clock.unsafeCurrentTimeMillis()
-        const failure = Cause.failureOption(opened.cause)
-        if (Option.isSome(failure)) this.lastConnectError = failure.value
-        return yield* Effect.failCause(opened.cause)
+      const failures: Array<string> = []
+      let last: ConnectionError | undefined
+      let mismatches = 0
+      for (let pass = 0; pass < policy.passes; pass++) {
+        for (const state of policy.candidates()) {
+          const holder: { conn: Physical | undefined; lost: boolean } = { conn: undefined, lost: false }
+          const attempt = yield* restore(this.openOn(state, policy.checkRole, holder)).pipe(Effect.exit)
+          if (Exit.isFailure(attempt)) {
+            const failure = Cause.failureOption(attempt.cause)
+            if (Option.isNone(failure)) return yield* Effect.failCause(attempt.cause)
+            last = failure.value
+            if (pass === 0) failures.push(last.message)
+            this.topology?.markDown(state, last)
+            continue
+          }
+          const { driver, scope, server } = attempt.value
+          if (server !== undefined) this.topology?.markUp(state, server)
+          if (server !== undefined && !policy.accepts(server, pass)) {
+            yield* Scope.close(scope, Exit.void)
+            mismatches++
+            if (pass === 0) failures.push(`${state.label} is a ${server.role}${server.readOnly ? " (read-only)" : ""}`)
+            continue
+          }
+          return yield* this.wrap(driver, scope, state, holder, startedAt)
+        }
       }
+      const error = failures.length === 1 && last !== undefined && mismatches === 0
+        ? last
+        : noHostFits(policy, failures, last, mismatches > 0)
+      this.connectFailures++
+      this.consecutiveFailures++
+      this.lastFailureAt = this.clock.unsafeCurrentTimeMillis()
+      this.lastConnectError = error
+      return yield* Effect.fail(error)
+    })
+  )
+
+  /** Connects to one host: TCP, TLS, authentication, `setSession`, and the server's role when it matters. */
+  openOn(
+    state: HostState,
+    checkRole: boolean,
+    holder: { conn: Physical | undefined; lost: boolean }
+  ): Effect.Effect<
+    { readonly driver: Connector.Connection; readonly scope: Scope.CloseableScope; readonly server: ServerRole | undefined },
+    ConnectionError
+  > {
+    const host = state.host
+    const options = config_.connectOptions(this.config, host)
+    return Effect.flatMap(Scope.make(), (scope) =>
+      Effect.flatMap(
+        this.connector.connect(options, (error) => this.lost(holder, error)),
+        (driver) =>
+          Effect.zipRight(
+            this.setSession(driver, options),
+            Effect.map(
+              checkRole ? this.role(driver, state) : Effect.succeed(undefined),
+              (server) => ({ driver, scope, server })
+            )
+          )
+      ).pipe(
+        Scope.extend(scope),
+        Effect.timeoutFail({
+          duration: this.config.connectTimeout,
+          onTimeout: () =>
+            new ConnectionError({
+              message: `Cannot connect (${host.host}:${host.port}/${this.config.database}): connectTimeout of ${
+                Duration.format(this.config.connectTimeout)
+              } ran out`,
+              host: host.host,
+              port: host.port,
+              database: this.config.database
+            })
+        }),
+        Effect.onExit((exit) => Exit.isFailure(exit) ? Scope.close(scope, exit) : Effect.void)
+      ))
+  }
+
+  role(driver: Connector.Connection, state: HostState): Effect.Effect<ServerRole | undefined, ConnectionError> {
+    return Effect.mapError(queryRole(driver), (error) =>
+      error._tag === "ConnectionError" ? error : new ConnectionError({
+        message: `Cannot read the role of ${state.label}: ${error.message}`,
+        cause: error,
+        host: state.host.host,
+        port: state.host.port,
+        database: this.config.database
+      }))
+  }
+
+  /** A new physical connection enters the pool's accounting. */
+  wrap(
+    driver: Connector.Connection,
+    scope: Scope.CloseableScope,
+    state: HostState,
+    holder: { conn: Physical | undefined; lost: boolean },
+    startedAt: number
+  ): Effect.Effect<Physical> {
+    return Effect.gen(this, function*() {
       const now = this.clock.unsafeCurrentTimeMillis()
       if (this.metrics !== undefined) this.metrics.createTime(now - startedAt)
       const lifetime = this.config.maxLifetime
       const jitter = this.config.maxLifetimeJitter > 0 ? (yield* this.random.next) * this.config.maxLifetimeJitter : 0
-      const conn = new Physical(
-        this.nextId++,
-        opened.value,
-        scope,
-        host,
-        now,
-        now + lifetime - jitter,
-        yield* Ref.make(0)
-      )
+      const conn = new Physical(this.nextId++, driver, scope, state, now, now + lifetime - jitter, yield* Ref.make(0))
       holder.conn = conn
       if (holder.lost) conn.lost = true
       this.all.add(conn)
       this.created++
       this.consecutiveFailures = 0
       yield* Effect.logDebug("connection opened").pipe(
-        Effect.annotateLogs({ backendPid: conn.driver.backendPid, host: host.host, port: host.port })
+        Effect.annotateLogs({ backendPid: conn.driver.backendPid, host: state.host.host, port: state.host.port })
       )
       return conn
     })
-  )
+  }
 
   /**
    * Opens a connection, retrying per the `reconnect` schedule while `retryWhile` holds; an attempt that comes
@@ -1134,9 +1254,72 @@ export class PoolCore {
       closedByReason: { ...this.closedByReason },
       acquired: this.acquired,
       timeouts: this.timeouts,
-      connectFailures: this.connectFailures
+      connectFailures: this.connectFailures,
+      hosts: this.root.hostStats()
     }
   }
+
+  /** The stats of a pool of several hosts: its own and those of its read pools, added up. */
+  aggregate(): PgPool.PoolStats {
+    const all = this.cores.map((core) => core.snapshot())
+    const sum = (f: (stats: PgPool.PoolStats) => number) => all.reduce((total, stats) => total + f(stats), 0)
+    const closedByReason = emptyReasons()
+    for (const stats of all) {
+      for (const [reason, count] of Object.entries(stats.closedByReason)) {
+        closedByReason[reason as PgPool.CloseReason] += count
+      }
+    }
+    return {
+      size: sum((s) => s.size),
+      idle: sum((s) => s.idle),
+      inUse: sum((s) => s.inUse),
+      waiting: sum((s) => s.waiting),
+      pending: sum((s) => s.pending),
+      maxConnections: this.config.maxConnections,
+      created: sum((s) => s.created),
+      closed: sum((s) => s.closed),
+      closedByReason,
+      acquired: sum((s) => s.acquired),
+      timeouts: sum((s) => s.timeouts),
+      connectFailures: sum((s) => s.connectFailures),
+      hosts: this.hostStats()
+    }
+  }
+
+  /** Connections per host and role, across this pool and its read pools. */
+  hostStats(): ReadonlyArray<PgPool.HostStats> {
+    const states = this.topology?.states ?? [...new Set([...this.all].map((conn) => conn.server))]
+    if (states.length === 0) {
+      const host = this.config.hosts[0]!
+      return [{ host: host.host, port: host.port, role: "unknown", up: true, size: 0, idle: 0, inUse: 0, forReads: 0 }]
+    }
+    return states.map((state) => {
+      let size = 0
+      let idle = 0
+      let inUse = 0
+      let forReads = 0
+      for (const core of this.cores) {
+        for (const conn of core.all) {
+          if (conn.server.key !== state.key || conn.state === "closing") continue
+          size++
+          if (conn.state === "idle") idle++
+          else if (conn.state === "busy") inUse++
+          if (core !== this) forReads++
+        }
+      }
+      return {
+        host: state.host.host,
+        port: state.host.port,
+        role: state.role ?? "unknown",
+        up: !state.down,
+        size,
+        idle,
+        inUse,
+        forReads
+      }
+    })
+  }
+
 
   // ---------------------------------------------------------------------------------------------
   // the service
@@ -1292,36 +1475,57 @@ export class PoolCore {
   ): Effect.Effect<A, PoolError | QueryError> {
     return Effect.withFiberRuntime((fiber) => {
       const pin = findPin(fiber.getFiberRef(currentPins), this)
-      return pin === undefined
-        ? this.oneShot(text, params, rowMode, project, this.config.retryLostQueries)
-        : Effect.map(this.run(pin.handle.conn, text, params, rowMode), project)
+      if (pin !== undefined) return Effect.map(pin.handle.core.run(pin.handle.conn, text, params, rowMode), project)
+      const target = this.route(fiber)
+      return target === undefined
+        ? Effect.fail(this.router!.noStandby())
+        : target.oneShot(text, params, rowMode, project, target.config.retryLostQueries)
     })
+  }
+
+  /**
+   * Where new work of this fiber goes: this pool, or, inside `PgPool.readOnly` on a pool of several hosts, the
+   * pool of a standby (or this one as the fallback; undefined when there is none).
+   */
+  route(fiber: Fiber.RuntimeFiber<unknown, unknown>): PoolCore | undefined {
+    if (this.router === undefined || !fiber.getFiberRef(currentReadOnly)) return this
+    return this.router.pick()
+  }
+
+  routeOr<A, E, R>(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    f: (target: PoolCore) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | ConnectionError, R> {
+    const target = this.route(fiber)
+    return target === undefined ? Effect.fail(this.router!.noStandby()) : f(target)
   }
 
   readonly connection: Effect.Effect<PgPool.PooledConnection, PoolError, Scope.Scope> = Effect.withFiberRuntime(
     (fiber) => {
       const pin = findPin(fiber.getFiberRef(currentPins), this)
-      return pin === undefined ? this.scopedCheckout : Effect.succeed(pin.handle)
+      return pin === undefined ? this.routeOr(fiber, (target) => target.scopedCheckout) : Effect.succeed(pin.handle)
     }
   )
 
   readonly query = (
     text: string,
     params?: ReadonlyArray<unknown>
-  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> =>
-    Effect.withFiberRuntime((fiber) => {
-      const pin = findPin(fiber.getFiberRef(currentPins), this)
-      return pin === undefined
-        ? this.oneShot(text, params, undefined, rowsOf, this.config.retryLostQueries)
-        : pin.handle.query(text, params)
-    })
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> => this.statement(text, params, undefined, rowsOf)
 
   readonly withConnection = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | PoolError, R> =>
     Effect.withFiberRuntime((fiber) => {
       const pins = fiber.getFiberRef(currentPins)
       if (findPin(pins, this) !== undefined) return effect
-      return this.withHandle((handle) => effect, { core: this, next: pins })
+      return this.routeOr(fiber, (target) => target.withHandle(() => effect, { core: target, next: pins }))
     })
+
+  readonly readOnly = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.locally(effect, currentReadOnly, true)
+
+  /** The pools of this one: itself, and the read pools of its standbys. */
+  get cores(): ReadonlyArray<PoolCore> {
+    return this.router === undefined ? [this] : [this, ...this.router.reads.map((read) => read.core)]
+  }
 
   readonly service: PgPool.PgPool & { readonly [CoreId]: PoolCore } = {
     [TypeId]: TypeId,
@@ -1329,12 +1533,51 @@ export class PoolCore {
     connection: this.connection,
     query: this.query,
     withConnection: this.withConnection,
-    readOnly: (effect) => effect,
+    readOnly: this.readOnly,
     stats: Effect.sync(() => {
-      this.updateGauges()
-      return this.snapshot()
+      for (const core of this.cores) core.updateGauges()
+      return this.router === undefined ? this.snapshot() : this.aggregate()
     }),
-    purgeExpired: this.purgeExpired
+    purgeExpired: Effect.map(
+      Effect.forEach(this.cores, (core) => core.purgeExpired),
+      (counts) => counts.reduce((a, b) => a + b, 0)
+    )
+  }
+}
+
+/** A pool core in the current Scope, with its timer and maintenance fibers; closing the Scope drains it. */
+const makeCore = (
+  config: config_.ResolvedConfig,
+  policy: HostPolicy,
+  topology: Topology | undefined
+): Effect.Effect<PoolCore, never, Scope.Scope | Connector.Connector> =>
+  Effect.gen(function*() {
+    const connector = yield* Connector.Connector
+    const clock = yield* Effect.clock
+    const random = yield* Effect.random
+    const closers = yield* FiberSet.make<unknown, unknown>()
+    const runCloser = yield* FiberSet.runtime(closers)<never>()
+    const runBackground = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+    const core = new PoolCore(config, connector, clock, random, runBackground, runCloser, policy, topology)
+    yield* Effect.addFinalizer(() =>
+      core.shutdown.pipe(
+        Effect.zipRight(Effect.interruptible(FiberSet.awaitEmpty(closers)).pipe(Effect.timeoutOption(Duration.seconds(10))))
+      )
+    )
+    runBackground(core.timerLoop)
+    return core
+  })
+
+/** Forks the maintenance (and metrics) fibers of a core, after its warm-up. */
+const startMaintenance = (core: PoolCore): void => {
+  core.runBackground(
+    core.maintenance.pipe(
+      Effect.catchAllCause((cause) => Effect.logError("maintenance failed", cause)),
+      Effect.repeat(Schedule.spaced(Duration.millis(core.config.maintenanceInterval)))
+    )
+  )
+  if (core.metrics !== undefined) {
+    core.runBackground(Effect.repeat(Effect.sync(() => core.updateGauges()), Schedule.spaced(Duration.seconds(1))))
   }
 }
 
@@ -1344,30 +1587,41 @@ export const make = (
 ): Effect.Effect<PgPool.PgPool, ConnectionError | ConfigError.ConfigError, Scope.Scope | Connector.Connector> =>
   Effect.gen(function*() {
     const resolved = yield* config_.resolve(config)
-    const connector = yield* Connector.Connector
-    const clock = yield* Effect.clock
-    const random = yield* Effect.random
-    const closers = yield* FiberSet.make<unknown, unknown>()
-    const runCloser = yield* FiberSet.runtime(closers)<never>()
-    const runBackground = yield* FiberSet.makeRuntime<never, unknown, unknown>()
-    const core = new PoolCore(resolved, connector, clock, random, runBackground, runCloser)
-    yield* Effect.addFinalizer(() =>
-      core.shutdown.pipe(
-        Effect.zipRight(Effect.interruptible(FiberSet.awaitEmpty(closers)).pipe(Effect.timeoutOption(Duration.seconds(10))))
-      )
-    )
-    runBackground(core.timerLoop)
-    if (!resolved.lazy) yield* warmup(core)
-    runBackground(
-      core.maintenance.pipe(
-        Effect.catchAllCause((cause) => Effect.logError("maintenance failed", cause)),
-        Effect.repeat(Schedule.spaced(Duration.millis(resolved.maintenanceInterval)))
-      )
-    )
-    if (core.metrics !== undefined) {
-      runBackground(Effect.repeat(Effect.sync(() => core.updateGauges()), Schedule.spaced(Duration.seconds(1))))
+    if (resolved.hosts.length === 1) {
+      const core = yield* makeCore(resolved, mainPolicy(resolved, undefined), undefined)
+      if (!resolved.lazy) yield* warmup(core)
+      startMaintenance(core)
+      return core.service
     }
-    return core.service
+    const connector = yield* Connector.Connector
+    const runTopology = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+    const topology = new Topology(resolved, connector, runTopology)
+    yield* Effect.forEach(topology.states, (state) => Effect.ignore(topology.probe(state)), {
+      concurrency: "unbounded",
+      discard: true
+    })
+    runTopology(topology.recheck)
+    const main = yield* makeCore(resolved, mainPolicy(resolved, topology), topology)
+    if (resolved.readRouting === "standby") {
+      const reads: Array<ReadPool> = []
+      for (const state of topology.states) {
+        const readConfig: config_.ResolvedConfig = {
+          ...resolved,
+          minConnections: 0,
+          maxIdle: Math.min(resolved.maxIdle, resolved.maxConnections),
+          lazy: true,
+          name: `${resolved.name}/read@${state.label}`
+        }
+        const core = yield* makeCore(readConfig, standbyPolicy(state), topology)
+        core.root = main
+        startMaintenance(core)
+        reads.push({ state, core })
+      }
+      main.router = new Router(main, reads, resolved)
+    }
+    if (!resolved.lazy) yield* warmup(main)
+    startMaintenance(main)
+    return main.service
   })
 
 /** Opens and checks one connection (plus minConnections) within connectTimeout, or fails. */

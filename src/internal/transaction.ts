@@ -19,6 +19,7 @@ import type * as Transaction from "../Transaction.js"
 import {
   CoreId,
   currentPins,
+  currentReadOnly,
   findPin,
   type Handle,
   type Pin,
@@ -147,7 +148,10 @@ export const make = <X, RP>(
       if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
         return nested(outer.value as TransactionImpl, effect, context, fiber.getFiberRef(currentPins), restore, mapping)
       }
-      return outermost(core, effect, options, context, fiber.getFiberRef(currentPins), restore, mapping)
+      const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
+      const target = core.router !== undefined && readOnly ? core.router.pick() : core
+      if (target === undefined) return Effect.fail(mapping.map(core.router!.noStandby()))
+      return outermost(core, target, effect, options, context, fiber.getFiberRef(currentPins), restore, mapping)
     })
   )
 
@@ -167,6 +171,7 @@ const inside = <A, E, R>(
 
 const outermost = <A, E, R, X>(
   core: PoolCore,
+  target: PoolCore,
   effect: Effect.Effect<A, E, R>,
   options: Transaction.TransactionOptions,
   context: Context.Context<never>,
@@ -176,7 +181,7 @@ const outermost = <A, E, R, X>(
 ): Effect.Effect<A, E | X, R> => {
   const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
     const tx = new TransactionImpl(core, handle, 0, options)
-    const body = inside(effect, tx, context, { core, handle, next: pins }, restore)
+    const body = inside(effect, tx, context, { core: handle.core, handle, next: pins }, restore)
     return Effect.matchCauseEffect(runOn(handle, beginStatement(options)), {
       onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
       onSuccess: () =>
@@ -186,12 +191,12 @@ const outermost = <A, E, R, X>(
   }
   const pinned = findPin(pins, core)?.handle
   if (pinned !== undefined) return run(pinned)
-  return Effect.matchCauseEffect(core.checkoutHandle(restore), {
+  return Effect.matchCauseEffect(target.checkoutHandle(restore), {
     onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
     onSuccess: (handle) =>
       Effect.matchCauseEffect(run(handle), {
-        onFailure: (cause) => Effect.zipRight(core.releaseHandle(handle), Effect.failCause(cause)),
-        onSuccess: (value) => Effect.as(core.releaseHandle(handle), value)
+        onFailure: (cause) => Effect.zipRight(target.releaseHandle(handle), Effect.failCause(cause)),
+        onSuccess: (value) => Effect.as(target.releaseHandle(handle), value)
       })
   })
 }
