@@ -160,7 +160,7 @@ const enum OpState {
  *
  * @internal
  */
-export class QueryOp implements Waiter {
+export class QueryOp<A = unknown> implements Waiter {
   prev: Waiter | undefined = undefined
   next: Waiter | undefined = undefined
   settled = false
@@ -170,14 +170,21 @@ export class QueryOp implements Waiter {
   conn: Physical | undefined = undefined
   error: QueryError | ConnectionError | undefined = undefined
   result: Connector.QueryResult | undefined = undefined
-  resume: ((effect: Effect.Effect<QueryOp, PoolError>) => void) | undefined = undefined
+  resume: ((effect: Effect.Effect<QueryOp<A>, PoolError>) => void) | undefined = undefined
   constructor(
     readonly core: PoolCore,
     readonly text: string,
     readonly params: ReadonlyArray<unknown> | undefined,
-    readonly rowMode: "array" | undefined
+    readonly rowMode: "array" | undefined,
+    readonly project: (result: Connector.QueryResult) => A,
+    readonly retry: boolean,
+    readonly restore: Restore
   ) {}
-  readonly register = (resume: (effect: Effect.Effect<QueryOp, PoolError>) => void): void => {
+  /** The handlers of the wait (the op is its own `matchCauseEffect` options, to save allocations). */
+  readonly onFailure = (cause: Cause.Cause<PoolError>): Effect.Effect<never, PoolError> =>
+    Effect.zipRight(this.abandon(), Effect.failCause(cause))
+  readonly onSuccess = (): Effect.Effect<A, PoolError | QueryError> => this.core.complete(this)
+  readonly register = (resume: (effect: Effect.Effect<QueryOp<A>, PoolError>) => void): void => {
     this.resume = resume
     if (this.conn !== undefined) this.send(this.conn)
     else this.core.enqueue(this)
@@ -696,7 +703,7 @@ export class PoolCore {
   }
 
   /** An interrupted checkout: leave the queue, or give back the connection handed over meanwhile. */
-  cancelWaiter(waiter: CheckoutWaiter | QueryOp): Effect.Effect<void> {
+  cancelWaiter(waiter: Waiter & { readonly conn: Physical | undefined }): Effect.Effect<void> {
     if (!waiter.settled) {
       waiter.settled = true
       this.unlink(waiter)
@@ -1404,66 +1411,50 @@ export class PoolCore {
     project: (result: Connector.QueryResult) => A,
     retry: boolean
   ): Effect.Effect<A, PoolError | QueryError> {
-    const effect = Effect.uninterruptibleMask((restore) =>
-      Effect.suspend((): Effect.Effect<A, PoolError | QueryError> => {
-        if (this.closed) return Effect.fail(this.closedError())
-        const op = new QueryOp(this, text, params, rowMode)
-        const now = this.clock.unsafeCurrentTimeMillis()
-        const conn = this.takeIdle(now)
-        if (conn !== undefined) {
-          if (this.needsPing(conn, now)) {
-            return Effect.flatMap(this.validate(conn), (alive) => {
-              if (!alive) return restore(this.oneShot(text, params, rowMode, project, retry))
-              op.conn = conn
-              return this.send(op, project, retry, restore)
-            })
-          }
-          this.markBusy(conn, now, 0)
-          op.conn = conn
-        } else {
-          const refused = this.refusal()
-          if (refused !== undefined) return refused
+    const effect = Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
+      if (this.closed) return Effect.fail(this.closedError())
+      const op = new QueryOp(this, text, params, rowMode, project, retry, restore)
+      const now = this.clock.unsafeCurrentTimeMillis()
+      const conn = this.takeIdle(now)
+      if (conn !== undefined) {
+        if (this.needsPing(conn, now)) {
+          return Effect.flatMap(this.validate(conn), (alive) => {
+            if (!alive) return restore(this.oneShot(text, params, rowMode, project, retry))
+            op.conn = conn
+            return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
+          })
         }
-        return this.send(op, project, retry, restore)
-      })
-    )
+        this.markBusy(conn, now, 0)
+        op.conn = conn
+      } else {
+        const refused = this.refusal()
+        if (refused !== undefined) return refused
+      }
+      return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
+    })
     return this.config.queryTimeout === undefined ? effect : this.withQueryTimeout(effect)
   }
 
-  send<A>(
-    op: QueryOp,
-    project: (result: Connector.QueryResult) => A,
-    retry: boolean,
-    restore: Restore
-  ): Effect.Effect<A, PoolError | QueryError> {
-    return Effect.matchCauseEffect(restore(Effect.async(op.register)), {
-      onFailure: (cause) => Effect.zipRight(op.abandon(), Effect.failCause(cause)),
-      onSuccess: (done) => this.complete(done, project, retry, restore)
-    })
+  /** The statement of a one-shot op has been answered: count it, return the connection, hand out the result. */
+  complete<A>(op: QueryOp<A>): Effect.Effect<A, PoolError | QueryError> {
+    op.state = OpState.Finished
+    return this.counting
+      ? Effect.flatMap(Ref.updateAndGet(op.conn!.usage, increment), (usage) => this.finish(op, usage))
+      : this.finish(op, 0)
   }
 
-  /** The statement of a one-shot op has been answered: count it, return the connection, hand out the result. */
-  complete<A>(
-    op: QueryOp,
-    project: (result: Connector.QueryResult) => A,
-    retry: boolean,
-    restore: Restore
-  ): Effect.Effect<A, PoolError | QueryError> {
-    op.state = OpState.Finished
+  finish<A>(op: QueryOp<A>, usage: number): Effect.Effect<A, PoolError | QueryError> {
     const conn = op.conn!
-    const finish = (usage: number): Effect.Effect<A, PoolError | QueryError> => {
-      const released = this.releaseWith(conn, usage)
-      const error = op.error
-      if (error === undefined) {
-        const value = project(op.result!)
-        return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
-      }
-      if (retry && error._tag === "ConnectionError" && (conn.lost || conn.driver.isBroken()) && !this.closed) {
-        return Effect.zipRight(released, restore(this.oneShot(op.text, op.params, op.rowMode, project, false)))
-      }
-      return Effect.zipRight(released, Effect.fail(error))
+    const released = this.releaseWith(conn, usage)
+    const error = op.error
+    if (error === undefined) {
+      const value = op.project(op.result!)
+      return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
     }
-    return this.counting ? Effect.flatMap(Ref.updateAndGet(conn.usage, increment), finish) : finish(0)
+    if (op.retry && error._tag === "ConnectionError" && (conn.lost || conn.driver.isBroken()) && !this.closed) {
+      return Effect.zipRight(released, op.restore(this.oneShot(op.text, op.params, op.rowMode, op.project, false)))
+    }
+    return Effect.zipRight(released, Effect.fail(error))
   }
 
   /** A statement on the pinned connection of this fiber, if any, else a one-shot statement. */
