@@ -37,6 +37,8 @@ const effectPool = async (): Promise<{ readonly pool: Pool.Pool<Fake.FakeResourc
 }
 
 export const checkout: ReadonlyArray<Candidate<void>> = [
+  ready("PgPool.withConnection", "ours", () =>
+    fromRuntime(ManagedRuntime.make(ourFakeLayer), PgPool.withConnection(Effect.void))),
   ready("PgPool.connection (scoped)", "ours", () =>
     fromRuntime(ManagedRuntime.make(ourFakeLayer), Effect.scoped(PgPool.connection))),
   ready("pg.Pool connect/release", "alternative", async () => {

@@ -53,7 +53,7 @@ export const TARGETS: ReadonlyArray<Target> = [
   ...[1, 64].flatMap((level) =>
     ["tarn", "generic-pool"].map((alternative) => ({
       suite: "checkout",
-      ours: "PgPool.connection (scoped)",
+      ours: "PgPool.withConnection",
       alternative,
       level,
       factor: 1,

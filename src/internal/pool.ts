@@ -63,7 +63,7 @@ export const query = (
     const service = Context.unsafeGet(fiber.getFiberRef(FiberRef.currentContext), tag)
     const core = (service as { readonly [CoreId]?: PoolCore })[CoreId]
     if (core === undefined) return service.query(text, params)
-    const pin = findPin(fiber.getFiberRef(currentPins), core)
+    const pin = pinOf(fiber, core)
     if (pin !== undefined) return pin.handle.query(text, params)
     const target = core.router === undefined ? core : core.route(fiber)
     return target === undefined
@@ -240,44 +240,46 @@ export interface Pin {
 }
 
 /**
- * The connections pinned by `withConnection` (and transactions) in the current fiber, innermost first.
+ * The connections pinned by `withConnection`, per fiber, innermost first. A plain table rather than a FiberRef:
+ * setting a FiberRef copies all of the fiber's refs, which costs more than the rest of a checkout. Fibers forked
+ * inside `withConnection` do not inherit its pin (a connection serves one fiber at a time); a transaction's pin
+ * travels in the context instead (`InheritedPin`), so fibers forked inside a transaction stay in it.
  *
  * @internal
  */
-export const currentPins: FiberRef.FiberRef<Pin | undefined> = globalValue(
-  Symbol.for("effect-pg-pool/PgPool/currentPins"),
-  () => FiberRef.unsafeMake<Pin | undefined>(undefined)
+const pinTable: WeakMap<object, Pin> = globalValue(
+  Symbol.for("effect-pg-pool/PgPool/pinTable"),
+  () => new WeakMap<object, Pin>()
 )
 
 /**
- * Runs `effect` (through `restore`) with the fiber's pins, and optionally its context, set; both are put back
- * on every exit. A cheaper `Effect.locally` for the inside of an uninterruptible region.
+ * The pin of a transaction, in the context of the fibers that run in it (forked ones included).
  *
  * @internal
  */
-export const withFiberRefs = <A, E, R>(
+export const InheritedPin: Context.Tag<Pin, Pin> = Context.GenericTag<Pin>("effect-pg-pool/PgPool/InheritedPin")
+
+/** The pinned connection of `fiber` for `core`'s pool, if any. @internal */
+export const pinOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, core: PoolCore): Pin | undefined =>
+  findPin(pinTable.get(fiber), core) ?? findPin(fiber.currentContext.unsafeMap.get(InheritedPin.key), core)
+
+/** The pins of `fiber`, innermost first. @internal */
+export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined =>
+  pinTable.get(fiber) ?? fiber.currentContext.unsafeMap.get(InheritedPin.key)
+
+/**
+ * Runs a transaction's body (through `restore`) with `context` (the transaction, its connection pinned) as its
+ * context.
+ *
+ * @internal
+ */
+export const withTransactionContext = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
-  pins: Pin | undefined,
-  context: Context.Context<never> | undefined
+  pin: Pin,
+  context: Context.Context<never>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiberRuntime((fiber) => {
-    const previousPins = fiber.getFiberRef(currentPins)
-    const previousContext = fiber.getFiberRef(FiberRef.currentContext)
-    const set = context === undefined
-      ? FiberRef.set(currentPins, pins)
-      : Effect.zipRight(FiberRef.set(currentPins, pins), FiberRef.set(FiberRef.currentContext, context))
-    const reset = context === undefined
-      ? FiberRef.set(currentPins, previousPins)
-      : Effect.zipRight(FiberRef.set(currentPins, previousPins), FiberRef.set(FiberRef.currentContext, previousContext))
-    return Effect.zipRight(
-      set,
-      Effect.matchCauseEffect(restore(effect), {
-        onFailure: (cause) => Effect.zipRight(reset, Effect.failCause(cause)),
-        onSuccess: (value) => Effect.as(reset, value)
-      })
-    )
-  })
+  Effect.locally(restore(effect), FiberRef.currentContext, Context.add(context, InheritedPin, pin) as Context.Context<R>)
 
 /** @internal */
 export const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
@@ -606,20 +608,27 @@ export class PoolCore {
         this.markBusy(conn, now, 0)
         return Effect.succeed(conn)
       }
-      const refused = this.refusal()
-      if (refused !== undefined) return refused
-      let waiter: CheckoutWaiter
-      return Effect.matchCauseEffect(
-        restore(Effect.async<Physical, PoolError>((resume) => {
-          waiter = new CheckoutWaiter(resume, now, now + this.config.acquireTimeout)
-          this.enqueue(waiter)
-        })),
-        {
-          onFailure: (cause) => Effect.zipRight(this.cancelWaiter(waiter), Effect.failCause(cause)),
-          onSuccess: Effect.succeed
-        }
-      )
+      return this.refusal() ?? this.waitThen(restore, now, Effect.succeed)
     })
+  }
+
+  /** Queues for a connection (the wait is the only interruptible part) and continues with `then`. */
+  waitThen<A, E, R>(
+    restore: Restore,
+    now: number,
+    then: (conn: Physical) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | PoolError, R> {
+    let waiter: CheckoutWaiter
+    return Effect.matchCauseEffect(
+      restore(Effect.async<Physical, PoolError>((resume) => {
+        waiter = new CheckoutWaiter(resume, now, now + this.config.acquireTimeout)
+        this.enqueue(waiter)
+      })),
+      {
+        onFailure: (cause) => Effect.zipRight(this.cancelWaiter(waiter), Effect.failCause(cause)),
+        onSuccess: then
+      }
+    )
   }
 
   /** Pings a connection taken from the idle list; true (and checked out) if it answered. */
@@ -1362,24 +1371,51 @@ export class PoolCore {
   )
 
   /**
-   * Runs `use` with a connection checked out for it and returned on every exit (no Scope involved). With
-   * `pin`, the connection is pinned for the fiber while `use` runs.
+   * `withConnection`: runs `effect` with a connection checked out for it, pinned for the fiber, and returned on
+   * every exit. An idle connection that needs no ping is taken without leaving the fiber's step; the pin and
+   * the return are done in the same step as the end of `effect`.
    */
-  withHandle<A, E, R>(
-    use: (handle: Handle) => Effect.Effect<A, E, R>,
-    pin?: { readonly core: PoolCore; readonly next: Pin | undefined }
-  ): Effect.Effect<A, E | PoolError, R> {
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(this.checkoutHandle(restore), (handle) => {
-        const body = pin === undefined
-          ? restore(use(handle))
-          : withFiberRefs(use(handle), restore, { core: pin.core, handle, next: pin.next }, undefined)
-        return Effect.matchCauseEffect(body, {
-          onFailure: (cause) => Effect.zipRight(this.releaseHandle(handle), Effect.failCause(cause)),
-          onSuccess: (value) => Effect.as(this.releaseHandle(handle), value)
-        })
-      })
-    )
+  withPinned<A, E, R>(fiber: Fiber.RuntimeFiber<unknown, unknown>, effect: Effect.Effect<A, E, R>) {
+    return Effect.uninterruptibleMask((restore): Effect.Effect<A, E | PoolError, R> => {
+      const use = (conn: Physical) => this.usePinned(fiber, new Handle(this, conn), effect, restore)
+      if (this.closed) return Effect.fail(this.closedError())
+      const now = this.clock.unsafeCurrentTimeMillis()
+      const conn = this.takeIdle(now)
+      if (conn !== undefined) {
+        if (!this.needsPing(conn, now)) {
+          this.markBusy(conn, now, 0)
+          return use(conn)
+        }
+        return Effect.flatMap(this.validate(conn), (alive) => alive ? use(conn) : Effect.flatMap(this.checkout(restore), use))
+      }
+      return this.refusal() ?? this.waitThen(restore, now, use)
+    })
+  }
+
+  usePinned<A, E, R>(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    handle: Handle,
+    effect: Effect.Effect<A, E, R>,
+    restore: Restore
+  ): Effect.Effect<A, E, R> {
+    if (this.config.leakDetectionThreshold !== undefined && handle.conn.leakWatch === undefined) {
+      this.watchLeak(handle.conn, Context.getOption(fiber.currentContext, Tracer.ParentSpan))
+    }
+    const previous = pinTable.get(fiber)
+    pinTable.set(fiber, { core: this, handle, next: previous })
+    const done = (): Effect.Effect<void> => {
+      if (previous === undefined) pinTable.delete(fiber)
+      else pinTable.set(fiber, previous)
+      handle.released = true
+      return this.counting ? this.release(handle.conn) : this.releaseWith(handle.conn, 0)
+    }
+    return Effect.matchCauseEffect(restore(effect), {
+      onFailure: (cause) => Effect.zipRight(done(), Effect.failCause(cause)),
+      onSuccess: (value) => {
+        const released = done()
+        return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
+      }
+    })
   }
 
   /** Logs a warning, naming the span and the code that checked the connection out, when it is held too long. */
@@ -1465,7 +1501,7 @@ export class PoolCore {
     project: (result: Connector.QueryResult) => A
   ): Effect.Effect<A, PoolError | QueryError> {
     return Effect.withFiberRuntime((fiber) => {
-      const pin = findPin(fiber.getFiberRef(currentPins), this)
+      const pin = pinOf(fiber, this)
       if (pin !== undefined) return Effect.map(pin.handle.core.run(pin.handle.conn, text, params, rowMode), project)
       const target = this.route(fiber)
       return target === undefined
@@ -1493,7 +1529,7 @@ export class PoolCore {
 
   readonly connection: Effect.Effect<PgPool.PooledConnection, PoolError, Scope.Scope> = Effect.withFiberRuntime(
     (fiber) => {
-      const pin = findPin(fiber.getFiberRef(currentPins), this)
+      const pin = pinOf(fiber, this)
       return pin === undefined ? this.routeOr(fiber, (target) => target.scopedCheckout) : Effect.succeed(pin.handle)
     }
   )
@@ -1505,9 +1541,8 @@ export class PoolCore {
 
   readonly withConnection = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | PoolError, R> =>
     Effect.withFiberRuntime((fiber) => {
-      const pins = fiber.getFiberRef(currentPins)
-      if (findPin(pins, this) !== undefined) return effect
-      return this.routeOr(fiber, (target) => target.withHandle(() => effect, { core: target, next: pins }))
+      if (pinOf(fiber, this) !== undefined) return effect
+      return this.routeOr(fiber, (target) => target.withPinned(fiber, effect))
     })
 
   readonly readOnly = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>

@@ -17,7 +17,6 @@ import * as Effectable from "effect/Effectable"
 import { identity } from "effect/Function"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
-import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as RcRef from "effect/RcRef"
@@ -28,7 +27,7 @@ import type * as PgPool from "../PgPool.js"
 import type { ConnectionError, PoolError, QueryError } from "../PgPoolError.js"
 import type * as PgPoolSql from "../PgPoolSql.js"
 import * as config_ from "./config.js"
-import { CoreId, currentPins, findPin, type Handle, type PoolCore, tag as PgPoolTag } from "./pool.js"
+import { CoreId, type Handle, type Pin, pinOf, type PoolCore, tag as PgPoolTag } from "./pool.js"
 import * as transaction from "./transaction.js"
 
 type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
@@ -93,8 +92,8 @@ export class PooledSqlConnection implements SqlConnection.Connection {
     const core = this.core
     const own = this.handle
     return Stream.unwrapScoped(Effect.gen(function*() {
-      const pins = yield* FiberRef.get(currentPins)
-      const handle = own ?? findPin(pins, core)?.handle ?? (yield* Effect.mapError(core.scopedCheckout, toSqlError))
+      const pinned = yield* Effect.withFiberRuntime<Pin | undefined>((fiber) => Effect.succeed(pinOf(fiber, core)))
+      const handle = own ?? pinned?.handle ?? (yield* Effect.mapError(core.scopedCheckout, toSqlError))
       const cursor = handle.conn.driver.cursor(sql, params, undefined)
       yield* Effect.addFinalizer(() => cursor.close)
       const pull = cursor.read(STREAM_BATCH).pipe(

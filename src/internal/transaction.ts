@@ -18,14 +18,14 @@ import { QueryError } from "../PgPoolError.js"
 import type * as Transaction from "../Transaction.js"
 import {
   CoreId,
-  currentPins,
   currentReadOnly,
   findPin,
   type Handle,
   type Pin,
   type PoolCore,
+  pinsOf,
   tag as PgPoolTag,
-  withFiberRefs
+  withTransactionContext
 } from "./pool.js"
 import { sqlConnection } from "./sql.js"
 
@@ -146,12 +146,12 @@ export const make = <X, RP>(
       }
       const outer = Context.getOption(context, TransactionTag)
       if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
-        return nested(outer.value as TransactionImpl, effect, context, fiber.getFiberRef(currentPins), restore, mapping)
+        return nested(outer.value as TransactionImpl, effect, context, pinsOf(fiber), restore, mapping)
       }
       const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
       const target = core.router !== undefined && readOnly ? core.router.pick() : core
       if (target === undefined) return Effect.fail(mapping.map(core.router!.noStandby()))
-      return outermost(core, target, effect, options, context, fiber.getFiberRef(currentPins), restore, mapping)
+      return outermost(core, target, effect, options, context, pinsOf(fiber), restore, mapping)
     })
   )
 
@@ -166,7 +166,7 @@ const inside = <A, E, R>(
   const next = Context.add(context, TransactionTag, tx).pipe(
     Context.add(SqlClient.TransactionConnection, [sqlConnection(tx.handle), tx.depth] as const)
   )
-  return withFiberRefs(effect, restore, pins, next)
+  return withTransactionContext(effect, restore, pins!, next)
 }
 
 const outermost = <A, E, R, X>(
