@@ -267,20 +267,6 @@ export const pinOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, core: PoolCor
 export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined =>
   pinTable.get(fiber) ?? fiber.currentContext.unsafeMap.get(InheritedPin.key)
 
-/**
- * Runs a transaction's body (through `restore`) with `context` (the transaction, its connection pinned) as its
- * context.
- *
- * @internal
- */
-export const withTransactionContext = <A, E, R>(
-  effect: Effect.Effect<A, E, R>,
-  restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
-  pin: Pin,
-  context: Context.Context<never>
-): Effect.Effect<A, E, R> =>
-  Effect.locally(restore(effect), FiberRef.currentContext, Context.add(context, InheritedPin, pin) as Context.Context<R>)
-
 /** @internal */
 export const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
   while (pins !== undefined && pins.core.root !== core.root) pins = pins.next
@@ -344,6 +330,8 @@ const increment = (n: number) => n + 1
 
 /** @internal */
 export const rowsOf = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => result.rows
+
+const succeedRows = (result: Connector.QueryResult): Effect.Effect<ReadonlyArray<PgPool.Row>> => Effect.succeed(result.rows)
 
 const CANCEL_SETTLE_TIMEOUT = Duration.seconds(5)
 /** How long the fiber returning a connection waits for the cancel of its interrupted statement to settle. */
@@ -449,27 +437,54 @@ export class PoolCore {
     params: ReadonlyArray<unknown> | undefined,
     rowMode?: "array" | undefined
   ): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
-    const send = Effect.uninterruptibleMask((restore) =>
-      Effect.matchCauseEffect(
-        restore(Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
-          conn.driver.send(text, params, rowMode, (error, result) => {
-            resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
-          })
-        })),
-        {
-          onFailure: (cause) => {
-            if (Cause.isInterrupted(cause)) this.settleInBackground(conn)
-            return Effect.failCause(cause)
-          },
-          onSuccess: Effect.succeed
-        }
-      )
-    )
+    return this.runThen(conn, text, params, rowMode, Effect.succeed)
+  }
+
+  /** Runs one statement on a connection this fiber holds and continues with `then`; an interrupted statement is cancelled. */
+  runThen<A>(
+    conn: Physical,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    then: (result: Connector.QueryResult) => Effect.Effect<A>
+  ): Effect.Effect<A, QueryError | ConnectionError> {
     const statement = this.countStatement(
       conn,
-      Effect.suspend(() => conn.settling === undefined ? send : Effect.zipRight(Fiber.await(conn.settling), send))
+      Effect.uninterruptibleMask((restore) => {
+        const send = Effect.matchCauseEffect(
+          restore(Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+            conn.driver.send(text, params, rowMode, (error, result) => {
+              resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+            })
+          })),
+          {
+            onFailure: (cause) => {
+              if (Cause.isInterrupted(cause)) this.settleInBackground(conn)
+              return Effect.failCause(cause)
+            },
+            onSuccess: then
+          }
+        )
+        return conn.settling === undefined ? send : Effect.zipRight(Fiber.await(conn.settling), send)
+      })
     )
     return this.config.queryTimeout === undefined ? statement : this.withQueryTimeout(statement)
+  }
+
+  /**
+   * A statement run where nothing can interrupt it (the transaction control statements: BEGIN, COMMIT,
+   * ROLLBACK, SAVEPOINT), after the cancel of an interrupted statement, if one is out, has settled.
+   */
+  control(conn: Physical, text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    const send = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+      conn.driver.send(text, undefined, undefined, (error, result) => {
+        resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+      })
+    })
+    return this.countStatement(
+      conn,
+      conn.settling === undefined ? send : Effect.zipRight(Fiber.await(conn.settling), send)
+    )
   }
 
   /**
@@ -504,7 +519,7 @@ export class PoolCore {
     text: string,
     params: ReadonlyArray<unknown> | undefined
   ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> {
-    return Effect.map(this.run(conn, text, params), (result) => result.rows)
+    return this.runThen(conn, text, params, undefined, succeedRows)
   }
 
   /**
@@ -1502,7 +1517,9 @@ export class PoolCore {
   ): Effect.Effect<A, PoolError | QueryError> {
     return Effect.withFiberRuntime((fiber) => {
       const pin = pinOf(fiber, this)
-      if (pin !== undefined) return Effect.map(pin.handle.core.run(pin.handle.conn, text, params, rowMode), project)
+      if (pin !== undefined) {
+        return pin.handle.core.runThen(pin.handle.conn, text, params, rowMode, (result) => Effect.succeed(project(result)))
+      }
       const target = this.route(fiber)
       return target === undefined
         ? Effect.fail(this.router!.noStandby())

@@ -72,7 +72,7 @@ export class PooledSqlConnection implements SqlConnection.Connection {
       ? this.core.statement(sql, params, rowMode, project)
       : handle.released
       ? Effect.fail(this.core.usedAfterRelease(handle))
-      : Effect.map(this.core.run(handle.conn, sql, params, rowMode), project)
+      : this.core.runThen(handle.conn, sql, params, rowMode, (result) => Effect.succeed(project(result)))
     return Effect.mapError(effect, toSqlError)
   }
 

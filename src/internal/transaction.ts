@@ -10,7 +10,6 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import type { PgPool, PooledConnection } from "../PgPool.js"
 import type { ConnectionError, PoolError } from "../PgPoolError.js"
@@ -24,8 +23,8 @@ import {
   type Pin,
   type PoolCore,
   pinsOf,
-  tag as PgPoolTag,
-  withTransactionContext
+  InheritedPin,
+  tag as PgPoolTag
 } from "./pool.js"
 import { sqlConnection } from "./sql.js"
 
@@ -89,8 +88,8 @@ export interface ErrorMapping<X> {
 
 const identity: ErrorMapping<TxError> = { map: (error) => error }
 
-const runOn = (handle: Handle, text: string) =>
-  handle.core.run(handle.conn, text, undefined)
+/** BEGIN, COMMIT, ROLLBACK, SAVEPOINT: run in the transaction's uninterruptible region. */
+const runOn = (handle: Handle, text: string) => handle.core.control(handle.conn, text)
 
 const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionError> =>
   Effect.flatMap(runOn(handle, "COMMIT"), (result) =>
@@ -104,22 +103,48 @@ const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionErro
       )
       : Effect.void)
 
-/** Runs the outcome statement after the body: commit on success, roll back otherwise, keeping both causes. */
-const settle = <A, E, X>(
-  exit: Exit.Exit<A, E>,
-  onSuccess: Effect.Effect<void, QueryError | ConnectionError>,
-  onFailure: Effect.Effect<void, QueryError | ConnectionError>,
+/**
+ * Runs the body of a transaction (through `restore`) with the transaction in its context and its connection
+ * pinned, then puts the context back and runs the outcome statement: `onCommit` after success, `onRollback`
+ * after failure, defect or interruption (keeping both causes when the rollback fails too).
+ */
+const runBody = <A, E, R, X>(
+  effect: Effect.Effect<A, E, R>,
+  tx: TransactionImpl,
+  context: Context.Context<never>,
+  pin: Pin,
+  restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
+  onCommit: () => Effect.Effect<void, QueryError | ConnectionError>,
+  onRollback: () => Effect.Effect<void, QueryError | ConnectionError>,
   mapping: ErrorMapping<X>
-): Effect.Effect<A, E | X> =>
-  Exit.isSuccess(exit)
-    ? Effect.matchCauseEffect(onSuccess, {
-      onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
-      onSuccess: () => exit
+): Effect.Effect<A, E | X, R> => {
+  const inside = Context.add(context, TransactionTag, tx).pipe(
+    Context.add(SqlClient.TransactionConnection, [sqlConnection(tx.handle), tx.depth] as const),
+    Context.add(InheritedPin, pin)
+  )
+  const back = FiberRef.set(FiberRef.currentContext, context)
+  return Effect.zipRight(
+    FiberRef.set(FiberRef.currentContext, inside),
+    Effect.matchCauseEffect(restore(effect), {
+      onFailure: (cause) =>
+        Effect.zipRight(
+          back,
+          Effect.matchCauseEffect(onRollback(), {
+            onFailure: (failure) => Effect.failCause(Cause.sequential(cause, Cause.map(failure, mapping.map))),
+            onSuccess: () => Effect.failCause(cause)
+          })
+        ),
+      onSuccess: (value) =>
+        Effect.zipRight(
+          back,
+          Effect.matchCauseEffect(onCommit(), {
+            onFailure: (failure) => Effect.failCause(Cause.map(failure, mapping.map)),
+            onSuccess: () => Effect.succeed(value)
+          })
+        )
     })
-    : Effect.matchCauseEffect(onFailure, {
-      onFailure: (cause) => Effect.failCause(Cause.sequential(exit.cause, Cause.map(cause, mapping.map))),
-      onSuccess: () => exit
-    })
+  )
+}
 
 /**
  * The transaction mechanism, for the pool found by `poolOf` (the `PgPool` in the context for
@@ -155,20 +180,6 @@ export const make = <X, RP>(
     })
   )
 
-/** The body of a transaction, with the transaction in the context and its connection pinned. */
-const inside = <A, E, R>(
-  effect: Effect.Effect<A, E, R>,
-  tx: TransactionImpl,
-  context: Context.Context<never>,
-  pins: Pin | undefined,
-  restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>
-): Effect.Effect<A, E, R> => {
-  const next = Context.add(context, TransactionTag, tx).pipe(
-    Context.add(SqlClient.TransactionConnection, [sqlConnection(tx.handle), tx.depth] as const)
-  )
-  return withTransactionContext(effect, restore, pins!, next)
-}
-
 const outermost = <A, E, R, X>(
   core: PoolCore,
   target: PoolCore,
@@ -181,12 +192,20 @@ const outermost = <A, E, R, X>(
 ): Effect.Effect<A, E | X, R> => {
   const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
     const tx = new TransactionImpl(core, handle, 0, options)
-    const body = inside(effect, tx, context, { core: handle.core, handle, next: pins }, restore)
+    const pin: Pin = { core: handle.core, handle, next: pins }
     return Effect.matchCauseEffect(runOn(handle, beginStatement(options)), {
       onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
       onSuccess: () =>
-        Effect.flatMap(Effect.exit(body), (exit) =>
-          settle(exit, commit(handle), Effect.asVoid(runOn(handle, "ROLLBACK")), mapping))
+        runBody(
+          effect,
+          tx,
+          context,
+          pin,
+          restore,
+          () => commit(handle),
+          () => Effect.asVoid(runOn(handle, "ROLLBACK")),
+          mapping
+        )
     })
   }
   const pinned = findPin(pins, core)?.handle
@@ -214,13 +233,16 @@ const nested = <A, E, R, X>(
   return Effect.matchCauseEffect(runOn(tx.handle, `SAVEPOINT ${name}`), {
     onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
     onSuccess: () =>
-      Effect.flatMap(Effect.exit(inside(effect, tx, context, pins, restore)), (exit) =>
-        settle(
-          exit,
-          Effect.asVoid(runOn(tx.handle, `RELEASE SAVEPOINT ${name}`)),
-          Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`)),
-          mapping
-        ))
+      runBody(
+        effect,
+        tx,
+        context,
+        { core: tx.handle.core, handle: tx.handle, next: pins },
+        restore,
+        () => Effect.asVoid(runOn(tx.handle, `RELEASE SAVEPOINT ${name}`)),
+        () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`)),
+        mapping
+      )
   })
 }
 
