@@ -65,10 +65,9 @@ export const query = (
     if (core === undefined) return service.query(text, params)
     const pin = pinOf(fiber, core)
     if (pin !== undefined) return pin.handle.query(text, params)
-    const target = core.router === undefined ? core : core.route(fiber)
-    return target === undefined
-      ? Effect.fail(core.router!.noStandby())
-      : target.oneShot(text, params, undefined, rowsOf, target.config.retryLostQueries)
+    return core.router === undefined
+      ? core.oneShot(text, params, undefined, rowsOf, core.config.retryLostQueries)
+      : core.routeOr(fiber, (target) => target.oneShot(text, params, undefined, rowsOf, target.config.retryLostQueries))
   })
 
 /**
@@ -147,6 +146,8 @@ class CheckoutWaiter implements Waiter {
 }
 
 const enum OpState {
+  /** Not registered yet: the fiber may be interrupted before the wait even starts. */
+  Pending,
   Waiting,
   Running,
   Done,
@@ -166,7 +167,7 @@ export class QueryOp<A = unknown> implements Waiter {
   settled = false
   enqueuedAt = 0
   deadline = 0
-  state = OpState.Waiting
+  state = OpState.Pending
   conn: Physical | undefined = undefined
   error: QueryError | ConnectionError | undefined = undefined
   result: Connector.QueryResult | undefined = undefined
@@ -186,8 +187,12 @@ export class QueryOp<A = unknown> implements Waiter {
   readonly onSuccess = (): Effect.Effect<A, PoolError | QueryError> => this.core.complete(this)
   readonly register = (resume: (effect: Effect.Effect<QueryOp<A>, PoolError>) => void): void => {
     this.resume = resume
-    if (this.conn !== undefined) this.send(this.conn)
-    else this.core.enqueue(this)
+    if (this.conn !== undefined) {
+      this.send(this.conn)
+    } else {
+      this.state = OpState.Waiting
+      this.core.enqueue(this)
+    }
   }
   deliver(conn: Physical): void {
     this.conn = conn
@@ -219,6 +224,8 @@ export class QueryOp<A = unknown> implements Waiter {
     const state = this.state
     this.state = OpState.Finished
     switch (state) {
+      case OpState.Pending:
+        return this.conn === undefined ? Effect.void : this.core.release(this.conn)
       case OpState.Waiting:
         return this.core.cancelWaiter(this)
       case OpState.Running:
@@ -286,6 +293,20 @@ const emptyReasons = (): Record<PgPool.CloseReason, number> => ({
   role: 0,
   poolClosed: 0
 })
+
+/**
+ * Connect failures of a standby's read pool: the work never started, so the router may send it elsewhere.
+ *
+ * @internal
+ */
+export const reroutable = new WeakMap<object, PoolCore>()
+
+/** A connect failure of the read pool `target` (also inside the SqlError of the SqlClient). @internal */
+export const isReroutable = (target: PoolCore) => (error: unknown): boolean =>
+  typeof error === "object" && error !== null &&
+  (reroutable.get(error) === target ||
+    ("cause" in error && typeof error.cause === "object" && error.cause !== null &&
+      reroutable.get(error.cause) === target))
 
 /** Connect failures that settle the round: every host answered and none fits (e.g. no primary). */
 const definitive = new WeakSet<ConnectionError>()
@@ -392,6 +413,10 @@ export class PoolCore {
 
   /** The pool this one belongs to: itself, or the pool for ordinary work when this one serves reads. */
   root: PoolCore = this
+  /** True for the read pool of a standby: its connect failures go back to the router, which picks again. */
+  get forReads(): boolean {
+    return this.root !== this
+  }
   /** Read routing over standbys, on the root pool of several hosts. */
   router: Router | undefined = undefined
 
@@ -633,14 +658,17 @@ export class PoolCore {
     now: number,
     then: (conn: Physical) => Effect.Effect<A, E, R>
   ): Effect.Effect<A, E | PoolError, R> {
-    let waiter: CheckoutWaiter
+    let waiter: CheckoutWaiter | undefined
     return Effect.matchCauseEffect(
       restore(Effect.async<Physical, PoolError>((resume) => {
         waiter = new CheckoutWaiter(resume, now, now + this.config.acquireTimeout)
         this.enqueue(waiter)
       })),
       {
-        onFailure: (cause) => Effect.zipRight(this.cancelWaiter(waiter), Effect.failCause(cause)),
+        onFailure: (cause) =>
+          waiter === undefined
+            ? Effect.failCause(cause)
+            : Effect.zipRight(this.cancelWaiter(waiter), Effect.failCause(cause)),
         onSuccess: then
       }
     )
@@ -766,7 +794,7 @@ export class PoolCore {
     const last = this.lastConnectError
     const failing = this.consecutiveFailures > 0 && last !== undefined &&
       (this.pending > 0 || this.lastFailureAt >= waiter.enqueuedAt)
-    const host = this.config.hosts[0]!
+    const host = this.policy.candidates()[0]?.host ?? this.config.hosts[0]!
     const error: PoolError = failing
       ? new ConnectionError({
         message:
@@ -970,7 +998,7 @@ export class PoolCore {
   startConnect(): void {
     const token = this.beginConnect()
     this.runBackground(
-      this.openRetrying((error) => isTransientConnectError(error) && this.needed()).pipe(
+      this.openRetrying((error) => !this.forReads && isTransientConnectError(error) && this.needed()).pipe(
         Effect.exit,
         Effect.flatMap((exit) => this.connected(exit, token))
       )
@@ -1013,7 +1041,10 @@ export class PoolCore {
     }
     this.size--
     const failure = Cause.failureOption(exit.cause)
-    if (Option.isSome(failure)) this.failHead(failure.value)
+    if (Option.isSome(failure)) {
+      if (this.forReads) reroutable.set(failure.value, this)
+      this.failHead(failure.value)
+    }
     this.fill()
     return Effect.void
   }
@@ -1520,10 +1551,7 @@ export class PoolCore {
       if (pin !== undefined) {
         return pin.handle.core.runThen(pin.handle.conn, text, params, rowMode, (result) => Effect.succeed(project(result)))
       }
-      const target = this.route(fiber)
-      return target === undefined
-        ? Effect.fail(this.router!.noStandby())
-        : target.oneShot(text, params, rowMode, project, target.config.retryLostQueries)
+      return this.routeOr(fiber, (target) => target.oneShot(text, params, rowMode, project, target.config.retryLostQueries))
     })
   }
 
@@ -1536,12 +1564,26 @@ export class PoolCore {
     return this.router.pick()
   }
 
+  /**
+   * Runs `f` on the pool the fiber's work goes to. When a standby's read pool cannot connect (the standby went
+   * away since the last role check), the work, which never started, is sent where the router points now: to
+   * another standby, or to the fallback.
+   */
   routeOr<A, E, R>(
     fiber: Fiber.RuntimeFiber<unknown, unknown>,
     f: (target: PoolCore) => Effect.Effect<A, E, R>
   ): Effect.Effect<A, E | ConnectionError, R> {
     const target = this.route(fiber)
-    return target === undefined ? Effect.fail(this.router!.noStandby()) : f(target)
+    if (target === undefined) return Effect.fail(this.router!.noStandby())
+    if (target === this) return f(target)
+    return Effect.catchIf(
+      f(target),
+      isReroutable(target),
+      (): Effect.Effect<A, E | ConnectionError, R> => {
+        const again = this.route(fiber)
+        return again === undefined ? Effect.fail(this.router!.noStandby()) : f(again)
+      }
+    )
   }
 
   readonly connection: Effect.Effect<PgPool.PooledConnection, PoolError, Scope.Scope> = Effect.withFiberRuntime(
@@ -1639,11 +1681,15 @@ export const make = (
     const connector = yield* Connector.Connector
     const runTopology = yield* FiberSet.makeRuntime<never, unknown, unknown>()
     const topology = new Topology(resolved, connector, runTopology)
-    yield* Effect.forEach(topology.states, (state) => Effect.ignore(topology.probe(state)), {
+    const probeAll = Effect.forEach(topology.states, (state) => Effect.ignore(topology.probe(state)), {
       concurrency: "unbounded",
       discard: true
     })
-    runTopology(topology.recheck)
+    if (resolved.lazy) runTopology(Effect.zipRight(probeAll, topology.recheck))
+    else {
+      yield* probeAll
+      runTopology(topology.recheck)
+    }
     const main = yield* makeCore(resolved, mainPolicy(resolved, topology), topology)
     if (resolved.readRouting === "standby") {
       const reads: Array<ReadPool> = []

@@ -24,6 +24,7 @@ import {
   type PoolCore,
   pinsOf,
   InheritedPin,
+  isReroutable,
   tag as PgPoolTag
 } from "./pool.js"
 import { sqlConnection } from "./sql.js"
@@ -173,10 +174,20 @@ export const make = <X, RP>(
       if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
         return nested(outer.value as TransactionImpl, effect, context, pinsOf(fiber), restore, mapping)
       }
+      const pins = pinsOf(fiber)
       const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
-      const target = core.router !== undefined && readOnly ? core.router.pick() : core
-      if (target === undefined) return Effect.fail(mapping.map(core.router!.noStandby()))
-      return outermost(core, target, effect, options, context, pinsOf(fiber), restore, mapping)
+      const router = core.router
+      if (router === undefined || !readOnly || findPin(pins, core) !== undefined) {
+        return outermost(core, core, effect, options, context, pins, restore, mapping)
+      }
+      const on = (target: PoolCore | undefined): Effect.Effect<A, E | X, R> =>
+        target === undefined
+          ? Effect.fail(mapping.map(router.noStandby()))
+          : outermost(core, target, effect, options, context, pins, restore, mapping)
+      const first = router.pick()
+      if (first === core) return on(first)
+      if (first === undefined) return on(first)
+      return Effect.catchIf(on(first), isReroutable(first), () => on(router.pick()))
     })
   )
 
