@@ -24,6 +24,7 @@ import type * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Connector from "./Connector.js"
+import * as configInternal from "./internal/config.js"
 import * as internal from "./internal/pool.js"
 import type { ConnectionError, PoolError, QueryError } from "./PgPoolError.js"
 
@@ -315,14 +316,17 @@ export const layerConfig = (
   Layer.scoped(PgPool, Effect.flatMap(Config_.unwrap(config), make)).pipe(Layer.provide(Connector.layer))
 
 /**
- * The configuration read from the environment: `DATABASE_URL`, or else libpq's `PGHOST`, `PGPORT`,
- * `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, `PGAPPNAME`; the pool knobs from `PGPOOL_*`
- * (`PGPOOL_MAX_CONNECTIONS`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, ...; see the README).
+ * The configuration read from the environment: `DATABASE_URL`, or else libpq's `PGHOST` and `PGPORT`
+ * (comma-separated for several hosts), `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, `PGAPPNAME`,
+ * `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`; every pool knob from `PGPOOL_<KNOB>`, the
+ * knob's name in screaming snake case (`PGPOOL_MAX_CONNECTIONS=20`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`,
+ * `PGPOOL_SET_SESSION` as a comma-separated list). Not from the environment: `healthCheck`, `reconnect`, `ssl`
+ * options beyond `PGSSLMODE`.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const configFromEnv: Config_.Config<Config> = internal.configFromEnv
+export const configFromEnv: Config_.Config<Config> = configInternal.configFromEnv
 
 /**
  * The pool configured from the environment (see {@link configFromEnv}).

@@ -212,6 +212,35 @@ describe("PgPool configuration", () => {
       assert.deepStrictEqual(rows, [{ db: server.database, app: "from-env" }])
     }))
 
+  it.effect("PgPoolLive: several hosts from comma-separated PGHOST/PGPORT, libpq's PGTARGETSESSIONATTRS, any PGPOOL_ knob", () =>
+    Effect.gen(function*() {
+      const server = testServer()
+      const down = yield* Effect.async<number>((resume) => {
+        const probe = net.createServer()
+        probe.listen(0, "127.0.0.1", () => {
+          const port = (probe.address() as net.AddressInfo).port
+          probe.close(() => resume(Effect.succeed(port)))
+        })
+      })
+      const stats = yield* Effect.gen(function*() {
+        const rows = yield* PgPool.query("select current_setting('application_name') as app")
+        assert.deepStrictEqual(rows, [{ app: "env-hosts" }])
+        return yield* PgPool.stats
+      }).pipe(Effect.provide(withEnv([
+        ["PGHOST", `127.0.0.1,${server.host}`],
+        ["PGPORT", `${down},${server.port}`],
+        ["PGDATABASE", server.database],
+        ["PGUSER", server.user],
+        ["PGPASSWORD", Redacted.value(server.password!)],
+        ["PGAPPNAME", "env-hosts"],
+        ["PGTARGETSESSIONATTRS", "read-write"],
+        ["PGPOOL_READ_BALANCING", "round-robin"],
+        ["PGPOOL_MAX_LIFETIME_JITTER", "1 second"],
+        ["PGPOOL_SET_SESSION", "set time zone 'UTC',set search_path to public"]
+      ])))
+      assert.deepStrictEqual(stats.hosts.map((h) => [h.port, h.up]), [[down, false], [server.port, true]])
+    }))
+
   it.effect("PgPoolLive rejects a bad knob with a ConfigError naming the variable", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(Effect.scoped(Layer.build(withEnv([

@@ -5,9 +5,12 @@
  *
  * @internal
  */
+import * as EffectConfig from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Connector from "../Connector.js"
@@ -483,3 +486,109 @@ export const connectOptions = (config: ResolvedConfig, host: HostPort): Connecto
     parameters
   }
 }
+
+const optional = <A>(config: EffectConfig.Config<A>) => EffectConfig.option(config)
+
+/** `PGPOOL_MAX_CONNECTIONS` for `maxConnections`: the knob's name in screaming snake case. @internal */
+export const envName = (knob: string): string => `PGPOOL_${knob.replace(/([A-Z])/g, "_$1").toUpperCase()}`
+
+const integerKnobs = ["minConnections", "maxConnections", "maxIdle", "maxWaiting", "maxUsage"] as const
+const durationKnobs = [
+  "acquireTimeout",
+  "idleTimeout",
+  "maxLifetime",
+  "maxLifetimeJitter",
+  "connectTimeout",
+  "drainTimeout",
+  "maintenanceInterval",
+  "statementTimeout",
+  "queryTimeout",
+  "leakDetectionThreshold",
+  "roleCheckInterval"
+] as const
+const booleanKnobs = ["blocking", "pooling", "lazy", "retryLostQueries", "metrics", "readFallback"] as const
+const stringKnobs = ["name", "readRouting", "readBalancing"] as const
+
+/** Splits libpq's comma-separated `PGHOST` / `PGPORT` lists into hosts. */
+const hostsFromEnv = (hosts: string, ports: string | undefined): ReadonlyArray<{ host: string; port?: number }> | undefined => {
+  const names = hosts.split(",").map((h) => h.trim())
+  if (names.length < 2) return undefined
+  const portList = (ports ?? "").split(",").map((p) => p.trim())
+  return names.map((host, i) => {
+    const port = portList.length === names.length ? portList[i] : portList[0]
+    return port === undefined || port === "" ? { host } : { host, port: Number(port) }
+  })
+}
+
+/**
+ * The configuration read from the environment: `DATABASE_URL`, or else libpq's variables (`PGHOST` and
+ * `PGPORT`, comma-separated for several hosts, `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`,
+ * `PGAPPNAME`, `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`); every pool knob from
+ * `PGPOOL_<KNOB>` (`PGPOOL_MAX_CONNECTIONS`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, `PGPOOL_SET_SESSION` as a
+ * comma-separated list, ...).
+ *
+ * @internal
+ */
+export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
+  url: optional(EffectConfig.redacted("DATABASE_URL")),
+  host: optional(EffectConfig.string("PGHOST")),
+  port: optional(EffectConfig.string("PGPORT")),
+  database: optional(EffectConfig.string("PGDATABASE")),
+  user: optional(EffectConfig.string("PGUSER")),
+  password: optional(EffectConfig.redacted("PGPASSWORD")),
+  sslmode: optional(EffectConfig.string("PGSSLMODE")),
+  applicationName: optional(EffectConfig.string("PGAPPNAME")),
+  connectTimeoutSeconds: optional(EffectConfig.number("PGCONNECT_TIMEOUT")),
+  targetSessionAttrs: optional(EffectConfig.string("PGTARGETSESSIONATTRS")),
+  loadBalanceHosts: optional(EffectConfig.string("PGLOADBALANCEHOSTS")),
+  integers: EffectConfig.all(Object.fromEntries(integerKnobs.map((k) => [k, optional(EffectConfig.integer(envName(k)))]))),
+  durations: EffectConfig.all(Object.fromEntries(durationKnobs.map((k) => [k, optional(EffectConfig.duration(envName(k)))]))),
+  booleans: EffectConfig.all(Object.fromEntries(booleanKnobs.map((k) => [k, optional(EffectConfig.boolean(envName(k)))]))),
+  strings: EffectConfig.all(Object.fromEntries(stringKnobs.map((k) => [k, optional(EffectConfig.string(envName(k)))]))),
+  setSession: optional(EffectConfig.array(EffectConfig.string(), envName("setSession"))),
+  reset: optional(EffectConfig.literal("transaction", "always", "full")(envName("reset")))
+}).pipe(
+  EffectConfig.mapOrFail((env) => {
+    const config: Record<string, unknown> = {}
+    for (const group of [env.integers, env.durations, env.booleans, env.strings]) {
+      for (const [key, value] of Object.entries(group) as Array<[string, Option.Option<unknown>]>) {
+        if (Option.isSome(value)) config[key] = value.value
+      }
+    }
+    if (Option.isSome(env.setSession)) config.setSession = env.setSession.value
+    if (Option.isSome(env.reset)) config.reset = env.reset.value
+    if (Option.isSome(env.applicationName)) config.applicationName = env.applicationName.value
+    if (Option.isSome(env.targetSessionAttrs)) config.targetSessionAttrs = env.targetSessionAttrs.value
+    if (Option.isSome(env.loadBalanceHosts)) config.loadBalanceHosts = env.loadBalanceHosts.value
+    if (Option.isSome(env.connectTimeoutSeconds) && config.connectTimeout === undefined) {
+      config.connectTimeout = env.connectTimeoutSeconds.value * 1000
+    }
+    if (Option.isSome(env.url)) {
+      config.url = env.url.value
+      return Either.right(config as Config)
+    }
+    if (Option.isSome(env.host)) {
+      const hosts = hostsFromEnv(env.host.value, Option.getOrUndefined(env.port))
+      if (hosts !== undefined) config.hosts = hosts
+      else config.host = env.host.value
+    }
+    if (Option.isSome(env.port) && config.hosts === undefined) {
+      const port = Number(env.port.value)
+      if (!Number.isInteger(port)) return Either.left(ConfigError.InvalidData(["PGPORT"], "must be a port number"))
+      config.port = port
+    }
+    if (Option.isSome(env.database)) config.database = env.database.value
+    if (Option.isSome(env.user)) config.user = env.user.value
+    if (Option.isSome(env.password)) config.password = env.password.value
+    if (Option.isSome(env.sslmode)) {
+      const ssl = sslFromMode(env.sslmode.value)
+      if (ssl === undefined) {
+        return Either.left(
+          ConfigError.InvalidData(["PGSSLMODE"], "must be one of disable, allow, prefer, require, verify-ca, verify-full")
+        )
+      }
+      config.ssl = ssl
+    }
+    return Either.right(config as Config)
+  })
+)

@@ -8,13 +8,11 @@
  */
 import * as Cause from "effect/Cause"
 import type * as Clock from "effect/Clock"
-import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
-import * as ConfigError from "effect/ConfigError"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
@@ -62,12 +60,7 @@ export const query = (
   Effect.withFiberRuntime((fiber) => {
     const service = Context.unsafeGet(fiber.getFiberRef(FiberRef.currentContext), tag)
     const core = (service as { readonly [CoreId]?: PoolCore })[CoreId]
-    if (core === undefined) return service.query(text, params)
-    const pin = pinOf(fiber, core)
-    if (pin !== undefined) return pin.handle.query(text, params)
-    return core.router === undefined
-      ? core.oneShot(text, params, undefined, rowsOf, core.config.retryLostQueries)
-      : core.routeOr(fiber, (target) => target.oneShot(text, params, undefined, rowsOf, target.config.retryLostQueries))
+    return core === undefined ? service.query(text, params) : core.statementOn(fiber, text, params, undefined, rowsOf)
   })
 
 /**
@@ -1546,13 +1539,25 @@ export class PoolCore {
     rowMode: "array" | undefined,
     project: (result: Connector.QueryResult) => A
   ): Effect.Effect<A, PoolError | QueryError> {
-    return Effect.withFiberRuntime((fiber) => {
-      const pin = pinOf(fiber, this)
-      if (pin !== undefined) {
-        return pin.handle.core.runThen(pin.handle.conn, text, params, rowMode, (result) => Effect.succeed(project(result)))
-      }
-      return this.routeOr(fiber, (target) => target.oneShot(text, params, rowMode, project, target.config.retryLostQueries))
-    })
+    return Effect.withFiberRuntime((fiber) => this.statementOn(fiber, text, params, rowMode, project))
+  }
+
+  statementOn<A>(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    project: (result: Connector.QueryResult) => A
+  ): Effect.Effect<A, PoolError | QueryError> {
+    const pin = pinOf(fiber, this)
+    if (pin !== undefined) {
+      const handle = pin.handle
+      if (handle.released) return Effect.fail(this.usedAfterRelease(handle))
+      return handle.core.runThen(handle.conn, text, params, rowMode, (result) => Effect.succeed(project(result)))
+    }
+    return this.router === undefined
+      ? this.oneShot(text, params, rowMode, project, this.config.retryLostQueries)
+      : this.routeOr(fiber, (target) => target.oneShot(text, params, rowMode, project, target.config.retryLostQueries))
   }
 
   /**
@@ -1573,17 +1578,20 @@ export class PoolCore {
     fiber: Fiber.RuntimeFiber<unknown, unknown>,
     f: (target: PoolCore) => Effect.Effect<A, E, R>
   ): Effect.Effect<A, E | ConnectionError, R> {
-    const target = this.route(fiber)
-    if (target === undefined) return Effect.fail(this.router!.noStandby())
+    return this.routeWith(this.route(fiber), f, () => Effect.fail(this.router!.noStandby()))
+  }
+
+  routeWith<A, E, R, E2>(
+    target: PoolCore | undefined,
+    f: (target: PoolCore) => Effect.Effect<A, E, R>,
+    none: () => Effect.Effect<never, E2>
+  ): Effect.Effect<A, E | E2, R> {
+    if (target === undefined) return none()
     if (target === this) return f(target)
-    return Effect.catchIf(
-      f(target),
-      isReroutable(target),
-      (): Effect.Effect<A, E | ConnectionError, R> => {
-        const again = this.route(fiber)
-        return again === undefined ? Effect.fail(this.router!.noStandby()) : f(again)
-      }
-    )
+    return Effect.catchIf(f(target), isReroutable(target), (): Effect.Effect<A, E | E2, R> => {
+      const again = this.router!.pick()
+      return again === undefined ? none() : f(again)
+    })
   }
 
   readonly connection: Effect.Effect<PgPool.PooledConnection, PoolError, Scope.Scope> = Effect.withFiberRuntime(
@@ -1751,60 +1759,3 @@ const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
     })
   )
 }
-
-const optionalInteger = (name: string) => Config.option(Config.integer(name))
-const optionalDuration = (name: string) => Config.option(Config.duration(name))
-const optionalBoolean = (name: string) => Config.option(Config.boolean(name))
-const optionalString = (name: string) => Config.option(Config.string(name))
-
-/** @internal */
-export const configFromEnv: Config.Config<PgPool.Config> = Config.all({
-  url: Config.option(Config.redacted("DATABASE_URL")),
-  host: optionalString("PGHOST"),
-  port: optionalInteger("PGPORT"),
-  database: optionalString("PGDATABASE"),
-  user: optionalString("PGUSER"),
-  password: Config.option(Config.redacted("PGPASSWORD")),
-  sslmode: optionalString("PGSSLMODE"),
-  applicationName: optionalString("PGAPPNAME"),
-  minConnections: optionalInteger("PGPOOL_MIN_CONNECTIONS"),
-  maxConnections: optionalInteger("PGPOOL_MAX_CONNECTIONS"),
-  maxIdle: optionalInteger("PGPOOL_MAX_IDLE"),
-  blocking: optionalBoolean("PGPOOL_BLOCKING"),
-  acquireTimeout: optionalDuration("PGPOOL_ACQUIRE_TIMEOUT"),
-  maxWaiting: optionalInteger("PGPOOL_MAX_WAITING"),
-  maxUsage: optionalInteger("PGPOOL_MAX_USAGE"),
-  setSession: Config.option(Config.array(Config.string(), "PGPOOL_SET_SESSION")),
-  reset: Config.option(Config.literal("transaction", "always", "full")("PGPOOL_RESET")),
-  idleTimeout: optionalDuration("PGPOOL_IDLE_TIMEOUT"),
-  maxLifetime: optionalDuration("PGPOOL_MAX_LIFETIME"),
-  pooling: optionalBoolean("PGPOOL_POOLING"),
-  connectTimeout: optionalDuration("PGPOOL_CONNECT_TIMEOUT"),
-  drainTimeout: optionalDuration("PGPOOL_DRAIN_TIMEOUT"),
-  lazy: optionalBoolean("PGPOOL_LAZY"),
-  statementTimeout: optionalDuration("PGPOOL_STATEMENT_TIMEOUT"),
-  queryTimeout: optionalDuration("PGPOOL_QUERY_TIMEOUT"),
-  leakDetectionThreshold: optionalDuration("PGPOOL_LEAK_DETECTION_THRESHOLD")
-}).pipe(
-  Config.mapOrFail((env) => {
-    const config: Record<string, unknown> = {}
-    for (const [key, value] of Object.entries(env) as Array<[string, Option.Option<unknown>]>) {
-      if (Option.isSome(value) && key !== "sslmode") config[key] = value.value
-    }
-    if (Option.isSome(env.url)) {
-      for (const key of ["host", "port", "database", "user", "password"]) delete config[key]
-    }
-    if (Option.isSome(env.sslmode) && Option.isNone(env.url)) {
-      const ssl = config_.sslFromMode(env.sslmode.value)
-      if (ssl === undefined) {
-        return Either.left(
-          ConfigError.InvalidData(["PGSSLMODE"], "must be one of disable, allow, prefer, require, verify-ca, verify-full")
-        )
-      }
-      config.ssl = ssl
-    }
-    if (Option.isSome(env.password) && Option.isNone(env.url)) config.password = env.password.value
-    return Either.right(config as PgPool.Config)
-  })
-)
-

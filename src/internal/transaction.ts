@@ -24,7 +24,6 @@ import {
   type PoolCore,
   pinsOf,
   InheritedPin,
-  isReroutable,
   tag as PgPoolTag
 } from "./pool.js"
 import { sqlConnection } from "./sql.js"
@@ -180,14 +179,11 @@ export const make = <X, RP>(
       if (router === undefined || !readOnly || findPin(pins, core) !== undefined) {
         return outermost(core, core, effect, options, context, pins, restore, mapping)
       }
-      const on = (target: PoolCore | undefined): Effect.Effect<A, E | X, R> =>
-        target === undefined
-          ? Effect.fail(mapping.map(router.noStandby()))
-          : outermost(core, target, effect, options, context, pins, restore, mapping)
-      const first = router.pick()
-      if (first === core) return on(first)
-      if (first === undefined) return on(first)
-      return Effect.catchIf(on(first), isReroutable(first), () => on(router.pick()))
+      return core.routeWith(
+        router.pick(),
+        (target) => outermost(core, target, effect, options, context, pins, restore, mapping),
+        () => Effect.fail(mapping.map(router.noStandby()))
+      )
     })
   )
 
