@@ -10,6 +10,7 @@ import pg from "pg"
 import PgCursor from "pg-cursor"
 import type * as Connector from "../Connector.js"
 import { ConnectionError, QueryError } from "../PgPoolError.js"
+import { ClientSideError, type ShapeCache, Statement, typesOf } from "./statement.js"
 
 const CLOSE_TIMEOUT = Duration.seconds(2)
 const CANCEL_TIMEOUT = Duration.seconds(5)
@@ -34,6 +35,7 @@ const connectionLostCodes = new Set(["57P01", "57P02", "57P03", "57P05"])
  * @internal
  */
 export const isConnectionFailure = (cause: unknown): boolean => {
+  if (cause instanceof ClientSideError) return false
   if (!isDatabaseError(cause)) return true
   const code = cause.code ?? ""
   return cause.severity === "FATAL" || cause.severity === "PANIC" || code.startsWith("08") ||
@@ -76,7 +78,9 @@ export const toConnectionError = (target: Target, what: string, cause: unknown):
   })
 
 const toStatementError = (target: Target, cause: unknown): QueryError | ConnectionError =>
-  isConnectionFailure(cause)
+  cause instanceof ClientSideError
+    ? new QueryError({ message: `${cause.message} (SQLSTATE ${cause.code})`, code: cause.code, cause: cause.cause })
+    : isConnectionFailure(cause)
     ? toConnectionError(target, "Connection lost", cause)
     : toQueryError(cause as pg.DatabaseError)
 
@@ -173,6 +177,8 @@ const makeConnection = (
   }
   const backendPid = internals.processID ?? 0
   const secretKey = internals.secretKey ?? 0
+  const types = typesOf(client)
+  const shapes: ShapeCache = { last: undefined }
   // pg reports a statement's error on ErrorResponse, before the ReadyForQuery that carries the transaction
   // status: an error is passed on only once that ReadyForQuery has been read (or the connection has ended).
   let afterReady: Array<() => void> = []
@@ -192,7 +198,7 @@ const makeConnection = (
     backendPid,
     send: (text, params, rowMode, callback) => {
       inFlight++
-      const done = (error: Error | null, result: pg.QueryResult | undefined) => {
+      const done = (error: Error | null, result: Connector.QueryResult | undefined) => {
         if (error) {
           if (isConnectionFailure(error)) state.lost = true
           const mapped = toStatementError(target, error)
@@ -203,18 +209,9 @@ const makeConnection = (
           return
         }
         settle()
-        if (Array.isArray(result)) {
-          const results = result as unknown as ReadonlyArray<Connector.QueryResult>
-          callback(undefined, { ...results[results.length - 1]!, results })
-        } else {
-          callback(undefined, result as unknown as Connector.QueryResult)
-        }
+        callback(undefined, result)
       }
-      if (rowMode === "array") {
-        client.query({ text, values: params as Array<unknown> | undefined, rowMode: "array" } as pg.QueryArrayConfig, done)
-      } else {
-        client.query(text, params as Array<unknown>, done)
-      }
+      client.query(new Statement(text, params, rowMode, types, shapes, done) as unknown as pg.QueryConfig)
     },
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)

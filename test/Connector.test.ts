@@ -1,0 +1,135 @@
+/**
+ * The live connector on a real server: statements, results and errors as the pool sees them.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import pg from "pg"
+import * as Connector from "../src/Connector.js"
+import { testServer } from "./support/db.js"
+
+const open = Effect.gen(function*() {
+  const server = testServer()
+  return yield* Connector.make.connect({
+    host: server.host,
+    port: server.port,
+    database: server.database,
+    user: server.user,
+    password: server.password,
+    ssl: undefined,
+    applicationName: "connector-test",
+    connectTimeout: Duration.seconds(10),
+    parameters: {}
+  }, () => {})
+})
+
+describe("Connector (live, over pg)", () => {
+  it.scoped("parameters of every common type round-trip; nulls stay null", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const now = new Date("2024-05-06T07:08:09.123Z")
+      const result = yield* Connector.query(
+        conn,
+        "select $1::int as i, $2::text as t, $3::bool as b, $4::jsonb as j, $5::timestamptz as ts, $6::int as n, $7::int[] as a, $8::bytea as bin",
+        [42, "héllo", true, { a: [1, 2] }, now, null, [1, 2, 3], Buffer.from([1, 2, 255])]
+      )
+      assert.deepStrictEqual(result.rows, [{
+        i: 42,
+        t: "héllo",
+        b: true,
+        j: { a: [1, 2] },
+        ts: now,
+        n: null,
+        a: [1, 2, 3],
+        bin: Buffer.from([1, 2, 255])
+      }])
+      assert.strictEqual(result.command, "SELECT")
+      assert.strictEqual(result.rowCount, 1)
+      assert.deepStrictEqual(result.fields.map((f) => f.name), ["i", "t", "b", "j", "ts", "n", "a", "bin"])
+    }))
+
+  it.scoped("rowMode array, command tags and row counts", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const values = yield* Connector.query(conn, "select 1 as a, 'x' as b union all select 2, 'y'", undefined, "array")
+      assert.deepStrictEqual(values.rows as ReadonlyArray<unknown>, [[1, "x"], [2, "y"]])
+      yield* Connector.query(conn, "create temporary table c_t (x int)")
+      const insert = yield* Connector.query(conn, "insert into c_t select generate_series(1, 5)")
+      assert.deepStrictEqual([insert.command, insert.rowCount], ["INSERT", 5])
+      const update = yield* Connector.query(conn, "update c_t set x = x + 1 where x > $1", [2])
+      assert.deepStrictEqual([update.command, update.rowCount], ["UPDATE", 3])
+    }))
+
+  it.scoped("several statements in one simple query give each result", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const result = yield* Connector.query(conn, "select 1 as a; select 'two' as b; select 3 as c where false")
+      assert.deepStrictEqual(result.results?.map((r) => r.rows), [[{ a: 1 }], [{ b: "two" }], []])
+      assert.deepStrictEqual(result.rows, [])
+      const empty = yield* Connector.query(conn, "")
+      assert.deepStrictEqual([empty.command, empty.rows], ["", []])
+    }))
+
+  it.scoped("a column of the same name but another type is parsed by its own parser", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const a = yield* Connector.query(conn, "select 1 as x")
+      const b = yield* Connector.query(conn, "select 'one' as x")
+      const c = yield* Connector.query(conn, "select true as x")
+      const d = yield* Connector.query(conn, "select 1 as x")
+      assert.deepStrictEqual([a.rows, b.rows, c.rows, d.rows], [[{ x: 1 }], [{ x: "one" }], [{ x: true }], [{ x: 1 }]])
+    }))
+
+  it.scoped("global type parsers (pg.types.setTypeParser) are honoured", () =>
+    Effect.gen(function*() {
+      const previous = pg.types.getTypeParser(20, "text")
+      yield* Effect.addFinalizer(() => Effect.sync(() => pg.types.setTypeParser(20, previous)))
+      pg.types.setTypeParser(20, (value: string) => BigInt(value))
+      const conn = yield* open
+      const result = yield* Connector.query(conn, "select 9007199254740993::int8 as big")
+      assert.deepStrictEqual(result.rows, [{ big: 9007199254740993n }])
+    }))
+
+  it.scoped("a parameter that cannot be sent is a QueryError and the connection stays usable", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const bad = { toPostgres: () => { throw new Error("not serialisable") } }
+      const error = yield* Effect.flip(Connector.query(conn, "select $1::text as t", [bad]))
+      assert.strictEqual(error._tag, "QueryError")
+      if (error._tag === "QueryError") assert.strictEqual(error.code, "22023")
+      assert.include(error.message, "not serialisable")
+      assert.isFalse(conn.isBroken())
+      assert.isFalse(conn.isBusy())
+      const ok = yield* Connector.query(conn, "select $1::text as t", ["fine"])
+      assert.deepStrictEqual(ok.rows, [{ t: "fine" }])
+      assert.strictEqual(conn.transactionStatus(), "idle")
+    }))
+
+  it.scoped("a value a type parser rejects is a QueryError and the connection stays usable", () =>
+    Effect.gen(function*() {
+      const previous = pg.types.getTypeParser(1700, "text")
+      yield* Effect.addFinalizer(() => Effect.sync(() => pg.types.setTypeParser(1700, previous)))
+      pg.types.setTypeParser(1700, () => {
+        throw new Error("no numerics today")
+      })
+      const conn = yield* open
+      const error = yield* Effect.flip(Connector.query(conn, "select 1.5::numeric as n"))
+      assert.strictEqual(error._tag, "QueryError")
+      if (error._tag === "QueryError") assert.strictEqual(error.code, "22P02")
+      pg.types.setTypeParser(1700, previous)
+      const ok = yield* Connector.query(conn, "select 1 as one")
+      assert.deepStrictEqual(ok.rows, [{ one: 1 }])
+    }))
+
+  it.scoped("a server error is a QueryError with the transaction status as the server reports it", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      yield* Connector.query(conn, "begin")
+      const error = yield* Effect.flip(Connector.query(conn, "select 1/0"))
+      assert.strictEqual(error._tag, "QueryError")
+      if (error._tag === "QueryError") assert.strictEqual(error.code, "22012")
+      assert.strictEqual(conn.transactionStatus(), "failed")
+      const commit = yield* Connector.query(conn, "commit")
+      assert.strictEqual(commit.command, "ROLLBACK")
+      assert.strictEqual(conn.transactionStatus(), "idle")
+    }))
+})
