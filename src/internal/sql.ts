@@ -11,17 +11,21 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Effectable from "effect/Effectable"
 import { identity } from "effect/Function"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as RcRef from "effect/RcRef"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import type * as Connector from "../Connector.js"
 import type * as PgPool from "../PgPool.js"
 import type { ConnectionError, PoolError, QueryError } from "../PgPoolError.js"
@@ -267,8 +271,14 @@ class PooledStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> im
   execute<X>(operation: string, withoutTransform: boolean, run: Run<X>, fallback: Effect.Effect<X, SqlError>) {
     return Effect.withFiberRuntime<X, SqlError>((fiber) => {
       if (fiber.getFiberRef(Statement.currentTransformer)._tag === "Some") return fallback
-      const tx = Context.getOption(fiber.currentContext, Client.TransactionConnection)
-      const connection = tx._tag === "Some" ? tx.value[0] : this.context.unbound
+      const tx = fiber.currentContext.unsafeMap.get(Client.TransactionConnection.key) as
+        | readonly [SqlConnection.Connection, number]
+        | undefined
+      const connection = tx === undefined ? this.context.unbound : tx[0]
+      if (!traced(fiber)) {
+        const [sql, params] = this.inner.compile(withoutTransform)
+        return run(connection, sql, params)
+      }
       return Effect.useSpan("sql.execute", spanOptions, (span) => {
         const [sql, params] = this.inner.compile(withoutTransform)
         for (const [key, value] of this.context.spanAttributes) span.attribute(key, value)
@@ -281,6 +291,18 @@ class PooledStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> im
 }
 
 const spanOptions = { kind: "client", captureStackTrace: false } as const
+
+/** Effect's own tracer, which keeps spans in memory only (no tracer was installed). */
+const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+
+/**
+ * Whether a statement's span can be seen by anyone: tracing is on and a tracer other than Effect's in-memory
+ * default is installed (e.g. @effect/opentelemetry's). A `sql.execute` span of the default tracer has no
+ * child and reaches no exporter, so it is not made.
+ */
+const traced = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean =>
+  fiber.getFiberRef(FiberRef.currentTracerEnabled) &&
+  Context.get(fiber.currentDefaultServices, Tracer.Tracer) !== nativeTracer
 
 const isStatement = (u: unknown): u is Statement.Statement<unknown> =>
   Effect.isEffect(u) && Statement.isFragment(u) && typeof (u as { compile?: unknown }).compile === "function"

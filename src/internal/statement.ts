@@ -1,3 +1,4 @@
+/// <reference path="./pg-lib.d.ts" />
 /**
  * One statement as a node-postgres "submittable" (the interface pg-cursor uses): it writes the statement on
  * the client's connection and reads the answer messages itself, without pg's `Query` and `Result` objects
