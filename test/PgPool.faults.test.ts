@@ -11,6 +11,7 @@ import { assert, describe, layer } from "@effect/vitest"
 import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError, PoolError, QueryError } from "../src/PgPoolError.js"
+import { now, timedExit, failureOf, valueOf } from "./support/exits.js"
 import { eventually } from "./support/db.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
@@ -37,27 +38,9 @@ const Servers = Layer.mergeAll(
 // helpers
 // ---------------------------------------------------------------------------------------------------------
 
-/** Real time in milliseconds (monotonic). */
-const now = Effect.sync(() => performance.now())
 
-/** Runs `effect` and returns how long it took in real milliseconds, with its exit. */
-const timedExit = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    const start = yield* now
-    const exit = yield* Effect.exit(effect)
-    return { millis: (yield* now) - start, exit }
-  })
 
-/** The failure of an exit (asserting that there is one, and that it is a failure rather than a defect). */
-const failureOf = <A, E>(exit: Exit.Exit<A, E>): E => {
-  if (Exit.isSuccess(exit)) return assert.fail(`expected a failure, got a success: ${JSON.stringify(exit.value)}`)
-  const failure = Cause.failureOption(exit.cause)
-  if (Option.isNone(failure)) return assert.fail(`expected a failure, got ${Cause.pretty(exit.cause)}`)
-  return failure.value
-}
 
-const valueOf = <A, E>(exit: Exit.Exit<A, E>): A =>
-  Exit.isSuccess(exit) ? exit.value : assert.fail(`expected a success, got ${Cause.pretty(exit.cause)}`)
 
 const pidOf = (rows: ReadonlyArray<PgPool.Row>): number => Number(rows[0]!.pid)
 const backendPid = (pool: PgPool.PgPool) => Effect.map(pool.query("select pg_backend_pid() as pid"), pidOf)

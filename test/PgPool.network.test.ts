@@ -5,9 +5,10 @@
  * close within a bounded time, and it must recover by itself once the network heals.
  */
 import { assert, layer } from "@effect/vitest"
-import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Schedule, Scope } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError, QueryError } from "../src/PgPoolError.js"
+import { failureOf, timedExit } from "./support/exits.js"
 import { eventually } from "./support/db.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
@@ -15,21 +16,8 @@ import * as PrivateServer from "./support/server.js"
 
 class Server extends Context.Tag("test/network/Server")<Server, PrivateServer.PrivateServer>() {}
 
-const now = Effect.sync(() => performance.now())
 
-const timedExit = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    const start = yield* now
-    const exit = yield* Effect.exit(effect)
-    return { millis: (yield* now) - start, exit }
-  })
 
-const failureOf = <A, E>(exit: Exit.Exit<A, E>): E => {
-  if (Exit.isSuccess(exit)) return assert.fail(`expected a failure, got a success: ${JSON.stringify(exit.value)}`)
-  const failure = Cause.failureOption(exit.cause)
-  if (Option.isNone(failure)) return assert.fail(`expected a failure, got ${Cause.pretty(exit.cause)}`)
-  return failure.value
-}
 
 /** A proxy to the server and a pool config going through it (each test has its own application name). */
 const throughProxy = (applicationName: string, mode: Proxy.Mode = "pass") =>

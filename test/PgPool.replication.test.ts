@@ -9,10 +9,11 @@
  * bound; the clocks are live.
  */
 import { assert, layer } from "@effect/vitest"
-import { Cause, Context, Deferred, Effect, Either, Exit, Fiber, Layer, Option, Redacted, Schedule } from "effect"
+import { Context, Deferred, Effect, Either, Fiber, Layer, Redacted, Schedule } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError } from "../src/PgPoolError.js"
 import * as Transaction from "../src/Transaction.js"
+import { now, timedExit, failureOf, valueOf } from "./support/exits.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
 import * as Replication from "./support/replication.js"
@@ -49,26 +50,9 @@ const toWhere = (rows: ReadonlyArray<PgPool.Row>): Where => ({
 /** `PgPool.query` of where it ran. */
 const where = Effect.map(PgPool.query(whereSql), toWhere)
 
-/** Real time in milliseconds (monotonic). */
-const now = Effect.sync(() => performance.now())
 
-/** Runs `effect`, returns its exit and how long it took in real milliseconds. */
-const timedExit = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    const start = yield* now
-    const exit = yield* Effect.exit(effect)
-    return { millis: (yield* now) - start, exit }
-  })
 
-const failureOf = <A, E>(exit: Exit.Exit<A, E>): E => {
-  if (Exit.isSuccess(exit)) return assert.fail(`expected a failure, got a success: ${JSON.stringify(exit.value)}`)
-  const failure = Cause.failureOption(exit.cause)
-  if (Option.isNone(failure)) return assert.fail(`expected a failure, got ${Cause.pretty(exit.cause)}`)
-  return failure.value
-}
 
-const valueOf = <A, E>(exit: Exit.Exit<A, E>): A =>
-  Exit.isSuccess(exit) ? exit.value : assert.fail(`expected a success, got ${Cause.pretty(exit.cause)}`)
 
 /**
  * Polls `effect` until it succeeds with a value satisfying `done` (a failure counts as "not yet"), every

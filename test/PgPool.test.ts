@@ -411,7 +411,7 @@ describe("PgPool", () => {
         yield* TestClock.adjust("8 minutes")
         assert.strictEqual((yield* PgPool.stats).closedByReason.lifetime, 0)
         yield* TestClock.adjust("2 minutes")
-        const stats = yield* waitForStats((s) => s.closedByReason.lifetime === 4 && s.size === 4)
+        const stats = yield* waitForStats((s) => s.closedByReason.lifetime === 4 && s.idle === 4 && s.pending === 0)
         assert.strictEqual(stats.created, 8, JSON.stringify(stats))
         const now = yield* serverBackends((r) => r.length === 4 && r.every((row) => !first.has(row.pid)))
         assert.strictEqual(now.length, 4)

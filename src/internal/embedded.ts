@@ -14,6 +14,7 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as Connector from "../Connector.js"
+import type { ConnectionError, QueryError } from "../PgPoolError.js"
 
 /**
  * Starting, stopping or using the embedded server failed.
@@ -96,6 +97,40 @@ export const freePort: Effect.Effect<number, EmbeddedPostgresError> = Effect.asy
     })
   }
 )
+
+/** The URL of a database of a local server, as user postgres. @internal */
+export const localUrl = (port: number, password: Redacted.Redacted) => (database = "postgres"): Redacted.Redacted =>
+  Redacted.make(
+    `postgres://postgres:${encodeURIComponent(Redacted.value(password))}@127.0.0.1:${port}/${encodeURIComponent(database)}`
+  )
+
+/** Connect options for a database of a local server, as user postgres. @internal */
+export const localOptions = (
+  port: number,
+  password: Redacted.Redacted | undefined,
+  database: string,
+  applicationName = "effect-pg-pool-admin"
+): Connector.ConnectOptions => ({
+  host: "127.0.0.1",
+  port,
+  database,
+  user: "postgres",
+  password,
+  ssl: undefined,
+  applicationName,
+  connectTimeout: Duration.seconds(10),
+  parameters: {}
+})
+
+/** Runs one statement on a short-lived connection of the live connector and returns its rows. @internal */
+export const queryOnce = (
+  options: Connector.ConnectOptions,
+  sql: string,
+  params?: ReadonlyArray<unknown>
+): Effect.Effect<ReadonlyArray<Connector.Row>, QueryError | ConnectionError> =>
+  Effect.scoped(
+    Effect.flatMap(Connector.make.connect(options, () => {}), (connection) => Connector.query(connection, sql, params))
+  ).pipe(Effect.map((result) => result.rows))
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, "\"\"")}"`
 
@@ -184,30 +219,9 @@ export const make = (
           Effect.zipRight(Effect.promise(() => fs.rm(owned ? parent : dataDir, { recursive: true, force: true })))
         )
     )
-    const url = (database = "postgres") =>
-      Redacted.make(
-        `postgres://postgres:${encodeURIComponent(Redacted.value(password))}@127.0.0.1:${port}/${
-          encodeURIComponent(database)
-        }`
-      )
+    const url = localUrl(port, password)
     const query = (sql: string, params?: ReadonlyArray<unknown>, database = "postgres") =>
-      Effect.scoped(
-        Effect.flatMap(
-          Connector.make.connect({
-            host: "127.0.0.1",
-            port,
-            database,
-            user: "postgres",
-            password,
-            ssl: undefined,
-            applicationName: "effect-pg-pool-admin",
-            connectTimeout: Duration.seconds(10),
-            parameters: {}
-          }, () => {}),
-          (connection) => Connector.query(connection, sql, params)
-        )
-      ).pipe(
-        Effect.map((result) => result.rows),
+      queryOnce(localOptions(port, password, database), sql, params).pipe(
         Effect.mapError((cause) => new EmbeddedPostgresError({ message: `Admin query failed: ${cause.message}`, cause }))
       )
     return {

@@ -103,6 +103,18 @@ const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionErro
       )
       : Effect.void)
 
+/** Runs the statement that opens the transaction (or savepoint), then `body`. */
+const opening = <A, E, R, X>(
+  handle: Handle,
+  statement: string,
+  mapping: ErrorMapping<X>,
+  body: () => Effect.Effect<A, E | X, R>
+): Effect.Effect<A, E | X, R> =>
+  Effect.matchCauseEffect(runOn(handle, statement), {
+    onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
+    onSuccess: body
+  })
+
 /**
  * Runs the body of a transaction (through `restore`) with the transaction in its context and its connection
  * pinned, then puts the context back and runs the outcome statement: `onCommit` after success, `onRollback`
@@ -200,20 +212,17 @@ const outermost = <A, E, R, X>(
   const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
     const tx = new TransactionImpl(core, handle, 0, options)
     const pin: Pin = { core: handle.core, handle, next: pins }
-    return Effect.matchCauseEffect(runOn(handle, beginStatement(options)), {
-      onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
-      onSuccess: () =>
-        runBody(
-          effect,
-          tx,
-          context,
-          pin,
-          restore,
-          () => commit(handle),
-          () => Effect.asVoid(runOn(handle, "ROLLBACK")),
-          mapping
-        )
-    })
+    return opening(handle, beginStatement(options), mapping, () =>
+      runBody(
+        effect,
+        tx,
+        context,
+        pin,
+        restore,
+        () => commit(handle),
+        () => Effect.asVoid(runOn(handle, "ROLLBACK")),
+        mapping
+      ))
   }
   const pinned = findPin(pins, core)?.handle
   if (pinned !== undefined) return run(pinned)
@@ -237,20 +246,17 @@ const nested = <A, E, R, X>(
 ): Effect.Effect<A, E | X, R> => {
   const tx = new TransactionImpl(outer.core, outer.handle, outer.depth + 1, outer.options)
   const name = `effect_sql_${tx.depth}`
-  return Effect.matchCauseEffect(runOn(tx.handle, `SAVEPOINT ${name}`), {
-    onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
-    onSuccess: () =>
-      runBody(
-        effect,
-        tx,
-        context,
-        { core: tx.handle.core, handle: tx.handle, next: pins },
-        restore,
-        () => Effect.asVoid(runOn(tx.handle, `RELEASE SAVEPOINT ${name}`)),
-        () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`)),
-        mapping
-      )
-  })
+  return opening(tx.handle, `SAVEPOINT ${name}`, mapping, () =>
+    runBody(
+      effect,
+      tx,
+      context,
+      { core: tx.handle.core, handle: tx.handle, next: pins },
+      restore,
+      () => Effect.asVoid(runOn(tx.handle, `RELEASE SAVEPOINT ${name}`)),
+      () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`)),
+      mapping
+    ))
 }
 
 const poolInContext = (context: Context.Context<never>): PoolCore | undefined =>

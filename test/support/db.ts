@@ -5,6 +5,7 @@
 import { Duration, Effect, Layer, Redacted, TestServices } from "effect"
 import * as Connector from "../../src/Connector.js"
 import { parseUrl } from "../../src/internal/config.js"
+import { queryOnce } from "../../src/internal/embedded.js"
 import * as PgPool from "../../src/PgPool.js"
 import type { ConnectionError, QueryError } from "../../src/PgPoolError.js"
 
@@ -45,12 +46,7 @@ export const adminQuery = (
   params?: ReadonlyArray<unknown>,
   database?: string
 ): Effect.Effect<ReadonlyArray<Connector.Row>, QueryError | ConnectionError> =>
-  Effect.scoped(
-    Effect.flatMap(
-      Connector.make.connect(connectOptions(state().adminUrl, database), () => {}),
-      (connection) => Effect.map(Connector.query(connection, sql, params), (result) => result.rows)
-    )
-  )
+  queryOnce(connectOptions(state().adminUrl, database), sql, params)
 
 const runAdmin = (adminUrl: string, sql: string) =>
   Effect.runPromise(

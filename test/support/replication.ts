@@ -270,34 +270,13 @@ const queryAt = (
   params: ReadonlyArray<unknown> | undefined,
   database: string
 ): Effect.Effect<ReadonlyArray<Connector.Row>, ReplicationError> =>
-  Effect.scoped(
-    Effect.flatMap(
-      Connector.make.connect({
-        host: "127.0.0.1",
-        port,
-        database,
-        user: "postgres",
-        password,
-        ssl: undefined,
-        applicationName: adminApplicationName,
-        connectTimeout: Duration.seconds(5),
-        parameters: {}
-      }, () => {}),
-      (connection) => Connector.query(connection, sql, params)
-    )
-  ).pipe(
-    Effect.map((result) => result.rows),
+  Embedded.queryOnce(Embedded.localOptions(port, password, database, adminApplicationName), sql, params).pipe(
     Effect.mapError((cause) =>
       new ReplicationError({ message: `${name}: query failed: ${cause.message}`, code: cause.code, cause })
     )
   )
 
-const makeUrl = (port: number, password: Redacted.Redacted) => (database = "postgres") =>
-  Redacted.make(
-    `postgres://postgres:${encodeURIComponent(Redacted.value(password))}@127.0.0.1:${port}/${
-      encodeURIComponent(database)
-    }`
-  )
+const makeUrl = Embedded.localUrl
 
 // ---------------------------------------------------------------------------------------------------------
 // the standby's postmaster, spawned here
