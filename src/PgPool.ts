@@ -148,8 +148,10 @@ export interface Config {
   readonly metrics?: boolean | undefined
 
   /**
-   * Which server ordinary work runs on (libpq's `target_session_attrs`): `"any"` (default), `"read-write"`,
+   * Which server ordinary work runs on (libpq's `target_session_attrs`): `"any"`, `"read-write"`,
    * `"read-only"`, `"primary"`, `"standby"`, `"prefer-standby"`. Hosts are tried in order until one matches.
+   * Default `"read-write"` with several hosts and `readRouting: "standby"` (so writes never land on a standby),
+   * else `"any"`; a `target_session_attrs` in `url` (or `PGTARGETSESSIONATTRS` for `PgPoolLive`) counts as given.
    */
   readonly targetSessionAttrs?: "any" | "read-write" | "read-only" | "primary" | "standby" | "prefer-standby" | undefined
   /** `"random"`: try the hosts in a random order for each connection (libpq's `load_balance_hosts`). Default `"disable"`. */
@@ -316,12 +318,13 @@ export const layerConfig = (
   Layer.scoped(PgPool, Effect.flatMap(Config_.unwrap(config), make)).pipe(Layer.provide(Connector.layer))
 
 /**
- * The configuration read from the environment: `DATABASE_URL`, or else libpq's `PGHOST` and `PGPORT`
- * (comma-separated for several hosts), `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, `PGAPPNAME`,
- * `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`; every pool knob from `PGPOOL_<KNOB>`, the
- * knob's name in screaming snake case (`PGPOOL_MAX_CONNECTIONS=20`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`,
- * `PGPOOL_SET_SESSION` as a comma-separated list). Not from the environment: `healthCheck`, `reconnect`, `ssl`
- * options beyond `PGSSLMODE`.
+ * The configuration read from the environment, as libpq reads it: `DATABASE_URL`, whose values win, and libpq's
+ * `PGHOST` and `PGPORT` (comma-separated for several hosts), `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`,
+ * `PGAPPNAME`, `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS` for whatever the URL does not
+ * give (a URL without a password takes `PGPASSWORD`); every pool knob from `PGPOOL_<KNOB>`, the knob's name in
+ * screaming snake case (`PGPOOL_MAX_CONNECTIONS=20`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, `PGPOOL_SET_SESSION`
+ * as statements separated by `;` or line breaks). An invalid value fails with a `ConfigError` naming the field
+ * and the variable. Not from the environment: `healthCheck`, `reconnect`, `ssl` options beyond `PGSSLMODE`.
  *
  * @since 0.1.0
  * @category constructors

@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Config, ConfigError, ConfigProvider, Effect, Layer, Redacted, Schedule } from "effect"
+import { Config, ConfigError, ConfigProvider, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import * as net from "node:net"
+import { resolve, splitStatements } from "../src/internal/config.js"
 import * as PgPool from "../src/PgPool.js"
 import { PgPoolLive } from "../src/index.js"
 import { testConfig, testServer } from "./support/db.js"
@@ -236,7 +237,7 @@ describe("PgPool configuration", () => {
         ["PGTARGETSESSIONATTRS", "read-write"],
         ["PGPOOL_READ_BALANCING", "round-robin"],
         ["PGPOOL_MAX_LIFETIME_JITTER", "1 second"],
-        ["PGPOOL_SET_SESSION", "set time zone 'UTC',set search_path to public"]
+        ["PGPOOL_SET_SESSION", "set time zone 'UTC'; set search_path to public"]
       ])))
       assert.deepStrictEqual(stats.hosts.map((h) => [h.port, h.up]), [[down, false], [server.port, true]])
     }))
@@ -249,6 +250,203 @@ describe("PgPool configuration", () => {
       ]))))
       assert.isTrue(ConfigError.isConfigError(error))
       assert.include(String(error), "PGPOOL_MAX_CONNECTIONS")
+    }))
+
+  /** The configuration `PgPoolLive` reads from `entries`, resolved (defaults filled in). */
+  const fromEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
+    PgPool.configFromEnv.pipe(
+      Effect.flatMap(resolve),
+      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(entries)))
+    )
+
+  /** This file's database as a URL, with the password only when `password` is given. */
+  const urlWith = (password: string | undefined, query = "") => {
+    const server = testServer()
+    const auth = password === undefined ? server.user : `${server.user}:${encodeURIComponent(password)}`
+    return `postgres://${auth}@${server.host}:${server.port}/${server.database}${query}`
+  }
+
+  it.effect("PgPoolLive: PG* variables fill in what DATABASE_URL lacks; the URL's own values win (libpq)", () =>
+    Effect.gen(function*() {
+      const filled = yield* fromEnv([
+        ["DATABASE_URL", "postgres://u@db.example:6000"],
+        ["PGHOST", "ignored.example"],
+        ["PGPORT", "7000"],
+        ["PGDATABASE", "envdb"],
+        ["PGUSER", "ignored-user"],
+        ["PGPASSWORD", "from-env"],
+        ["PGSSLMODE", "require"],
+        ["PGAPPNAME", "env-app"],
+        ["PGCONNECT_TIMEOUT", "3"],
+        ["PGTARGETSESSIONATTRS", "primary"],
+        ["PGLOADBALANCEHOSTS", "random"]
+      ])
+      assert.deepStrictEqual(filled.hosts, [{ host: "db.example", port: 6000 }])
+      assert.strictEqual(filled.user, "u")
+      assert.strictEqual(filled.database, "envdb")
+      assert.strictEqual(Redacted.value(filled.password!), "from-env")
+      assert.strictEqual(filled.ssl, true)
+      assert.strictEqual(filled.applicationName, "env-app")
+      assert.strictEqual(Duration.toMillis(filled.connectTimeout), 3000)
+      assert.strictEqual(filled.targetSessionAttrs, "primary")
+      assert.strictEqual(filled.loadBalanceHosts, "random")
+
+      const kept = yield* fromEnv([
+        [
+          "DATABASE_URL",
+          "postgres://u:from-url@db.example/urldb?sslmode=disable&application_name=url-app&connect_timeout=4" +
+          "&target_session_attrs=any&load_balance_hosts=disable"
+        ],
+        ["PGPORT", "7000"],
+        ["PGDATABASE", "envdb"],
+        ["PGPASSWORD", "from-env"],
+        ["PGSSLMODE", "require"],
+        ["PGAPPNAME", "env-app"],
+        ["PGCONNECT_TIMEOUT", "3"],
+        ["PGTARGETSESSIONATTRS", "primary"],
+        ["PGLOADBALANCEHOSTS", "random"]
+      ])
+      assert.deepStrictEqual(kept.hosts, [{ host: "db.example", port: 7000 }], "PGPORT fills in the URL's missing port")
+      assert.strictEqual(kept.database, "urldb")
+      assert.strictEqual(Redacted.value(kept.password!), "from-url")
+      assert.strictEqual(kept.ssl, false)
+      assert.strictEqual(kept.applicationName, "url-app")
+      assert.strictEqual(Duration.toMillis(kept.connectTimeout), 4000)
+      assert.strictEqual(kept.targetSessionAttrs, "any")
+      assert.strictEqual(kept.loadBalanceHosts, "disable")
+
+      // a URL without a host takes PGHOST and PGPORT (several hosts too)
+      const hostless = yield* fromEnv([
+        ["DATABASE_URL", "postgresql:///appdb"],
+        ["PGHOST", "h1,h2"],
+        ["PGPORT", "5433,5434"]
+      ])
+      assert.deepStrictEqual(hostless.hosts, [{ host: "h1", port: 5433 }, { host: "h2", port: 5434 }])
+      assert.strictEqual(hostless.database, "appdb")
+      // the password stays Redacted in the configuration
+      const config = yield* PgPool.configFromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map([
+        ["DATABASE_URL", "postgres://u@db.example/db"],
+        ["PGPASSWORD", "from-env"]
+      ]))))
+      assert.isTrue(Redacted.isRedacted(config.password))
+      assert.notInclude(JSON.stringify(config), "from-env")
+    }))
+
+  it.effect("PgPoolLive: a DATABASE_URL without a password authenticates with PGPASSWORD; a URL with one keeps its own", () =>
+    Effect.gen(function*() {
+      const password = Redacted.value(testServer().password!)
+      const who = "select current_user as who, current_setting('application_name') as app"
+      const withoutPassword = yield* PgPool.query(who).pipe(Effect.provide(withEnv([
+        ["DATABASE_URL", urlWith(undefined)],
+        ["PGPASSWORD", password],
+        ["PGSSLMODE", "disable"],
+        ["PGAPPNAME", "env-fills-in"]
+      ])))
+      assert.deepStrictEqual(withoutPassword, [{ who: testServer().user, app: "env-fills-in" }])
+      const withPassword = yield* PgPool.query(who).pipe(Effect.provide(withEnv([
+        ["DATABASE_URL", urlWith(password, "?application_name=url-wins")],
+        ["PGPASSWORD", "not-the-password"],
+        ["PGAPPNAME", "env-app"]
+      ])))
+      assert.deepStrictEqual(withPassword, [{ who: testServer().user, app: "url-wins" }])
+      // and the variable really is what authenticates: a wrong PGPASSWORD is refused
+      const refused = yield* Effect.flip(Effect.scoped(Layer.build(withEnv([
+        ["DATABASE_URL", urlWith(undefined)],
+        ["PGPASSWORD", "not-the-password"]
+      ]))))
+      assert.strictEqual(refused._tag, "ConnectionError")
+      assert.strictEqual((refused as { code?: string }).code, "28P01")
+      assert.notInclude(String(refused), "not-the-password")
+      // PGSSLMODE fills in too: require against a server without TLS fails
+      const tls = yield* Effect.flip(Effect.scoped(Layer.build(withEnv([
+        ["DATABASE_URL", urlWith(password)],
+        ["PGSSLMODE", "require"]
+      ]))))
+      assert.strictEqual(tls._tag, "ConnectionError")
+      assert.include(tls.message, "SSL")
+    }))
+
+  it.effect("PGPOOL_SET_SESSION is split at ; and line breaks, not at commas", () =>
+    Effect.gen(function*() {
+      assert.deepStrictEqual(
+        splitStatements("set search_path to a, b; set application_name = 'x'"),
+        ["set search_path to a, b", "set application_name = 'x'"]
+      )
+      assert.deepStrictEqual(splitStatements("  set a.b = 1 ;\n\n set a.c = 2;;\r\n"), ["set a.b = 1", "set a.c = 2"])
+      assert.deepStrictEqual(splitStatements(";\n ; "), [])
+      assert.deepStrictEqual(
+        splitStatements(`set application_name = 'a;b'; set "my;var.x" = 'it''s;'`),
+        [`set application_name = 'a;b'`, `set "my;var.x" = 'it''s;'`]
+      )
+      assert.deepStrictEqual(
+        splitStatements("do $body$ begin perform 1;\n end $body$; do $$ begin null; end $$"),
+        ["do $body$ begin perform 1;\n end $body$", "do $$ begin null; end $$"]
+      )
+      const resolved = yield* fromEnv([["PGPOOL_SET_SESSION", "set search_path to a, b;\nset application_name = 'x'"]])
+      assert.deepStrictEqual(resolved.setSession, ["set search_path to a, b", "set application_name = 'x'"])
+      const rows = yield* PgPool.query(
+        "select current_setting('search_path') as path, current_setting('application_name') as app"
+      ).pipe(Effect.provide(withEnv([
+        ["DATABASE_URL", Redacted.value(testConfig().url as Redacted.Redacted)],
+        ["PGPOOL_SET_SESSION", "set search_path to a, b; set application_name = 'x'"]
+      ])))
+      assert.deepStrictEqual(rows, [{ path: "a, b", app: "x" }])
+    }))
+
+  it.effect("PgPoolLive: a value that parses but is invalid fails with a ConfigError naming the field and the variable", () =>
+    Effect.gen(function*() {
+      const url = Redacted.value(testConfig().url as Redacted.Redacted)
+      const cases: ReadonlyArray<readonly [field: string, variable: string, entries: ReadonlyArray<readonly [string, string]>]> = [
+        ["maxConnections", "PGPOOL_MAX_CONNECTIONS", [["PGPOOL_MAX_CONNECTIONS", "0"]]],
+        ["minConnections", "PGPOOL_MIN_CONNECTIONS", [["PGPOOL_MIN_CONNECTIONS", "5"], ["PGPOOL_MAX_CONNECTIONS", "2"]]],
+        ["idleTimeout", "PGPOOL_IDLE_TIMEOUT", [["PGPOOL_IDLE_TIMEOUT", "0 seconds"]]],
+        ["readRouting", "PGPOOL_READ_ROUTING", [["PGPOOL_READ_ROUTING", "primary"]]],
+        ["targetSessionAttrs", "PGTARGETSESSIONATTRS", [["PGTARGETSESSIONATTRS", "writable"]]],
+        ["connectTimeout", "PGCONNECT_TIMEOUT", [["PGCONNECT_TIMEOUT", "0"]]]
+      ]
+      for (const [field, variable, entries] of cases) {
+        const error = yield* Effect.flip(Effect.scoped(Layer.build(withEnv([["DATABASE_URL", url], ...entries]))))
+        assertConfigError(error, field)
+        assert.include(String(error), variable, String(error))
+      }
+      // an invalid URL names DATABASE_URL, and never shows the URL
+      const bad = yield* Effect.flip(Effect.scoped(Layer.build(withEnv([
+        ["DATABASE_URL", "postgres://u:hunter2@localhost/db?nonsense=1"]
+      ]))))
+      assertConfigError(bad, "url")
+      assert.include(String(bad), "DATABASE_URL")
+      assert.notInclude(String(bad), "hunter2")
+    }))
+
+  it.effect("targetSessionAttrs defaults to read-write with several hosts and read routing, else to any", () =>
+    Effect.gen(function*() {
+      const two = [{ host: "h1", port: 5432 }, { host: "h2", port: 5432 }]
+      const attrs = (config: PgPool.Config) => Effect.map(resolve(config), (resolved) => resolved.targetSessionAttrs)
+      assert.strictEqual(yield* attrs({ hosts: two }), "read-write", "several hosts")
+      assert.strictEqual(yield* attrs({ hosts: two, readRouting: "standby" }), "read-write", "several hosts, standby")
+      assert.strictEqual(yield* attrs({ url: "postgres://u@h1,h2/db" }), "read-write", "a multi-host URL")
+      assert.strictEqual(yield* attrs({ host: "h1" }), "any", "one host")
+      assert.strictEqual(yield* attrs({ hosts: [two[0]!] }), "any", "a one-host list")
+      assert.strictEqual(yield* attrs({ hosts: two, readRouting: "off" }), "any", "readRouting off")
+      assert.strictEqual(yield* attrs({ hosts: two, targetSessionAttrs: "any" }), "any", "given")
+      assert.strictEqual(yield* attrs({ hosts: two, targetSessionAttrs: "prefer-standby" }), "prefer-standby")
+      assert.strictEqual(
+        yield* attrs({ url: "postgres://u@h1,h2/db?target_session_attrs=any" }),
+        "any",
+        "given in the URL"
+      )
+      const env = (entries: ReadonlyArray<readonly [string, string]>) =>
+        Effect.map(fromEnv(entries), (resolved) => resolved.targetSessionAttrs)
+      assert.strictEqual(yield* env([["PGHOST", "h1,h2"]]), "read-write", "PGHOST with several hosts")
+      assert.strictEqual(yield* env([["PGHOST", "h1,h2"], ["PGTARGETSESSIONATTRS", "any"]]), "any", "PGTARGETSESSIONATTRS")
+      assert.strictEqual(yield* env([["PGHOST", "h1,h2"], ["PGPOOL_READ_ROUTING", "off"]]), "any", "PGPOOL_READ_ROUTING")
+      assert.strictEqual(yield* env([["DATABASE_URL", "postgres://u@h1,h2/db"]]), "read-write", "DATABASE_URL")
+      assert.strictEqual(
+        yield* env([["DATABASE_URL", "postgres://u@h1,h2/db"], ["PGTARGETSESSIONATTRS", "any"]]),
+        "any",
+        "DATABASE_URL without the parameter, PGTARGETSESSIONATTRS"
+      )
+      assert.strictEqual(yield* env([["PGHOST", "h1"]]), "any", "PGHOST with one host")
     }))
 
   it.effect("reconnect accepts any Schedule", () =>

@@ -9,7 +9,7 @@
  * bound; the clocks are live.
  */
 import { assert, layer } from "@effect/vitest"
-import { Context, Deferred, Effect, Either, Fiber, Layer, Redacted, Schedule } from "effect"
+import { Context, Deferred, Effect, Either, Fiber, Layer, Redacted, Ref, Schedule } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError } from "../src/PgPoolError.js"
 import * as Transaction from "../src/Transaction.js"
@@ -130,10 +130,18 @@ layer(Pairs, { excludeTestServices: true, timeout: "60 seconds" })("PgPool on a 
           const { seen, stats } = yield* onPool(
             config,
             Effect.gen(function*() {
-              // three connections at once, each opened on its own: every one must be on the right server
-              const seen = yield* Effect.all(
-                [1, 2, 3].map(() => PgPool.withConnection(Effect.zipLeft(where, PgPool.query("select pg_sleep(0.02)")))),
-                { concurrency: "unbounded" }
+              // three connections at once, each opened on its own: every one must be on the right server. Each is
+              // held until all three are (a fixed sleep was too short for three connects on a loaded machine)
+              const held = yield* Ref.make(0)
+              const allHeld = yield* Deferred.make<void>()
+              const hold = PgPool.withConnection(Effect.gen(function*() {
+                const w = yield* where
+                if ((yield* Ref.updateAndGet(held, (n) => n + 1)) === 3) yield* Deferred.succeed(allHeld, undefined)
+                yield* Deferred.await(allHeld)
+                return w
+              }))
+              const seen = yield* Effect.all([hold, hold, hold], { concurrency: "unbounded" }).pipe(
+                Effect.timeout("10 seconds")
               )
               return { seen, stats: yield* PgPool.stats }
             })
@@ -162,6 +170,52 @@ layer(Pairs, { excludeTestServices: true, timeout: "60 seconds" })("PgPool on a 
         port: pair.primary.port
       })
     }))
+
+  it.effect("no targetSessionAttrs, standby listed first: writes go to the primary (read-write by default), reads to the standby", () =>
+    Effect.gen(function*() {
+      const pair = yield* Shared
+      const onPrimary: Where = { standby: false, port: pair.primary.port }
+      const onStandby: Where = { standby: true, port: pair.standby.port }
+      const standbyFirst = swap(pair.hosts)
+      yield* onPool(
+        pair.config({ hosts: standbyFirst, applicationName: "tsa-default" }),
+        Effect.gen(function*() {
+          yield* PgPool.query("create table default_rw (id int primary key)")
+          const written = yield* PgPool.query(
+            "insert into default_rw values (1) returning pg_is_in_recovery() as standby, inet_server_port() as port"
+          )
+          assert.deepStrictEqual(toWhere(written), onPrimary, "a write through PgPool.query")
+          assert.deepStrictEqual(yield* where, onPrimary, "PgPool.query")
+          assert.deepStrictEqual(
+            yield* Transaction.withTransaction(Effect.zipLeft(where, PgPool.query("insert into default_rw values (2)"))),
+            onPrimary,
+            "a write in a transaction"
+          )
+          assert.deepStrictEqual(yield* PgPool.readOnly(where), onStandby, "PgPool.readOnly")
+          assert.deepStrictEqual(yield* Transaction.withTransaction(where, { readOnly: true }), onStandby)
+          const stats = yield* PgPool.stats
+          const s = hostOn(stats, pair.standby.port)
+          assert.strictEqual(s.forReads, s.size, `no connection of ordinary work on the standby: ${JSON.stringify(s)}`)
+        })
+      )
+      // readRouting "off" keeps libpq's default "any": the first host that answers, here the standby
+      assert.deepStrictEqual(
+        yield* onPool(pair.config({ hosts: standbyFirst, readRouting: "off", applicationName: "tsa-default-off" }), where),
+        onStandby
+      )
+      // with the primary unreachable (behind a proxy that resets every connection), writes fail fast with a
+      // ConnectionError instead of reaching the standby
+      const down = yield* Proxy.make({ target: { host: pair.primary.host, port: pair.primary.port }, mode: "reset" })
+      const { exit, millis } = yield* timedExit(Effect.scoped(buildPool(pair.config({
+        hosts: [pair.hosts[1]!, { host: down.host, port: down.port }],
+        applicationName: "tsa-default-down"
+      }))))
+      const error = failureOf(exit)
+      assert.strictEqual(error._tag, "ConnectionError")
+      assert.include(error.message, "target_session_attrs=read-write")
+      assert.include(error.message, `127.0.0.1:${pair.standby.port} is a standby`)
+      assert.isBelow(millis, 2_000, `failed after ${millis} ms`)
+    }).pipe(Effect.scoped))
 
   it.effect("prefer-standby takes the primary when the standby is down; standby and read-only fail at once", () =>
     Effect.gen(function*() {

@@ -365,7 +365,13 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (config.name !== undefined && (typeof config.name !== "string" || config.name === "")) {
     return invalid("name", "name must be a non-empty string")
   }
-  const targetSessionAttrs = config.targetSessionAttrs ?? params.get("target_session_attrs") ?? "any"
+  const readRouting = config.readRouting ?? (hosts.length > 1 ? "standby" : "off")
+  if (readRouting !== "standby" && readRouting !== "off") {
+    return invalid("readRouting", `readRouting must be "standby" or "off", got ${JSON.stringify(readRouting)}`)
+  }
+  const targetSessionAttrs = config.targetSessionAttrs ??
+    params.get("target_session_attrs") ??
+    (hosts.length > 1 && readRouting === "standby" ? "read-write" : "any")
   if (!targetSessionAttrsValues.includes(targetSessionAttrs as TargetSessionAttrs)) {
     return invalid(
       config.targetSessionAttrs === undefined ? "url" : "targetSessionAttrs",
@@ -378,10 +384,6 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
       config.loadBalanceHosts === undefined ? "url" : "loadBalanceHosts",
       `loadBalanceHosts must be "disable" or "random", got ${JSON.stringify(loadBalanceHosts)}`
     )
-  }
-  const readRouting = config.readRouting ?? (hosts.length > 1 ? "standby" : "off")
-  if (readRouting !== "standby" && readRouting !== "off") {
-    return invalid("readRouting", `readRouting must be "standby" or "off", got ${JSON.stringify(readRouting)}`)
   }
   const readBalancing = config.readBalancing ?? "least-busy"
   if (readBalancing !== "round-robin" && readBalancing !== "random" && readBalancing !== "least-busy") {
@@ -509,10 +511,11 @@ const durationKnobs = [
 const booleanKnobs = ["blocking", "pooling", "lazy", "retryLostQueries", "metrics", "readFallback"] as const
 const stringKnobs = ["name", "readRouting", "readBalancing"] as const
 
-/** Splits libpq's comma-separated `PGHOST` / `PGPORT` lists into hosts. */
-const hostsFromEnv = (hosts: string, ports: string | undefined): ReadonlyArray<{ host: string; port?: number }> | undefined => {
-  const names = hosts.split(",").map((h) => h.trim())
-  if (names.length < 2) return undefined
+/** Hosts with their ports: `ports` is one port for all, or a comma-separated list matching `names` (libpq). */
+const hostList = (
+  names: ReadonlyArray<string>,
+  ports: string | undefined
+): ReadonlyArray<{ host: string; port?: number }> => {
   const portList = (ports ?? "").split(",").map((p) => p.trim())
   return names.map((host, i) => {
     const port = portList.length === names.length ? portList[i] : portList[0]
@@ -520,12 +523,67 @@ const hostsFromEnv = (hosts: string, ports: string | undefined): ReadonlyArray<{
   })
 }
 
+const dollarQuote = /^\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/
+
 /**
- * The configuration read from the environment: `DATABASE_URL`, or else libpq's variables (`PGHOST` and
- * `PGPORT`, comma-separated for several hosts, `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`,
- * `PGAPPNAME`, `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`); every pool knob from
- * `PGPOOL_<KNOB>` (`PGPOOL_MAX_CONNECTIONS`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, `PGPOOL_SET_SESSION` as a
- * comma-separated list, ...).
+ * Splits `PGPOOL_SET_SESSION` into statements: at `;` and line breaks outside quoted text (`'...'`, `"..."`,
+ * `$tag$...$tag$`), each piece trimmed, empty pieces dropped. `set search_path to a, b; set application_name =
+ * 'x'` is two statements.
+ *
+ * @internal
+ */
+export const splitStatements = (text: string): Array<string> => {
+  const statements: Array<string> = []
+  let start = 0
+  let i = 0
+  const cut = (end: number) => {
+    const statement = text.slice(start, end).trim()
+    if (statement !== "") statements.push(statement)
+  }
+  while (i < text.length) {
+    const c = text[i]!
+    if (c === "'" || c === "\"") {
+      const end = text.indexOf(c, i + 1)
+      i = end === -1 ? text.length : end + 1
+    } else if (c === "$" && (i === 0 || !/[A-Za-z0-9_\u0080-\uffff$]/.test(text[i - 1]!))) {
+      const tag = dollarQuote.exec(text.slice(i))?.[0]
+      if (tag === undefined) {
+        i++
+      } else {
+        const end = text.indexOf(tag, i + tag.length)
+        i = end === -1 ? text.length : end + tag.length
+      }
+    } else if (c === ";" || c === "\n" || c === "\r") {
+      cut(i)
+      start = ++i
+    } else {
+      i++
+    }
+  }
+  cut(text.length)
+  return statements
+}
+
+/**
+ * Adds the environment variable a field came from to an invalid-value error of that field, keeping its path.
+ */
+const namingVariable = (error: ConfigError.ConfigError, sources: ReadonlyMap<string, string>): ConfigError.ConfigError => {
+  if (error._op !== "InvalidData") return error
+  const field = error.path[0]
+  const variable = field === undefined ? undefined : sources.get(field)
+  return variable === undefined
+    ? error
+    : ConfigError.InvalidData(error.path, `${error.message} (set by ${variable} in the environment)`)
+}
+
+/**
+ * The configuration read from the environment, with libpq's rules: `DATABASE_URL`, whose values win, and
+ * libpq's variables for whatever the URL does not give (all of them without a URL): `PGHOST` and `PGPORT`
+ * (comma-separated for several hosts), `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, `PGAPPNAME`,
+ * `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`. Every pool knob from `PGPOOL_<KNOB>`
+ * (`PGPOOL_MAX_CONNECTIONS`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, `PGPOOL_SET_SESSION` as statements separated
+ * by `;` or line breaks, ...). The result is checked: an invalid value fails with a `ConfigError` whose path
+ * names the field and whose message names the variable.
  *
  * @internal
  */
@@ -545,50 +603,85 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
   durations: EffectConfig.all(Object.fromEntries(durationKnobs.map((k) => [k, optional(EffectConfig.duration(envName(k)))]))),
   booleans: EffectConfig.all(Object.fromEntries(booleanKnobs.map((k) => [k, optional(EffectConfig.boolean(envName(k)))]))),
   strings: EffectConfig.all(Object.fromEntries(stringKnobs.map((k) => [k, optional(EffectConfig.string(envName(k)))]))),
-  setSession: optional(EffectConfig.array(EffectConfig.string(), envName("setSession"))),
+  setSession: optional(EffectConfig.string(envName("setSession"))),
   reset: optional(EffectConfig.literal("transaction", "always", "full")(envName("reset")))
 }).pipe(
   EffectConfig.mapOrFail((env) => {
     const config: Record<string, unknown> = {}
+    const sources = new Map<string, string>()
+    const set = (field: string, value: unknown, variable: string) => {
+      config[field] = value
+      sources.set(field, variable)
+    }
     for (const group of [env.integers, env.durations, env.booleans, env.strings]) {
       for (const [key, value] of Object.entries(group) as Array<[string, Option.Option<unknown>]>) {
-        if (Option.isSome(value)) config[key] = value.value
+        if (Option.isSome(value)) set(key, value.value, envName(key))
       }
     }
-    if (Option.isSome(env.setSession)) config.setSession = env.setSession.value
-    if (Option.isSome(env.reset)) config.reset = env.reset.value
-    if (Option.isSome(env.applicationName)) config.applicationName = env.applicationName.value
-    if (Option.isSome(env.targetSessionAttrs)) config.targetSessionAttrs = env.targetSessionAttrs.value
-    if (Option.isSome(env.loadBalanceHosts)) config.loadBalanceHosts = env.loadBalanceHosts.value
-    if (Option.isSome(env.connectTimeoutSeconds) && config.connectTimeout === undefined) {
-      config.connectTimeout = env.connectTimeoutSeconds.value * 1000
+    if (Option.isSome(env.setSession)) {
+      const statements = splitStatements(env.setSession.value)
+      if (statements.length > 0) set("setSession", statements, envName("setSession"))
     }
-    if (Option.isSome(env.url)) {
-      config.url = env.url.value
-      return Either.right(config as Config)
+    if (Option.isSome(env.reset)) set("reset", env.reset.value, envName("reset"))
+
+    const url = Option.getOrUndefined(env.url)
+    const parsed = url === undefined ? undefined : parseUrl(Redacted.value(url))
+    if (url !== undefined) set("url", url, "DATABASE_URL")
+    /** Whether the URL gives a value (as `?param=` or as the part of the URL it is usually written in). */
+    const urlHas = (param: string, part = false): boolean =>
+      url !== undefined && (parsed === undefined || part || parsed.params.has(param))
+    const urlHosts = parsed?.hosts ?? []
+
+    const hostNames = Option.isSome(env.host) && !urlHas("host", urlHosts.length > 0)
+      ? env.host.value.split(",").map((h) => h.trim())
+      : undefined
+    const ports = Option.isSome(env.port) && !urlHas("port", urlHosts.some((h) => h.port !== undefined))
+      ? env.port.value
+      : undefined
+    if (hostNames !== undefined && hostNames.length > 1) {
+      set("hosts", hostList(hostNames, ports), ports === undefined ? "PGHOST" : "PGHOST and PGPORT")
+    } else {
+      if (hostNames !== undefined) set("host", hostNames[0], "PGHOST")
+      const names = hostNames ?? urlHosts.map((h) => h.host || "localhost")
+      if (ports !== undefined && names.length > 1 && ports.includes(",")) {
+        set("hosts", hostList(names, ports), "PGPORT")
+      } else if (ports !== undefined) {
+        const port = Number(ports)
+        if (ports.trim() === "" || !Number.isInteger(port)) {
+          return Either.left(ConfigError.InvalidData(["PGPORT"], "PGPORT must be a port number"))
+        }
+        set("port", port, "PGPORT")
+      }
     }
-    if (Option.isSome(env.host)) {
-      const hosts = hostsFromEnv(env.host.value, Option.getOrUndefined(env.port))
-      if (hosts !== undefined) config.hosts = hosts
-      else config.host = env.host.value
+    if (Option.isSome(env.database) && !urlHas("dbname", parsed?.database !== undefined)) {
+      set("database", env.database.value, "PGDATABASE")
     }
-    if (Option.isSome(env.port) && config.hosts === undefined) {
-      const port = Number(env.port.value)
-      if (!Number.isInteger(port)) return Either.left(ConfigError.InvalidData(["PGPORT"], "must be a port number"))
-      config.port = port
+    if (Option.isSome(env.user) && !urlHas("user", parsed?.user !== undefined)) set("user", env.user.value, "PGUSER")
+    if (Option.isSome(env.password) && !urlHas("password", parsed?.password !== undefined)) {
+      set("password", env.password.value, "PGPASSWORD")
     }
-    if (Option.isSome(env.database)) config.database = env.database.value
-    if (Option.isSome(env.user)) config.user = env.user.value
-    if (Option.isSome(env.password)) config.password = env.password.value
-    if (Option.isSome(env.sslmode)) {
+    if (Option.isSome(env.sslmode) && !urlHas("sslmode")) {
       const ssl = sslFromMode(env.sslmode.value)
       if (ssl === undefined) {
         return Either.left(
           ConfigError.InvalidData(["PGSSLMODE"], "must be one of disable, allow, prefer, require, verify-ca, verify-full")
         )
       }
-      config.ssl = ssl
+      set("ssl", ssl, "PGSSLMODE")
     }
-    return Either.right(config as Config)
+    if (Option.isSome(env.applicationName) && !urlHas("application_name")) {
+      set("applicationName", env.applicationName.value, "PGAPPNAME")
+    }
+    if (Option.isSome(env.connectTimeoutSeconds) && config.connectTimeout === undefined && !urlHas("connect_timeout")) {
+      set("connectTimeout", env.connectTimeoutSeconds.value * 1000, "PGCONNECT_TIMEOUT")
+    }
+    if (Option.isSome(env.targetSessionAttrs) && !urlHas("target_session_attrs")) {
+      set("targetSessionAttrs", env.targetSessionAttrs.value, "PGTARGETSESSIONATTRS")
+    }
+    if (Option.isSome(env.loadBalanceHosts) && !urlHas("load_balance_hosts")) {
+      set("loadBalanceHosts", env.loadBalanceHosts.value, "PGLOADBALANCEHOSTS")
+    }
+    const checked = resolveSync(config as Config)
+    return isError(checked) ? Either.left(namingVariable(checked, sources)) : Either.right(config as Config)
   })
 )
