@@ -19,6 +19,13 @@
  * the connection and the savepoint depth. Errors reach SqlClient users as `SqlError` whose `cause` is the
  * pool's tagged error (`PoolExhaustedError`, `ConnectionError`, `QueryError`, `PoolClosedError`).
  *
+ * Statements, cursor streams and `reserve` are routed as `PgPool.connection` is: inside `PgPool.readOnly`, on
+ * a pool of several hosts, they run on a standby (falling back per `readFallback`). `notify` runs where
+ * ordinary work runs. `listen` holds a dedicated connection to the primary, where notifications are
+ * delivered, chosen among the hosts as the pool chooses and chosen again whenever the connection is lost (it
+ * then listens to its channels again by itself); a LISTEN the server rejects, or a pool with no primary, fails
+ * the stream with a `SqlError`.
+ *
  * @since 0.1.0
  */
 import type * as PgClient from "@effect/sql-pg/PgClient"

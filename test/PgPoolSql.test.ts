@@ -148,6 +148,39 @@ describe("PgPoolSql", () => {
       yield* Fiber.interrupt(fiber)
     }).pipe(Effect.provide(Live)), 60_000)
 
+  it.live("a LISTEN the server rejects fails the stream with a SqlError (not silence); other channels go on", () =>
+    Effect.gen(function*() {
+      const sql = yield* PgClient.PgClient
+      // an empty channel name is a zero-length quoted identifier: the server answers 42601
+      const rejected = Effect.flip(Stream.runDrain(sql.listen(""))).pipe(
+        Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => "listen(\"\") neither failed nor ended" })
+      )
+      const assertRejected = (error: SqlError.SqlError) => {
+        assert.instanceOf(error, SqlError.SqlError)
+        assert.instanceOf(error.cause, PgPoolError.QueryError)
+        assert.strictEqual((error.cause as PgPoolError.QueryError).code, "42601")
+        assert.include(error.message, "LISTEN \"\" failed")
+      }
+      // the first listen of the client: rejected when the listen connection comes up
+      assertRejected(yield* rejected)
+      // with the listen connection up: rejected at the subscription; the connection keeps serving other channels
+      const received: Array<string> = []
+      const fiber = yield* Effect.fork(Stream.runForEach(sql.listen("fine"), (payload) =>
+        Effect.sync(() => {
+          received.push(payload)
+        })))
+      yield* eventually(
+        Effect.zipRight(sql.notify("fine", "one"), Effect.sync(() => received.includes("one"))),
+        (done) => done
+      )
+      assertRejected(yield* rejected)
+      yield* eventually(
+        Effect.zipRight(sql.notify("fine", "two"), Effect.sync(() => received.includes("two"))),
+        (done) => done
+      )
+      yield* Fiber.interrupt(fiber)
+    }).pipe(Effect.provide(Live)), 30_000)
+
   it.effect("PgMigrator runs migrations on the pool", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

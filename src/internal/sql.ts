@@ -9,12 +9,15 @@ import * as Client from "@effect/sql/SqlClient"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
+import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
+import * as Data from "effect/Data"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Effectable from "effect/Effectable"
+import * as Either from "effect/Either"
 import { identity } from "effect/Function"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
@@ -28,10 +31,19 @@ import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
 import type * as Connector from "../Connector.js"
 import type * as PgPool from "../PgPool.js"
-import type { ConnectionError, PoolError, QueryError } from "../PgPoolError.js"
+import { ConnectionError, type PoolError, type QueryError } from "../PgPoolError.js"
 import type * as PgPoolSql from "../PgPoolSql.js"
-import * as config_ from "./config.js"
-import { CoreId, type Handle, type Pin, pinOf, type PoolCore, tag as PgPoolTag } from "./pool.js"
+import {
+  CoreId,
+  currentReadOnly,
+  type Handle,
+  isTransientConnectError,
+  type Physical,
+  pinOf,
+  type PoolCore,
+  tag as PgPoolTag
+} from "./pool.js"
+import type { HostState } from "./topology.js"
 import * as transaction from "./transaction.js"
 
 type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
@@ -75,8 +87,8 @@ export class PooledSqlConnection implements SqlConnection.Connection {
     const effect = handle === undefined
       ? this.core.statement(sql, params, rowMode, project)
       : handle.released
-      ? Effect.fail(this.core.usedAfterRelease(handle))
-      : this.core.runThen(handle.conn, sql, params, rowMode, (result) => Effect.succeed(project(result)))
+      ? Effect.fail(handle.core.usedAfterRelease(handle))
+      : handle.core.runThen(handle.conn, sql, params, rowMode, (result) => Effect.succeed(project(result)))
     return Effect.mapError(effect, toSqlError)
   }
 
@@ -96,8 +108,8 @@ export class PooledSqlConnection implements SqlConnection.Connection {
     const core = this.core
     const own = this.handle
     return Stream.unwrapScoped(Effect.gen(function*() {
-      const pinned = yield* Effect.withFiberRuntime<Pin | undefined>((fiber) => Effect.succeed(pinOf(fiber, core)))
-      const handle = own ?? pinned?.handle ?? (yield* Effect.mapError(core.scopedCheckout, toSqlError))
+      const handle = own ?? (yield* pinnedOrRouted(core))
+      yield* Effect.mapError(handle.core.flush(handle.conn), toSqlError)
       const cursor = handle.conn.driver.cursor(sql, params, undefined)
       yield* Effect.addFinalizer(() => cursor.close)
       const pull = cursor.read(STREAM_BATCH).pipe(
@@ -115,68 +127,259 @@ export class PooledSqlConnection implements SqlConnection.Connection {
   }
 }
 
+/**
+ * A connection for a stream: the fiber's pinned connection (`withConnection`, a transaction), else one checked
+ * out for the Scope from the pool the fiber's work goes to (see `routed`).
+ */
+const pinnedOrRouted = (core: PoolCore): Effect.Effect<Handle, SqlError, Scope.Scope> =>
+  Effect.withFiberRuntime((fiber) => {
+    const pin = pinOf(fiber, core)
+    return pin === undefined ? routed(core, fiber) : Effect.succeed(pin.handle)
+  })
+
+/**
+ * A checkout for the Scope, routed as `PgPool.connection` routes it: inside `PgPool.readOnly` on a pool of
+ * several hosts it goes to a standby's pool, falling back to the pool for ordinary work (or failing, with
+ * `readFallback: false`) when no standby is healthy or the chosen one cannot connect.
+ */
+const routed = (core: PoolCore, fiber: Fiber.RuntimeFiber<unknown, unknown>): Effect.Effect<Handle, SqlError, Scope.Scope> =>
+  Effect.mapError(core.routeOr(fiber, (target) => target.scopedCheckout), toSqlError)
+
 /** The @effect/sql connection of a checked-out connection (used for `TransactionConnection`). */
 /** @internal */
 export const sqlConnection = (handle: Handle): SqlConnection.Connection => new PooledSqlConnection(handle.core, handle)
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, "\"\"")}"`
 
+/** A `listen` stream: where its payloads go, and how it ends when its channel cannot be listened to. */
+interface Subscriber {
+  readonly emit: (payload: string) => void
+  readonly fail: (error: SqlError) => void
+}
+
+/** Why a life of the listen connection failed, and whether opening it again (per `reconnect`) may help. */
+class ListenFailure extends Data.TaggedError("ListenFailure")<{
+  readonly error: ConnectionError | QueryError
+  readonly transient: boolean
+}> {}
+
 /**
- * LISTEN on a dedicated connection (outside the pool). When that connection is lost, it is reopened per the
- * pool's `reconnect` schedule and every channel with subscribers is listened to again. A semaphore keeps
- * subscriptions and the (re)start of the connection from interleaving.
+ * A LISTEN error is about the server (a `ListenFailure`) or about the channel (the `QueryError` itself, e.g.
+ * an empty name). About the server: the connection is gone, the server is shutting down or out of resources,
+ * or it is in recovery (SQLSTATE 25006). A new connection may succeed; after a 25006 only when hosts are chosen
+ * by their role (the server was a primary when its role was read, and a new choice finds the primary of
+ * now): a pool that does not read roles (one host, `targetSessionAttrs: "any"`) would reach the same standby.
+ */
+const classify = (core: PoolCore, error: ConnectionError | QueryError): ListenFailure | QueryError => {
+  if (error._tag === "ConnectionError") return new ListenFailure({ error, transient: isTransientConnectError(error) })
+  if (error.code.startsWith("25")) return new ListenFailure({ error, transient: core.policy.checkRole })
+  return /^(08|53|57)/.test(error.code) ? new ListenFailure({ error, transient: true }) : error
+}
+
+/**
+ * Opens the listen connection on the primary, where `notify` (a write) runs and notifications are
+ * delivered. Hosts are tried in the order of the pool's own policy for ordinary work (`loadBalanceHosts`),
+ * hosts known to be standbys after the others and hosts that are down last, each opened by the pool's
+ * `openOn` (connect, `setSession`, and the server's role when the pool reads roles: several hosts, or a
+ * `targetSessionAttrs` other than "any") and marked up or down in the pool's topology as the pool's connects
+ * do; a standby, which cannot LISTEN, is closed again. The failure is transient when a host did not answer:
+ * it may come back, or a standby may be promoted meanwhile (a failover); when every host answered and none
+ * is a primary, it is not.
+ */
+const openListen = (
+  core: PoolCore,
+  onLost: () => void
+): Effect.Effect<Connector.Connection, ListenFailure, Scope.Scope> =>
+  Effect.gen(function*() {
+    const ordered = [...core.policy.candidates()].sort((a, b) => listenRank(a) - listenRank(b))
+    const failures: Array<string> = []
+    let last: ConnectionError | undefined
+    let transient = false
+    let mismatches = 0
+    for (const state of ordered) {
+      const attempt = yield* openPrimary(core, state, onLost)
+      if (Exit.isFailure(attempt)) {
+        const failure = Cause.failureOption(attempt.cause)
+        if (Option.isNone(failure)) return yield* Effect.failCause(Cause.stripFailures(attempt.cause))
+        last = failure.value
+        transient ||= isTransientConnectError(last)
+        failures.push(last.message)
+        core.topology?.markDown(state, last)
+        continue
+      }
+      const { driver, server } = attempt.value
+      if (server !== undefined) core.topology?.markUp(state, server)
+      if (server === undefined || server.role === "primary") return driver
+      mismatches++
+      failures.push(`${state.label} is a ${server.role}`)
+    }
+    const error = failures.length === 1 && last !== undefined && mismatches === 0
+      ? last
+      : new ConnectionError({
+        message: `No primary to LISTEN on (notifications are delivered on the primary): ${failures.join("; ")}`,
+        cause: last,
+        host: last?.host,
+        port: last?.port,
+        database: core.config.database
+      })
+    return yield* Effect.fail(new ListenFailure({ error, transient }))
+  })
+
+const listenRank = (state: HostState): number => state.down ? 2 : state.role === "standby" ? 1 : 0
+
+type Opened = Effect.Effect.Success<ReturnType<PoolCore["openOn"]>>
+
+/**
+ * One connect of `openListen` to `state`, by the pool's `openOn`. The connection stays open, in the current
+ * Scope, only when its server is a primary (or of unknown role: the pool does not read roles); the connect
+ * itself can be interrupted.
+ */
+const openPrimary = (
+  core: PoolCore,
+  state: HostState,
+  onLost: () => void
+): Effect.Effect<Exit.Exit<Opened, ConnectionError>, never, Scope.Scope> =>
+  Effect.uninterruptibleMask((restore) => {
+    const reporter = new LossReporter()
+    return Effect.flatMap(
+      Effect.exit(restore(core.openOn(state, core.policy.checkRole, reporter))),
+      (exit): Effect.Effect<Exit.Exit<Opened, ConnectionError>, never, Scope.Scope> => {
+        if (Exit.isFailure(exit)) return Effect.succeed(exit)
+        const { scope, server } = exit.value
+        if (server !== undefined && server.role !== "primary") return Effect.as(Scope.close(scope, Exit.void), exit)
+        reporter.forward(onLost)
+        return Effect.as(Effect.addFinalizer((end) => Scope.close(scope, end)), exit)
+      }
+    )
+  })
+
+/**
+ * The holder `PoolCore.openOn` reports a lost connection to (it sets `lost` while no pooled connection is
+ * attached; the listen connection never joins a pool). The loss of the connection that is kept goes to
+ * `onLost`, including a loss seen while it was being opened; that of a standby closed again goes nowhere.
+ */
+class LossReporter {
+  readonly conn: Physical | undefined = undefined
+  seen = false
+  onLost: (() => void) | undefined = undefined
+  get lost(): boolean {
+    return this.seen
+  }
+  set lost(value: boolean) {
+    if (!value || this.seen) return
+    this.seen = true
+    this.onLost?.()
+  }
+  forward(onLost: () => void): void {
+    this.onLost = onLost
+    if (this.seen) onLost()
+  }
+}
+
+/**
+ * LISTEN on a dedicated connection (outside the pool), on the primary (see `openListen`). When that connection
+ * is lost it is reopened, on the server that is the primary by then, and every channel with subscribers is
+ * listened to again; failed opens are retried per the pool's `reconnect` schedule while they are transient.
+ * A LISTEN the server rejects is a failure, never silence: a channel it rejects (e.g. an empty name) fails
+ * the streams of that channel; a rejection that is about the server (it is in recovery) opens the connection
+ * again; when opening it fails for good, every stream fails with the error and the next `listen` tries again.
+ * A semaphore keeps subscriptions and the (re)start of the connection from interleaving.
  */
 class Listener {
-  readonly channels = new Map<string, Set<(payload: string) => void>>()
+  readonly channels = new Map<string, Set<Subscriber>>()
   readonly lock = Effect.unsafeMakeSemaphore(1)
   driver: Connector.Connection | undefined = undefined
+  /** Ends the current life of the connection: succeeds when it was lost, fails when it must be replaced. */
+  end: Deferred.Deferred<void, ListenFailure> | undefined = undefined
   up: Deferred.Deferred<void> = Deferred.unsafeMake<void>(FiberId.none)
+  demand: Deferred.Deferred<void> = Deferred.unsafeMake<void>(FiberId.none)
   constructor(readonly core: PoolCore) {}
 
   dispatch = (notification: Connector.Notification) => {
     const subscribers = this.channels.get(notification.channel)
     if (subscribers === undefined) return
-    for (const emit of subscribers) emit(notification.payload)
+    for (const subscriber of subscribers) subscriber.emit(notification.payload)
   }
 
-  execute(driver: Connector.Connection | undefined, text: string): Effect.Effect<void> {
-    if (driver === undefined) return Effect.void
-    return Effect.async<void>((resume) => {
-      driver.send(text, undefined, undefined, () => resume(Effect.void))
+  execute(driver: Connector.Connection, text: string): Effect.Effect<void, QueryError | ConnectionError> {
+    return Effect.async<void, QueryError | ConnectionError>((resume) => {
+      driver.send(text, undefined, undefined, (error) => resume(error === undefined ? Effect.void : Effect.fail(error)))
     })
   }
 
+  /** The server rejected LISTEN for this channel: its streams fail. */
+  reject(channel: string, error: QueryError): void {
+    const subscribers = this.channels.get(channel)
+    this.channels.delete(channel)
+    if (subscribers === undefined) return
+    const failure = listenError(channel, error)
+    for (const subscriber of subscribers) subscriber.fail(failure)
+  }
+
+  /** Listening failed for good: every stream fails, and the next subscription starts afresh. */
+  failAll(failure: ListenFailure): Effect.Effect<void> {
+    return this.lock.withPermits(1)(Effect.suspend(() => {
+      const error = toSqlError(failure.error)
+      const subscribers = [...this.channels.values()].flatMap((set) => [...set])
+      this.channels.clear()
+      this.demand = Deferred.unsafeMake<void>(FiberId.none)
+      for (const subscriber of subscribers) subscriber.fail(error)
+      return Effect.logWarning(`listen failed: ${failure.error.message}`).pipe(
+        Effect.annotateLogs({ streams: subscribers.length })
+      )
+    }))
+  }
+
   /** One life of the dedicated connection: connect, LISTEN to every channel, wait until it is lost. */
-  readonly session: Effect.Effect<void, ConnectionError> = Effect.scoped(Effect.gen(this, function*() {
-    const lost = yield* Deferred.make<void>()
-    const options = config_.connectOptions(this.core.config, this.core.config.hosts[0]!)
-    const driver = yield* this.core.connector.connect(options, () => Deferred.unsafeDone(lost, Exit.void))
+  readonly session: Effect.Effect<void, ListenFailure> = Effect.scoped(Effect.gen(this, function*() {
+    const end = yield* Deferred.make<void, ListenFailure>()
+    const driver = yield* openListen(this.core, () => Deferred.unsafeDone(end, Exit.void))
     driver.onNotification(this.dispatch)
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
         this.driver = undefined
+        this.end = undefined
         this.up = Deferred.unsafeMake<void>(FiberId.none)
       })
     )
     yield* this.lock.withPermits(1)(Effect.gen(this, function*() {
-      for (const channel of this.channels.keys()) yield* this.execute(driver, `LISTEN ${quoteIdent(channel)}`)
+      for (const channel of [...this.channels.keys()]) {
+        const result = yield* Effect.either(this.execute(driver, `LISTEN ${quoteIdent(channel)}`))
+        if (Either.isRight(result)) continue
+        const failure = classify(this.core, result.left)
+        if (failure._tag === "ListenFailure") return yield* Effect.fail(failure)
+        this.reject(channel, failure)
+      }
       this.driver = driver
+      this.end = end
       yield* Deferred.succeed(this.up, undefined)
     }))
     yield* Effect.logDebug("listen connection ready").pipe(Effect.annotateLogs({ backendPid: driver.backendPid }))
-    yield* Deferred.await(lost)
+    yield* Deferred.await(end)
     yield* Effect.logWarning("listen connection lost; reconnecting")
   }))
 
+  /** Waits until some channel has a subscriber. */
+  readonly wanted: Effect.Effect<void> = Effect.suspend(() =>
+    this.channels.size > 0 ? Effect.void : Deferred.await(this.demand)
+  )
+
   get supervise(): Effect.Effect<never> {
-    return this.session.pipe(
-      Effect.retry({ schedule: this.core.config.reconnect }),
-      Effect.ignore,
+    return this.wanted.pipe(
+      Effect.zipRight(this.session.pipe(
+        Effect.tapError((failure) =>
+          Effect.logWarning(`listen connection failed: ${failure.error.message}`).pipe(
+            Effect.annotateLogs({ transient: failure.transient })
+          )
+        ),
+        Effect.retry({ schedule: this.core.config.reconnect, while: (failure) => failure.transient }),
+        Effect.catchAll((failure) => this.failAll(failure))
+      )),
       Effect.forever
     )
   }
 
-  subscribe(channel: string, emit: (payload: string) => void): Effect.Effect<void> {
+  subscribe(channel: string, subscriber: Subscriber): Effect.Effect<void, SqlError> {
     return this.lock.withPermits(1)(Effect.suspend(() => {
       let subscribers = this.channels.get(channel)
       const first = subscribers === undefined
@@ -184,25 +387,39 @@ class Listener {
         subscribers = new Set()
         this.channels.set(channel, subscribers)
       }
-      subscribers.add(emit)
-      return first ? this.execute(this.driver, `LISTEN ${quoteIdent(channel)}`) : Effect.void
+      subscribers.add(subscriber)
+      Deferred.unsafeDone(this.demand, Exit.void)
+      const driver = this.driver
+      if (!first || driver === undefined) return Effect.void
+      return Effect.catchAll(this.execute(driver, `LISTEN ${quoteIdent(channel)}`), (error) => {
+        const failure = classify(this.core, error)
+        if (failure._tag === "QueryError") {
+          this.channels.delete(channel)
+          return Effect.fail(listenError(channel, failure))
+        }
+        if (this.end !== undefined) Deferred.unsafeDone(this.end, Exit.fail(failure))
+        return Effect.void
+      })
     }))
   }
 
-  unsubscribe(channel: string, emit: (payload: string) => void): Effect.Effect<void> {
+  unsubscribe(channel: string, subscriber: Subscriber): Effect.Effect<void> {
     return this.lock.withPermits(1)(Effect.suspend(() => {
       const subscribers = this.channels.get(channel)
-      if (subscribers === undefined) return Effect.void
-      subscribers.delete(emit)
-      if (subscribers.size > 0) return Effect.void
+      if (subscribers === undefined || !subscribers.delete(subscriber) || subscribers.size > 0) return Effect.void
       this.channels.delete(channel)
-      return this.execute(this.driver, `UNLISTEN ${quoteIdent(channel)}`)
+      if (this.channels.size === 0) this.demand = Deferred.unsafeMake<void>(FiberId.none)
+      const driver = this.driver
+      return driver === undefined ? Effect.void : Effect.ignore(this.execute(driver, `UNLISTEN ${quoteIdent(channel)}`))
     }))
   }
 
   /** Completes once the dedicated connection is up and listening. */
   readonly ready: Effect.Effect<void> = Effect.suspend(() => Deferred.await(this.up))
 }
+
+const listenError = (channel: string, error: QueryError): SqlError =>
+  new SqlError({ cause: error, message: `LISTEN ${quoteIdent(channel)} failed: ${error.message}` })
 
 const PgJson = Statement.custom<PgClient.PgCustom>("PgJson")
 
@@ -333,8 +550,9 @@ export const make = (
     const config = core.config
     const host = config.hosts[0]!
     const unbound = new PooledSqlConnection(core, undefined)
-    const reserve = Effect.map(Effect.mapError(core.scopedCheckout, toSqlError), (handle) =>
-      new PooledSqlConnection(core, handle) as SqlConnection.Connection)
+    const reserve = Effect.withFiberRuntime<SqlConnection.Connection, SqlError, Scope.Scope>((fiber) =>
+      Effect.map(routed(core, fiber), (handle) => new PooledSqlConnection(handle.core, handle))
+    )
     const compiler = PgClient.makeCompiler(options.transformQueryNames, options.transformJson)
     const transformRows = options.transformResultNames
       ? Statement.defaultTransforms(options.transformResultNames, options.transformJson).array
@@ -379,16 +597,27 @@ export const make = (
         Stream.asyncPush<string, SqlError>((emit) =>
           Effect.gen(function*() {
             const active = yield* RcRef.get(listener)
-            const push = (payload: string) => {
-              emit.single(payload)
+            const failed = yield* Deferred.make<void>()
+            const subscriber: Subscriber = {
+              emit: (payload) => {
+                emit.single(payload)
+              },
+              fail: (error) => {
+                emit.fail(error)
+                Deferred.unsafeDone(failed, Exit.void)
+              }
             }
-            yield* Effect.acquireRelease(active.subscribe(channel, push), () => active.unsubscribe(channel, push))
-            yield* Effect.timeoutOption(active.ready, core.config.connectTimeout)
+            yield* Effect.acquireRelease(active.subscribe(channel, subscriber), () => active.unsubscribe(channel, subscriber))
+            yield* Effect.timeoutOption(Effect.raceFirst(active.ready, Deferred.await(failed)), core.config.connectTimeout)
           })
         ),
       notify: (channel: string, payload: string) =>
         Effect.mapError(
-          core.statement("select pg_notify($1, $2)", [channel, payload], undefined, () => undefined),
+          Effect.locally(
+            core.statement("select pg_notify($1, $2)", [channel, payload], undefined, () => undefined),
+            currentReadOnly,
+            false
+          ),
           toSqlError
         )
     })
