@@ -141,6 +141,20 @@ export interface Connection {
     rowMode: "array" | undefined,
     callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
   ) => void
+  /**
+   * Optional: sends `prefix` (statements without parameters whose results are not wanted, e.g. `BEGIN`) and
+   * then the statement, in one write and under one Sync of the extended protocol. The server runs them in
+   * order; when a prefix statement fails, the statement is not run and `callback` gets that error. The pool
+   * uses it to send a transaction's `BEGIN` together with its first statement, saving a round trip; a
+   * connector without it gets the prefix as statements of their own, first.
+   */
+  readonly sendAfter?: (
+    prefix: ReadonlyArray<string>,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
+  ) => void
   /** Opens a cursor that fetches the rows of `text` in batches. */
   readonly cursor: (
     text: string,

@@ -48,7 +48,10 @@ export interface Statement {
   readonly params: ReadonlyArray<unknown>
   /** The transaction status of the fake backend when the statement arrived. */
   readonly transactionStatus: Connector.TransactionStatus
-  /** The session settings of the backend (`SET`, `setSession`, startup parameters). */
+  /**
+   * The session settings of the backend (`SET`, `setSession`, startup parameters), with the modes of the open
+   * transaction as `transaction_isolation`, `transaction_read_only` and `transaction_deferrable`.
+   */
   readonly settings: ReadonlyMap<string, string>
 }
 
@@ -124,7 +127,14 @@ export interface Controller {
     pattern: string | RegExp,
     response: Response | ((statement: Statement) => Response)
   ) => Effect.Effect<void>
-  /** Every statement takes this long (Clock time). */
+  /**
+   * Every statement takes this long (Clock time), except transaction control and the pool's reset statements
+   * (BEGIN, START TRANSACTION, COMMIT, END, ROLLBACK, ROLLBACK TO, ABORT, SAVEPOINT, RELEASE, DISCARD ALL and
+   * the `setSession` statements of `config`, which `reset: "full"` runs again). The pool runs those where
+   * nothing can interrupt them (the ROLLBACK of an interrupted transaction, the reset of a returned
+   * connection), so with latency on them `Fiber.interrupt` of a transaction under `TestClock` would wait for a
+   * clock only the test can move.
+   */
   readonly setLatency: (latency: Duration.DurationInput) => Effect.Effect<void>
   /** Every connect takes this long (Clock time). */
   readonly setConnectLatency: (latency: Duration.DurationInput) => Effect.Effect<void>
@@ -166,7 +176,7 @@ export const Controller: Context.Tag<Controller, Controller> = Context.GenericTa
 export interface Options {
   /** Pool configuration (connection fields are not needed). */
   readonly config?: PgPool.Config | undefined
-  /** Initial statement latency. */
+  /** Initial statement latency (see `Controller.setLatency` for the statements exempt from it). */
   readonly latency?: Duration.DurationInput | undefined
 }
 
@@ -239,6 +249,7 @@ export const layer = (
   Layer.unwrapScoped(Effect.gen(function*() {
     const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
     const server = new FakeServer(run)
+    server.resetStatements = new Set(options.config?.setSession ?? [])
     if (options.latency !== undefined) server.latency = Duration.toMillis(Duration.decode(options.latency))
     const controller = makeController(server)
     return Layer.merge(
@@ -248,6 +259,17 @@ export const layer = (
       Layer.succeed(Controller, controller)
     )
   }))
+
+/**
+ * The same as `layer`, under the name the effect ecosystem gives its fake layers (`layerTest`, next to
+ * `KeyValueStore.layerMemory` and `FileSystem.layerNoop`).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTest: (
+  options?: Options
+) => Layer.Layer<PgPool.PgPool | Controller, ConnectionError | ConfigError.ConfigError> = layer
 
 /**
  * The throwaway database of `layerEmbedded`.

@@ -73,7 +73,10 @@ export const Transaction: Context.Tag<Transaction, Transaction> = internal.Trans
  * Runs `effect` in a transaction (or in a savepoint of the current one). BEGIN with the options, run, COMMIT;
  * ROLLBACK on failure, defect or interruption. A COMMIT that the server answers with ROLLBACK (a statement of
  * the transaction had failed) fails with `QueryError` SQLSTATE `40000`; failures of COMMIT and ROLLBACK are
- * typed errors, not defects.
+ * typed errors, not defects. A nested call whose RELEASE SAVEPOINT fails (a statement inside failed and its
+ * error was swallowed, leaving the transaction aborted: SQLSTATE `25P02`) rolls back to the savepoint and fails
+ * with the RELEASE error, so the outer transaction can go on. When ROLLBACK (or ROLLBACK TO) fails after a
+ * failed body, the cause keeps both failures, the body's first.
  *
  * @since 0.1.0
  * @category transactions

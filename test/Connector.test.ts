@@ -47,6 +47,46 @@ describe("Connector (live, over pg)", () => {
       assert.deepStrictEqual(result.fields.map((f) => f.name), ["i", "t", "b", "j", "ts", "n", "a", "bin"])
     }))
 
+  it.scoped("sendAfter runs the prefix and the statement in order; a failing prefix keeps the statement from running", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const sendAfter = conn.sendAfter!
+      const run = (prefix: ReadonlyArray<string>, text: string, params?: ReadonlyArray<unknown>) =>
+        Effect.async<Connector.QueryResult, unknown>((resume) => {
+          sendAfter(prefix, text, params, undefined, (error, result) => {
+            resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+          })
+        })
+      yield* Connector.query(conn, "create temporary table p_t (x int)")
+      // the prefix opens a transaction that the statement runs in; only the statement's result comes back
+      const inserted = yield* run(["BEGIN ISOLATION LEVEL SERIALIZABLE"], "insert into p_t values ($1) returning x", [1])
+      assert.deepStrictEqual([inserted.command, inserted.rows], ["INSERT", [{ x: 1 }]])
+      assert.strictEqual(conn.transactionStatus(), "transaction")
+      const level = yield* Connector.query(conn, "select current_setting('transaction_isolation') as level")
+      assert.deepStrictEqual(level.rows, [{ level: "serializable" }])
+      yield* Connector.query(conn, "ROLLBACK")
+      // a statement without parameters goes the same way
+      const plain = yield* run(["BEGIN"], "select 2 as two")
+      assert.deepStrictEqual(plain.rows, [{ two: 2 }])
+      assert.strictEqual(conn.transactionStatus(), "transaction")
+      yield* Connector.query(conn, "ROLLBACK")
+      // the prefix fails: its error comes back and the statement never ran
+      const error = yield* Effect.flip(run(["select 1/0"], "insert into p_t values ($1)", [2])) as Effect.Effect<{
+        readonly code?: string
+      }>
+      assert.strictEqual(error.code, "22012")
+      assert.strictEqual(conn.transactionStatus(), "idle")
+      const rows = yield* Connector.query(conn, "select x from p_t order by x")
+      assert.deepStrictEqual(rows.rows, [])
+      // the statement fails inside the transaction the prefix opened: the transaction is failed, not gone
+      const failed = yield* Effect.flip(run(["BEGIN"], "select * from no_such_table")) as Effect.Effect<{
+        readonly code?: string
+      }>
+      assert.strictEqual(failed.code, "42P01")
+      assert.strictEqual(conn.transactionStatus(), "failed")
+      yield* Connector.query(conn, "ROLLBACK")
+    }))
+
   it.scoped("rowMode array, command tags and row counts", () =>
     Effect.gen(function*() {
       const conn = yield* open

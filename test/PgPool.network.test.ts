@@ -190,6 +190,30 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
         assert.deepStrictEqual(errors.describe(), [])
       }))
 
+    it.scoped("a health-check ping cut off by an interruption closes its connection instead of leaking it", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const { config, proxy } = yield* throughProxy("blackhole-ping")
+        const pool = yield* PrivateServer.makePool(config({
+          maxConnections: 1,
+          acquireTimeout: "2 seconds",
+          connectTimeout: "1 second",
+          healthCheck: { idleThreshold: 0, interval: "1 hour", timeout: "30 seconds" }
+        }))
+        yield* resetBeforeClose(proxy)
+        assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
+        yield* proxy.setMode("drop")
+        // the checkout pings the idle connection first; the ping hangs in the blackhole and the caller gives up
+        const cut = yield* Effect.exit(pool.query("select 2").pipe(Effect.timeout("200 millis")))
+        assert.isTrue(Exit.isFailure(cut))
+        const stats = yield* eventually(pool.stats, (s) => s.size === 0 && s.inUse === 0 && s.idle === 0)
+        assert.strictEqual(stats.closedByReason.broken, 1)
+        yield* proxy.setMode("pass")
+        // the only slot is free again: a new connection serves the next caller
+        assert.deepStrictEqual(yield* pool.query("select 3 as three"), [{ three: 3 }])
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
     it.scoped("after the network heals the pool recovers by itself", () =>
       Effect.gen(function*() {
         const errors = yield* watchProcessErrors

@@ -140,6 +140,52 @@ describe("PgPool", () => {
         }))
         assert.deepStrictEqual(rows, [{ n: 2 }])
       }).pipe(Effect.provide(testLayer())))
+
+    it.effect("invalidate of a connection already returned does nothing to its next borrower", () =>
+      Effect.gen(function*() {
+        const stale = yield* Effect.scoped(PgPool.connection)
+        const [pidBefore, pidAfter] = yield* Effect.scoped(Effect.gen(function*() {
+          const conn = yield* PgPool.connection
+          assert.strictEqual(conn.backendPid, stale.backendPid)
+          yield* stale.invalidate
+          const before = pid(yield* conn.query("select pg_backend_pid() as pid"))
+          return [before, conn.backendPid] as const
+        }))
+        assert.strictEqual(pidBefore, pidAfter)
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.closedByReason.invalidated, 0)
+        assert.strictEqual(stats.idle, 1)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1 }))))
+
+    it.effect("fibers forked inside withConnection (timeout, race, all) use the pinned connection", () =>
+      Effect.gen(function*() {
+        const [outer, timed, raced, both, stats] = yield* PgPool.withConnection(Effect.gen(function*() {
+          yield* PgPool.query("create temporary table forked_t (x int)")
+          const outer = yield* backendPid
+          const timed = yield* backendPid.pipe(Effect.timeout("5 seconds"))
+          const raced = yield* Effect.race(backendPid, Effect.never)
+          yield* PgPool.query("insert into forked_t values (1)").pipe(Effect.timeout("5 seconds"))
+          const both = yield* Effect.all([backendPid, backendPid], { concurrency: 2 })
+          return [outer, timed, raced, both, yield* PgPool.stats] as const
+        }))
+        assert.deepStrictEqual([timed, raced, ...both], [outer, outer, outer, outer])
+        assert.strictEqual(stats.size, 1)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, acquireTimeout: "2 seconds" }))))
+
+    it.effect("a fiber forked inside withConnection that outlives it checks out connections of its own", () =>
+      Effect.gen(function*() {
+        const go = yield* Deferred.make<void>()
+        const [pinned, child] = yield* PgPool.withConnection(Effect.gen(function*() {
+          const pinned = yield* backendPid
+          const child = yield* Effect.fork(Effect.zipRight(Deferred.await(go), backendPid))
+          return [pinned, child] as const
+        }))
+        yield* Deferred.succeed(go, undefined)
+        const pidOfChild = yield* Fiber.join(child)
+        assert.isNumber(pidOfChild)
+        assert.strictEqual(pidOfChild, pinned)
+        assert.strictEqual((yield* PgPool.stats).inUse, 0)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, acquireTimeout: "2 seconds" }))))
   })
 
   describe("limits", () => {
@@ -194,6 +240,35 @@ describe("PgPool", () => {
         const pids = yield* Fiber.join(waiters)
         assert.strictEqual(pids.length, 2)
       }).pipe(Effect.provide(testLayer({ maxConnections: 1, maxWaiting: 2 }))))
+
+    it.effect("maxWaiting counts only fibers waiting for busy connections, not those the pool opens one for", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const holders = yield* Effect.fork(Effect.all(Array.from({ length: 3 }, () => hold(release)), {
+          concurrency: "unbounded"
+        }))
+        yield* waitForStats((s) => s.inUse === 3)
+        const error = yield* Effect.flip(PgPool.query("select 1"))
+        assert.strictEqual(error._tag, "PoolExhaustedError")
+        if (error._tag === "PoolExhaustedError") assert.strictEqual(error.reason, "maxWaiting")
+        yield* Deferred.succeed(release, undefined)
+        const pids = yield* Fiber.join(holders)
+        assert.strictEqual(new Set(pids).size, 3)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 3, maxWaiting: 0 }))))
+
+    it.effect("queryTimeout bounds the statement, not the wait for a connection", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        yield* Effect.fork(hold(release))
+        yield* waitForStats((s) => s.inUse === 1)
+        const waiter = yield* Effect.fork(PgPool.query("select 7 as seven"))
+        yield* waitForStats((s) => s.waiting === 1)
+        // longer than queryTimeout, shorter than acquireTimeout: the waiter keeps waiting
+        yield* TestClock.adjust("1 second")
+        assert.isNull(yield* Fiber.poll(waiter).pipe(Effect.map(Option.getOrNull)))
+        yield* Deferred.succeed(release, undefined)
+        assert.deepStrictEqual(yield* Fiber.join(waiter), [{ seven: 7 }])
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, queryTimeout: "200 millis", acquireTimeout: "3 seconds" }))))
 
     it.effect("acquireTimeout: a waiter fails with PoolExhaustedError(acquireTimeout) and leaves the queue", () =>
       Effect.gen(function*() {

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
-import { Context, Effect, Exit, Fiber, Layer, Option, TestClock } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Option, TestClock } from "effect"
 import * as Connector from "../src/Connector.js"
 import * as PgPool from "../src/PgPool.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
@@ -121,6 +121,47 @@ describe("PgPoolTest.layer (the fake server)", () => {
       assert.strictEqual((yield* PgPool.stats).size, 1)
     }).pipe(Effect.provide(PgPoolTest.layer())))
 
+  it.effect("latency does not hold up transaction control: interrupting a transaction completes under TestClock", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.setLatency("1 second")
+      const midStatement = yield* Effect.fork(Transaction.withTransaction(PgPool.query("select 1 as x")))
+      yield* eventually(server.backends, (b) => b.some((x) => x.busy && x.transactionStatus === "unknown"))
+      yield* Fiber.interrupt(midStatement)
+      const held = yield* Deferred.make<void>()
+      const betweenStatements = yield* Effect.fork(Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("select 2 as x")
+        yield* Deferred.succeed(held, undefined)
+        return yield* Effect.never
+      })))
+      yield* TestClock.adjust("1 second")
+      yield* Deferred.await(held)
+      yield* Fiber.interrupt(betweenStatements)
+      const log = (yield* server.statements).map((s) => s.text)
+      assert.deepStrictEqual(log, ["BEGIN", "select 1 as x", "ROLLBACK", "BEGIN", "select 2 as x", "ROLLBACK"])
+      assert.strictEqual(yield* server.cancels, 1)
+      const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0)
+      assert.strictEqual(stats.size, 1)
+      assert.deepStrictEqual((yield* server.backends).map((b) => b.transactionStatus), ["idle"])
+    }).pipe(Effect.provide(PgPoolTest.layer({ config: { lazy: true } }))))
+
+  it.effect("a transaction keeps the modes of its BEGIN; a write in a read-only one fails with 25006", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.when("insert into users", { command: "INSERT 0 1" })
+      const modes = "select current_setting('transaction_isolation') as iso, current_setting('transaction_read_only') as ro"
+      const [inside] = yield* Transaction.withTransaction(PgPool.query(modes), { isolation: "serializable", readOnly: true })
+      assert.deepStrictEqual(inside, { iso: "serializable", ro: "on" })
+      const error = yield* Effect.flip(
+        Transaction.withTransaction(PgPool.query("insert into users values (1)"), { readOnly: true })
+      )
+      assert.strictEqual(error._tag === "QueryError" ? error.code : error._tag, "25006")
+      assert.include(error.message, "cannot execute INSERT in a read-only transaction")
+      const [after] = yield* PgPool.query(modes)
+      assert.deepStrictEqual(after, { iso: "read committed", ro: "off" })
+      yield* Transaction.withTransaction(PgPool.query("insert into users values (1)"))
+    }).pipe(Effect.provide(PgPoolTest.layerTest())))
+
   it.effect("the SqlClient runs on the fake too", () =>
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
@@ -144,11 +185,14 @@ interface Logged {
   readonly status: Connector.TransactionStatus
 }
 
-/** Wraps a connector so that every statement sent is recorded with the transaction status before it. */
+/**
+ * Wraps a connector so that every statement sent is recorded with the transaction status before it. The
+ * wrapper has no `sendAfter`, so on both servers the pool sends a transaction's BEGIN as a statement of its own
+ * (as it does on the fake, which has none either) and the logs compare statement by statement.
+ */
 const recording = (connector: Connector.Connector, log: Array<Logged>): Connector.Connector => ({
   connect: (options, onLost) =>
-    Effect.map(connector.connect(options, onLost), (connection) => ({
-      ...connection,
+    Effect.map(connector.connect(options, onLost), (connection): Connector.Connection => ({
       backendPid: connection.backendPid,
       send: (text, params, rowMode, callback) => {
         log.push({ pid: connection.backendPid, text, status: connection.transactionStatus() })
@@ -242,6 +286,42 @@ const scenarios: ReadonlyArray<Scenario> = [
     name: "reset 'always'",
     config: { reset: "always" },
     run: Effect.zipRight(PgPool.query("select 1 as x"), PgPool.query("select 2 as x"))
+  },
+  {
+    name: "transaction modes: isolation, read-only, deferrable, SET TRANSACTION, SHOW, and a write refused",
+    config: {},
+    run: Effect.gen(function*() {
+      const modes =
+        "select current_setting('transaction_isolation') as iso, current_setting('transaction_read_only') as ro, current_setting('transaction_deferrable') as d"
+      yield* PgPool.query("create table if not exists fake_modes (id int)")
+      const begin = yield* Transaction.withTransaction(PgPool.query(modes), {
+        isolation: "serializable",
+        readOnly: true,
+        deferrable: true
+      })
+      const show = yield* Transaction.withTransaction(PgPool.query("show transaction_isolation"), {
+        isolation: "repeatable read"
+      })
+      const setTransaction = yield* Transaction.withTransaction(
+        Effect.zipRight(PgPool.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"), PgPool.query(modes))
+      )
+      const write = yield* Effect.flip(
+        Transaction.withTransaction(PgPool.query("insert into fake_modes values (1)"), { readOnly: true })
+      )
+      const written = yield* Transaction.withTransaction(PgPool.query("insert into fake_modes values (1)"), {
+        readOnly: false
+      })
+      const after = yield* PgPool.query(modes)
+      yield* PgPool.query("drop table fake_modes")
+      return {
+        begin,
+        show,
+        setTransaction,
+        write: write._tag === "QueryError" ? [write.code, write.message] : write._tag,
+        written: written.length,
+        after
+      }
+    })
   },
   {
     name: "reset 'full' with setSession",

@@ -1,10 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
-import { Cause, Deferred, Effect, Exit, Fiber, Layer, Option } from "effect"
+import { Cause, Chunk, Deferred, Effect, Exit, Fiber, Layer, Option, Stream } from "effect"
+import * as Connector from "../src/Connector.js"
 import * as PgPool from "../src/PgPool.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
 import * as Transaction from "../src/Transaction.js"
-import { adminQuery, backends, eventually, testDatabase, testLayer } from "./support/db.js"
+import { adminQuery, backends, eventually, testConfig, testDatabase, testLayer } from "./support/db.js"
 
 const PoolLive = testLayer({ maxConnections: 6 })
 const Live = Layer.provideMerge(PgPoolSql.layer, PoolLive)
@@ -120,6 +121,82 @@ describe("Transaction", () => {
       assert.deepStrictEqual(depths, [0, 1])
       const rows = yield* PgPool.query("select id from tx_nested order by id")
       assert.deepStrictEqual(rows, [{ id: 1 }, { id: 3 }])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("a nested call whose statement failed silently: RELEASE fails, ROLLBACK TO runs, the outer goes on", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_release")
+      const [inner, tail] = yield* Transaction.withTransaction(Effect.gen(function*() {
+        const inner = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("insert into tx_release (id) values (1)")
+          yield* Effect.ignore(PgPool.query("select bad syntax"))
+          return "looks fine"
+        })))
+        yield* PgPool.query("insert into tx_release (id) values (2)")
+        return [inner, yield* PgPool.query("select count(*)::int as n from tx_release")] as const
+      }))
+      assert.isTrue(Exit.isFailure(inner))
+      if (Exit.isFailure(inner)) {
+        assert.isFalse(Cause.isDie(inner.cause))
+        const error = Option.getOrThrow(Cause.failureOption(inner.cause))
+        assert.strictEqual(error._tag, "QueryError")
+        if (error._tag === "QueryError") assert.strictEqual(error.code, "25P02")
+      }
+      assert.deepStrictEqual(tail, [{ n: 1 }])
+      const rows = yield* PgPool.query("select id from tx_release order by id")
+      assert.deepStrictEqual(rows, [{ id: 2 }])
+      assert.strictEqual(yield* idleInTransaction, 0)
+      assert.strictEqual((yield* PgPool.stats).inUse, 0)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("a RELEASE that fails and a ROLLBACK TO that fails too: the cause keeps both failures", () =>
+    Effect.gen(function*() {
+      let inner: Exit.Exit<unknown, unknown> = Exit.void
+      const outer = yield* Effect.flip(Transaction.withTransaction(Effect.gen(function*() {
+        inner = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("release savepoint effect_sql_1")
+          yield* Effect.ignore(PgPool.query("select bad syntax"))
+        })))
+      })))
+      assert.isTrue(Exit.isFailure(inner))
+      if (Exit.isFailure(inner)) {
+        assert.isFalse(Cause.isDie(inner.cause))
+        const codes = [...Cause.failures(inner.cause)].map((error) =>
+          typeof error === "object" && error !== null && "code" in error ? error.code : error
+        )
+        assert.deepStrictEqual(codes, ["25P02", "3B001"], Cause.pretty(inner.cause))
+      }
+      assert.strictEqual(outer._tag === "QueryError" ? outer.code : outer._tag, "40000")
+      assert.strictEqual(yield* idleInTransaction, 0)
+      assert.strictEqual((yield* PgPool.stats).inUse, 0)
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("a ROLLBACK that fails after a failed body: the cause keeps both failures", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_rb_lost")
+      const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into tx_rb_lost (id) values (1)")
+        const pid = yield* backendPid
+        yield* adminQuery("select pg_terminate_backend($1)", [pid])
+        yield* eventually(
+          adminQuery("select count(*)::int as n from pg_stat_activity where pid = $1", [pid]),
+          (rows) => Number(rows[0]!.n) === 0
+        )
+        return yield* Effect.fail("body fails")
+      })))
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) {
+        assert.isFalse(Cause.isDie(exit.cause))
+        const failures = [...Cause.failures(exit.cause)]
+        assert.strictEqual(failures.length, 2, Cause.pretty(exit.cause))
+        assert.strictEqual(failures[0], "body fails")
+        const rollback = failures[1]
+        assert.strictEqual(typeof rollback === "object" ? rollback._tag : rollback, "ConnectionError")
+      }
+      assert.strictEqual(yield* count("tx_rb_lost"), 0)
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.inUse, 0)
+      assert.isAtLeast(stats.closedByReason.broken, 1)
     }).pipe(Effect.provide(Live)))
 
   it.effect("sql.withTransaction and Transaction.withTransaction nest in each other on one connection", () =>
@@ -269,4 +346,86 @@ describe("Transaction", () => {
       assert.isAtMost(stats.size, 6)
       assert.strictEqual(yield* idleInTransaction, 0)
     }).pipe(Effect.provide(Live)), 60_000)
+
+  describe("BEGIN goes out with the first statement", () => {
+    /** The live connector, counting the writes (round trips) the pool makes. */
+    const counted = (writes: Array<string>): Connector.Connector => ({
+      connect: (options, onLost) =>
+        Effect.map(Connector.make.connect(options, onLost), (connection): Connector.Connection => ({
+          ...connection,
+          send: (text, params, rowMode, callback) => {
+            writes.push(text)
+            connection.send(text, params, rowMode, callback)
+          },
+          sendAfter: (prefix, text, params, rowMode, callback) => {
+            writes.push([...prefix, text].join(" + "))
+            connection.sendAfter!(prefix, text, params, rowMode, callback)
+          }
+        }))
+    })
+    const countedLive = (writes: Array<string>) =>
+      Layer.provideMerge(
+        PgPoolSql.layer,
+        Layer.scoped(PgPool.PgPool, PgPool.make(testConfig({ healthCheck: false }))).pipe(
+          Layer.provide(Layer.succeed(Connector.Connector, counted(writes)))
+        )
+      )
+
+    it.effect("one round trip less per transaction; an empty transaction sends nothing", () => {
+      const writes: Array<string> = []
+      return Effect.gen(function*() {
+        yield* fresh("tx_pipe")
+        writes.length = 0
+        yield* Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("insert into tx_pipe (id) values ($1)", [1])
+          yield* PgPool.query("update tx_pipe set v = v + 1 where id = 1")
+        }), { isolation: "repeatable read" })
+        assert.deepStrictEqual(writes, [
+          "BEGIN ISOLATION LEVEL REPEATABLE READ + insert into tx_pipe (id) values ($1)",
+          "update tx_pipe set v = v + 1 where id = 1",
+          "COMMIT"
+        ])
+        assert.strictEqual(yield* count("tx_pipe"), 1)
+        writes.length = 0
+        yield* Transaction.withTransaction(Effect.void)
+        const sql = yield* SqlClient.SqlClient
+        yield* sql.withTransaction(Effect.void)
+        assert.deepStrictEqual(writes, [])
+        // a savepoint takes the BEGIN along
+        yield* Transaction.withTransaction(Transaction.withTransaction(PgPool.query("select 1")))
+        assert.deepStrictEqual(writes, ["BEGIN + SAVEPOINT effect_sql_1", "select 1", "RELEASE SAVEPOINT effect_sql_1", "COMMIT"])
+        assert.strictEqual(yield* idleInTransaction, 0)
+      }).pipe(Effect.provide(countedLive(writes)))
+    })
+
+    it.effect("a failure of the first statement leaves a failed transaction that is rolled back", () => {
+      const writes: Array<string> = []
+      return Effect.gen(function*() {
+        yield* fresh("tx_pipe_fail")
+        const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* Effect.ignore(PgPool.query("insert into no_such_table values (1)"))
+          yield* PgPool.query("insert into tx_pipe_fail (id) values (1)")
+        })))
+        // the swallowed error left the transaction failed: the insert after it is refused, nothing autocommits
+        assert.isTrue(Exit.isFailure(exit))
+        assert.deepStrictEqual(writes.slice(-3), [
+          "BEGIN + insert into no_such_table values (1)",
+          "insert into tx_pipe_fail (id) values (1)",
+          "ROLLBACK"
+        ])
+        assert.strictEqual(yield* count("tx_pipe_fail"), 0)
+        assert.strictEqual(yield* idleInTransaction, 0)
+      }).pipe(Effect.provide(countedLive(writes)))
+    })
+
+    it.effect("a cursor stream as the first statement runs inside the transaction", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const levels = yield* Transaction.withTransaction(
+          Stream.runCollect(sql`select current_setting('transaction_isolation') as level`.stream),
+          { isolation: "serializable" }
+        )
+        assert.deepStrictEqual(Chunk.toReadonlyArray(levels), [{ level: "serializable" }])
+      }).pipe(Effect.provide(Live)))
+  })
 })

@@ -194,24 +194,33 @@ const makeConnection = (
     if (internals.readyForQuery || state.lost) fn()
     else afterReady.push(fn)
   }
+  const completion = (
+    callback: (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
+  ) =>
+  (error: Error | null, result: Connector.QueryResult | undefined) => {
+    if (error) {
+      if (isConnectionFailure(error)) state.lost = true
+      const mapped = toStatementError(target, error)
+      whenReady(() => {
+        settle()
+        callback(mapped, undefined)
+      })
+      return
+    }
+    settle()
+    callback(undefined, result)
+  }
   return {
     backendPid,
     send: (text, params, rowMode, callback) => {
       inFlight++
-      const done = (error: Error | null, result: Connector.QueryResult | undefined) => {
-        if (error) {
-          if (isConnectionFailure(error)) state.lost = true
-          const mapped = toStatementError(target, error)
-          whenReady(() => {
-            settle()
-            callback(mapped, undefined)
-          })
-          return
-        }
-        settle()
-        callback(undefined, result)
-      }
-      client.query(new Statement(text, params, rowMode, types, shapes, done) as unknown as pg.QueryConfig)
+      client.query(new Statement(text, params, rowMode, types, shapes, completion(callback)) as unknown as pg.QueryConfig)
+    },
+    sendAfter: (prefix, text, params, rowMode, callback) => {
+      inFlight++
+      client.query(
+        new Statement(text, params, rowMode, types, shapes, completion(callback), prefix) as unknown as pg.QueryConfig
+      )
     },
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)

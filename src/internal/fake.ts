@@ -5,6 +5,13 @@
  * real server, and can be made slow, refuse connections, drop connections or "restart". Time passes through
  * Effect's Clock, so it is deterministic under TestClock.
  *
+ * A transaction keeps the modes of its BEGIN (or SET TRANSACTION) for its life: `current_setting` and `SHOW`
+ * of `transaction_isolation`, `transaction_read_only` and `transaction_deferrable` answer them, and a write
+ * (INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, ...) in a read-only transaction fails with SQLSTATE 25006.
+ * Outside a transaction they answer the `default_transaction_*` settings. Not modelled: SET TRANSACTION after
+ * the first statement (PostgreSQL refuses it), writes to temporary tables (allowed there), data-modifying CTEs
+ * and `SELECT ... FOR UPDATE` (refused there).
+ *
  * @internal
  */
 import * as Duration from "effect/Duration"
@@ -51,10 +58,70 @@ const defaultSettings: Readonly<Record<string, string>> = {
   application_name: "",
   search_path: "\"$user\", public",
   TimeZone: "UTC",
+  default_transaction_isolation: "read committed",
+  default_transaction_read_only: "off",
+  default_transaction_deferrable: "off",
   transaction_isolation: "read committed",
   transaction_read_only: "off",
+  transaction_deferrable: "off",
   server_version: "18.0"
 }
+
+/** The characteristics of a transaction, as `current_setting` and `SHOW` name them. */
+const characteristics = ["transaction_isolation", "transaction_read_only", "transaction_deferrable"] as const
+
+/**
+ * Reads the transaction modes of `BEGIN`, `START TRANSACTION` and `SET TRANSACTION` (ISOLATION LEVEL ...,
+ * READ ONLY / READ WRITE, [NOT] DEFERRABLE) as setting values.
+ */
+const transactionModes = (modes: string): Map<string, string> => {
+  const found = new Map<string, string>()
+  const isolation = /\bISOLATION\s+LEVEL\s+(SERIALIZABLE|REPEATABLE\s+READ|READ\s+COMMITTED|READ\s+UNCOMMITTED)\b/i.exec(modes)
+  if (isolation !== null) found.set("transaction_isolation", isolation[1]!.toLowerCase().replace(/\s+/g, " "))
+  const rest = isolation === null ? modes : modes.replace(isolation[0], "")
+  const access = /\bREAD\s+(ONLY|WRITE)\b/i.exec(rest)
+  if (access !== null) found.set("transaction_read_only", access[1]!.toUpperCase() === "ONLY" ? "on" : "off")
+  const deferrable = /\b(NOT\s+)?DEFERRABLE\b/i.exec(rest)
+  if (deferrable !== null) found.set("transaction_deferrable", deferrable[1] === undefined ? "on" : "off")
+  return found
+}
+
+/** Statements that write, refused in a read-only transaction (SQLSTATE 25006), as PostgreSQL names them. */
+const writeCommand = (text: string): string | undefined => {
+  const words = text.trim().split(/\s+/, 6).map((word) => word.toUpperCase())
+  const first = words[0] ?? ""
+  switch (first) {
+    case "INSERT":
+    case "UPDATE":
+    case "DELETE":
+    case "MERGE":
+    case "TRUNCATE":
+    case "GRANT":
+    case "REVOKE":
+    case "COMMENT":
+    case "REINDEX":
+    case "CLUSTER":
+    case "REFRESH":
+      return first === "REFRESH" ? "REFRESH MATERIALIZED VIEW" : first
+    case "CREATE":
+    case "DROP":
+    case "ALTER": {
+      const object = words.slice(1).filter((word) => word !== "OR" && word !== "REPLACE" && word !== "UNIQUE")
+      const kind = object[0] === "MATERIALIZED" ? `${object[0]} ${object[1] ?? ""}` : object[0] ?? ""
+      return `${first} ${kind}`.trim()
+    }
+    default:
+      return undefined
+  }
+}
+
+/**
+ * Statements exempt from the scripted latency (`setLatency`): transaction control and the pool's reset
+ * statements, which the pool runs where nothing can interrupt them (the ROLLBACK of an interrupted
+ * transaction, the reset of a returned connection). With latency on them, interrupting a transaction under
+ * TestClock would wait for a clock that only the test can move.
+ */
+const controlStatement = /^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|DISCARD\s+ALL)\b/i
 
 /** @internal */
 export class FakeBackend implements Connector.Connection {
@@ -108,7 +175,7 @@ export class FakeBackend implements Connector.Connection {
         : res
       callback(error, shaped)
     }
-    const delay = this.server.latency + outcome.delay
+    const delay = (this.exemptFromLatency(text) ? 0 : this.server.latency) + outcome.delay
     const entry: { readonly callback: Callback; fiber: Fiber.RuntimeFiber<void> | undefined } = {
       callback: finish,
       fiber: undefined
@@ -126,6 +193,32 @@ export class FakeBackend implements Connector.Connection {
       queueMicrotask(deliver)
     } else {
       entry.fiber = this.server.run(Effect.sleep(Duration.millis(delay)).pipe(Effect.zipRight(Effect.sync(deliver))))
+    }
+  }
+
+  exemptFromLatency(text: string): boolean {
+    return controlStatement.test(text) || this.server.resetStatements.has(text)
+  }
+
+  /** Starts a transaction with its modes; the others come from the `default_transaction_*` settings. */
+  beginTransaction(modes: string): void {
+    this.status = "transaction"
+    for (const name of characteristics) {
+      this.settings.set(name, this.settings.get(`default_${name}`) ?? defaultSettings[name]!)
+    }
+    this.setTransactionModes(modes)
+  }
+
+  setTransactionModes(modes: string): void {
+    for (const [name, value] of transactionModes(modes)) this.settings.set(name, value)
+  }
+
+  /** The end of a transaction: the characteristics return to the session defaults. */
+  endTransaction(): void {
+    this.status = "idle"
+    this.savepoints.length = 0
+    for (const name of characteristics) {
+      this.settings.set(name, this.settings.get(`default_${name}`) ?? defaultSettings[name]!)
     }
   }
 
@@ -237,6 +330,12 @@ export class FakeBackend implements Connector.Connection {
         error: queryError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
       }
     }
+    if (this.settings.get("transaction_read_only") === "on") {
+      const write = writeCommand(text)
+      if (write !== undefined) {
+        return { delay: 0, error: queryError("25006", `cannot execute ${write} in a read-only transaction`) }
+      }
+    }
     for (const handler of this.server.handlers) {
       const response = handler(statement)
       if (response !== undefined) return this.fromResponse(response, text)
@@ -258,18 +357,22 @@ export class FakeBackend implements Connector.Connection {
 
   transactionControl(text: string): Outcome | undefined {
     const t = text.trim().replace(/;$/, "").toUpperCase()
-    if (/^(BEGIN|START TRANSACTION)\b/.test(t)) {
-      return { delay: 0, result: result("BEGIN"), apply: () => (this.status = this.status === "idle" ? "transaction" : this.status) }
+    const begin = /^(?:BEGIN|START\s+TRANSACTION)\b(.*)$/s.exec(t)
+    if (begin !== null) {
+      return {
+        delay: 0,
+        result: result(/^BEGIN/.test(t) ? "BEGIN" : "START TRANSACTION"),
+        apply: () => {
+          if (this.status === "idle") this.beginTransaction(begin[1]!)
+        }
+      }
     }
     if (/^(COMMIT|END)\b/.test(t)) {
       const failed = this.status === "failed"
       return {
         delay: 0,
         result: result(failed ? "ROLLBACK" : "COMMIT"),
-        apply: () => {
-          this.status = "idle"
-          this.savepoints.length = 0
-        }
+        apply: () => this.endTransaction()
       }
     }
     if (/^ROLLBACK\s+TO\b/.test(t)) {
@@ -290,10 +393,7 @@ export class FakeBackend implements Connector.Connection {
       return {
         delay: 0,
         result: result("ROLLBACK"),
-        apply: () => {
-          this.status = "idle"
-          this.savepoints.length = 0
-        }
+        apply: () => this.endTransaction()
       }
     }
     if (/^SAVEPOINT\b/.test(t)) {
@@ -326,11 +426,34 @@ export class FakeBackend implements Connector.Connection {
 
   builtin(text: string, params: ReadonlyArray<unknown>): Outcome {
     const t = text.trim().replace(/;$/, "")
+    const setTransaction = /^SET\s+TRANSACTION\b(.*)$/is.exec(t)
+    if (setTransaction !== null) {
+      return {
+        delay: 0,
+        result: result("SET"),
+        apply: () => {
+          if (this.status === "transaction") this.setTransactionModes(setTransaction[1]!)
+        }
+      }
+    }
+    const show = /^SHOW\s+("?)([\w.]+)\1$/i.exec(t)
+    if (show !== null) {
+      const name = this.settingName(show[2]!)
+      return { delay: 0, result: result("SHOW", [{ [name]: this.settings.get(name) ?? "" }]) }
+    }
     const set = /^SET\s+(?:SESSION\s+|LOCAL\s+)?(?:(TIME\s+ZONE)\s+(.+)|([\w.]+)\s*(?:=|TO)\s*(.+))$/i.exec(t)
     if (set !== null) {
       const name = set[1] !== undefined ? "TimeZone" : set[3]!
       const value = quoted((set[2] ?? set[4] ?? "").trim())
-      return { delay: 0, result: result("SET"), apply: () => this.settings.set(name, value) }
+      return {
+        delay: 0,
+        result: result("SET"),
+        apply: () => {
+          this.settings.set(name, value)
+          const characteristic = /^default_(transaction_\w+)$/.exec(name)?.[1]
+          if (characteristic !== undefined && this.status === "idle") this.settings.set(characteristic, value)
+        }
+      }
     }
     const listen = /^(UNLISTEN|LISTEN)\s+"?([^"]+)"?$/i.exec(t)
     if (listen !== null) {
@@ -365,11 +488,19 @@ export class FakeBackend implements Connector.Connection {
     return { delay, result: result("SELECT", [row]) }
   }
 
+  /** Setting names are case-insensitive: the name as the settings spell it (`timezone` is `TimeZone`). */
+  settingName(name: string): string {
+    if (this.settings.has(name)) return name
+    const lower = name.toLowerCase()
+    for (const known of this.settings.keys()) if (known.toLowerCase() === lower) return known
+    return lower
+  }
+
   evaluate(expression: string, params: ReadonlyArray<unknown>): unknown {
     const e = expression.trim()
     if (/^pg_backend_pid\(\)$/i.test(e)) return this.backendPid
     const setting = /^current_setting\('([^']+)'\)$/i.exec(e)
-    if (setting !== null) return this.settings.get(setting[1]!) ?? ""
+    if (setting !== null) return this.settings.get(this.settingName(setting[1]!)) ?? ""
     if (/^pg_sleep\(/i.test(e)) return ""
     const param = /^\$(\d+)(?:::\w+)?$/.exec(e)
     if (param !== null) return params[Number(param[1]) - 1]
@@ -420,6 +551,8 @@ export class FakeServer {
   handlers: Array<(statement: PgPoolTest.Statement) => PgPoolTest.Response | undefined> = []
   latency = 0
   connectLatency = 0
+  /** The pool's `setSession` statements, which `reset: "full"` runs again on return: exempt from latency. */
+  resetStatements: ReadonlySet<string> = new Set()
   refusing: PgPoolTest.Refusal | undefined = undefined
   nextPid = 10_000
   connects = 0

@@ -90,6 +90,11 @@ export class Physical {
   /** The background cancel of an interrupted statement, while it runs. */
   settling: Fiber.RuntimeFiber<void> | undefined = undefined
   checkedOutAt = 0
+  /**
+   * Statements held back to go out with the next statement on this connection, in the same write: the `BEGIN`
+   * of a transaction (see `deferBegin`).
+   */
+  deferred: ReadonlyArray<string> | undefined = undefined
   constructor(
     readonly id: number,
     readonly driver: Connector.Connection,
@@ -240,17 +245,42 @@ export interface Pin {
 }
 
 /**
- * The connections pinned by `withConnection`, per fiber, innermost first. A plain table rather than a FiberRef:
- * setting a FiberRef copies all of the fiber's refs, which costs more than the rest of a checkout. Fibers forked
- * inside `withConnection` do not inherit its pin (a connection serves one fiber at a time); a transaction's pin
- * travels in the context instead (`InheritedPin`), so fibers forked inside a transaction stay in it.
+ * The connections pinned by `withConnection` for one fiber, innermost first. The box is set on a fiber once
+ * (a FiberRef write copies all of the fiber's refs, which costs more than a whole checkout) and then changed in
+ * place. A fiber forked inside `withConnection` (by `Effect.timeout`, `Effect.race`, `Effect.all`, a `fork`)
+ * inherits a snapshot of the pins of that moment, so its statements run on the pinned connection while it is
+ * held, and on connections of its own once it has been returned. A transaction's pin travels in the context
+ * instead (`InheritedPin`), so fibers forked inside a transaction stay in it.
  *
  * @internal
  */
-const pinTable: WeakMap<object, Pin> = globalValue(
-  Symbol.for("effect-pg-pool/PgPool/pinTable"),
-  () => new WeakMap<object, Pin>()
+export class PinBox {
+  constructor(readonly owner: Fiber.RuntimeFiber<unknown, unknown> | undefined, public pins: Pin | undefined) {}
+}
+
+const currentPins: FiberRef.FiberRef<PinBox | undefined> = globalValue(
+  Symbol.for("effect-pg-pool/PgPool/currentPins"),
+  () =>
+    FiberRef.unsafeMake<PinBox | undefined>(undefined, {
+      fork: (box) => box === undefined || box.pins === undefined ? undefined : new PinBox(undefined, box.pins),
+      join: (parent) => parent
+    })
 )
+
+/** The box of `fiber`'s own pins, made (with the pins it inherited) the first time it pins a connection. */
+const ownPins = (fiber: Fiber.RuntimeFiber<unknown, unknown>): PinBox => {
+  const box = fiber.getFiberRef(currentPins)
+  if (box !== undefined && box.owner === fiber) return box
+  const own = new PinBox(fiber, box?.pins)
+  ;(fiber as unknown as { setFiberRef<A>(ref: FiberRef.FiberRef<A>, value: A): void }).setFiberRef(currentPins, own)
+  return own
+}
+
+/** The first pin for `core`'s pool whose connection is still held (inherited pins may have been returned). */
+const findLivePin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
+  while (pins !== undefined && (pins.core.root !== core.root || pins.handle.released)) pins = pins.next
+  return pins
+}
 
 /**
  * The pin of a transaction, in the context of the fibers that run in it (forked ones included).
@@ -261,11 +291,16 @@ export const InheritedPin: Context.Tag<Pin, Pin> = Context.GenericTag<Pin>("effe
 
 /** The pinned connection of `fiber` for `core`'s pool, if any. @internal */
 export const pinOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, core: PoolCore): Pin | undefined =>
-  findPin(pinTable.get(fiber), core) ?? findPin(fiber.currentContext.unsafeMap.get(InheritedPin.key), core)
+  findLivePin(fiber.getFiberRef(currentPins)?.pins, core) ??
+    findPin(fiber.currentContext.unsafeMap.get(InheritedPin.key), core)
 
 /** The pins of `fiber`, innermost first. @internal */
-export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined =>
-  pinTable.get(fiber) ?? fiber.currentContext.unsafeMap.get(InheritedPin.key)
+export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined => {
+  const pins = fiber.getFiberRef(currentPins)?.pins
+  let live = pins
+  while (live !== undefined && live.handle.released) live = live.next
+  return live ?? fiber.currentContext.unsafeMap.get(InheritedPin.key)
+}
 
 /** @internal */
 export const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
@@ -369,7 +404,7 @@ export class Handle implements PgPool.PooledConnection {
   ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> =>
     this.released ? Effect.fail(this.core.usedAfterRelease(this)) : this.core.rows(this.conn, text, params)
   get invalidate(): Effect.Effect<void> {
-    return this.core.invalidate(this.conn)
+    return Effect.suspend(() => this.released ? Effect.void : this.core.invalidate(this.conn))
   }
 }
 
@@ -466,12 +501,15 @@ export class PoolCore {
     rowMode: "array" | undefined,
     then: (result: Connector.QueryResult) => Effect.Effect<A>
   ): Effect.Effect<A, QueryError | ConnectionError> {
+    if (conn.deferred !== undefined && !this.canPipeline(conn, text, params)) {
+      return Effect.zipRight(this.flush(conn), Effect.suspend(() => this.runThen(conn, text, params, rowMode, then)))
+    }
     const statement = this.countStatement(
       conn,
       Effect.uninterruptibleMask((restore) => {
         const send = Effect.matchCauseEffect(
           restore(Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
-            conn.driver.send(text, params, rowMode, (error, result) => {
+            this.dispatch(conn, text, params, rowMode, (error, result) => {
               resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
             })
           })),
@@ -494,8 +532,16 @@ export class PoolCore {
    * ROLLBACK, SAVEPOINT), after the cancel of an interrupted statement, if one is out, has settled.
    */
   control(conn: Physical, text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    if (conn.deferred !== undefined && (text === "COMMIT" || text === "ROLLBACK")) {
+      // the transaction ran no statement: its BEGIN was never sent, so there is nothing to end
+      conn.deferred = undefined
+      return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
+    }
+    if (conn.deferred !== undefined && !this.canPipeline(conn, text, undefined)) {
+      return Effect.zipRight(this.flush(conn), Effect.suspend(() => this.control(conn, text)))
+    }
     const send = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
-      conn.driver.send(text, undefined, undefined, (error, result) => {
+      this.dispatch(conn, text, undefined, undefined, (error, result) => {
         resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
       })
     })
@@ -503,6 +549,45 @@ export class PoolCore {
       conn,
       conn.settling === undefined ? send : Effect.zipRight(Fiber.await(conn.settling), send)
     )
+  }
+
+  /**
+   * Holds a transaction's `BEGIN` back, to be sent in the same write as the transaction's first statement (one
+   * round trip less per transaction; Npgsql does the same). The server runs it first, and a statement is never
+   * run when the `BEGIN` before it failed. A transaction that runs no statement sends nothing at all.
+   */
+  deferBegin(conn: Physical, text: string): void {
+    conn.deferred = conn.deferred === undefined ? [text] : [...conn.deferred, text]
+  }
+
+  /** True when the held-back statements can go out in one write with this statement. */
+  canPipeline(conn: Physical, text: string, params: ReadonlyArray<unknown> | undefined): boolean {
+    // a text without parameters may hold several statements, which the extended protocol cannot carry
+    return conn.driver.sendAfter !== undefined && ((params !== undefined && params.length > 0) || !text.includes(";"))
+  }
+
+  /** Sends `text`, after the held-back statements if there are any (the caller checked `canPipeline`). */
+  dispatch(
+    conn: Physical,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
+  ): void {
+    const deferred = conn.deferred
+    if (deferred === undefined) return conn.driver.send(text, params, rowMode, callback)
+    conn.deferred = undefined
+    conn.driver.sendAfter!(deferred, text, params, rowMode, callback)
+  }
+
+  /** Sends the held-back statements on their own (before a cursor, or a statement that cannot carry them). */
+  flush(conn: Physical): Effect.Effect<void, QueryError | ConnectionError> {
+    return Effect.suspend(() => {
+      const deferred = conn.deferred
+      if (deferred === undefined) return Effect.void
+      conn.deferred = undefined
+      return Effect.forEach(deferred, (text) => this.control(conn, text), { discard: true })
+    })
   }
 
   /**
@@ -624,8 +709,18 @@ export class PoolCore {
   refusal(): Effect.Effect<never, PoolExhaustedError> | undefined {
     const config = this.config
     if (!config.blocking && this.size + this.closing >= config.maxConnections) return this.refuse("maxConnections")
-    if (this.waiting >= config.maxWaiting) return this.refuse("maxWaiting")
+    if (config.maxWaiting !== Infinity && this.waitingForBusy(1) > config.maxWaiting) return this.refuse("maxWaiting")
     return undefined
+  }
+
+  /**
+   * The waiters (with `more` about to join) that no connect, in flight or one the pool may still start, will
+   * serve: those waiting for a busy connection to come back. `maxWaiting` bounds these; a checkout the pool
+   * can open a connection for does not count against it.
+   */
+  waitingForBusy(more: number): number {
+    const room = Math.max(0, this.config.maxConnections - this.size - this.closing)
+    return this.waiting + more - this.pending - room
   }
 
   /** Takes a connection. Must run in an uninterruptible region; only the wait is made interruptible. */
@@ -667,22 +762,55 @@ export class PoolCore {
     )
   }
 
-  /** Pings a connection taken from the idle list; true (and checked out) if it answered. */
+  /**
+   * Pings a connection taken from the idle list; true (and checked out) if it answered. A ping cut off by an
+   * interruption leaves a statement on the connection, so the connection is closed.
+   */
   validate(conn: Physical): Effect.Effect<boolean> {
     conn.state = "checking"
     this.checking++
-    return Effect.map(this.ping(conn), (alive) => {
+    let alive = false
+    return Effect.onExit(this.ping(conn), (exit) => {
       this.checking--
+      alive = Exit.isSuccess(exit) && exit.value
       if (alive && !this.closed) {
-        const now = this.clock.unsafeCurrentTimeMillis()
-        this.markBusy(conn, now, 0)
-        return true
+        this.markBusy(conn, this.clock.unsafeCurrentTimeMillis(), 0)
+      } else {
+        this.closeDetached(conn, alive ? "poolClosed" : "broken")
+        alive = false
       }
-      this.closeDetached(conn, alive ? "poolClosed" : "broken")
-      return false
-    })
+      return Effect.void
+    }).pipe(Effect.map(() => alive))
   }
 
+  /** The keepalive of an idle connection (maintenance): back to the idle list if it answered, else closed. */
+  keepAlive(conn: Physical): Effect.Effect<void> {
+    return Effect.uninterruptible(Effect.suspend(() => {
+      if (conn.state !== "idle" || this.closed) return Effect.void
+      this.removeIdle(conn)
+      conn.state = "checking"
+      this.checking++
+      return this.pingIdle(conn)
+    }))
+  }
+
+  pingIdle(conn: Physical): Effect.Effect<void> {
+    return Effect.onExit(this.ping(conn), (exit) => {
+      this.checking--
+      const alive = Exit.isSuccess(exit) && exit.value
+      if (!alive || this.closed) {
+        this.closeDetached(conn, alive ? "poolClosed" : "broken")
+        return Effect.void
+      }
+      conn.idleSince = this.clock.unsafeCurrentTimeMillis()
+      if (this.deliver(conn)) return Effect.void
+      conn.state = "idle"
+      this.idle.push(conn)
+      return Effect.void
+    }).pipe(Effect.asVoid)
+  }
+
+  /** Runs `select 1` on `conn` within the health check's timeout: true if it answered. */
   ping(conn: Physical): Effect.Effect<boolean> {
     return Effect.interruptible(Connector.query(conn.driver, "select 1")).pipe(
       Effect.timeout(this.config.healthCheck.timeout),
@@ -840,6 +968,7 @@ export class PoolCore {
   }
 
   releaseWith(conn: Physical, usage: number): Effect.Effect<void> {
+    conn.deferred = undefined
     if (conn.settling !== undefined) {
       // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
       // healthy network), else let the return finish in the background so the caller is not held up
@@ -1235,24 +1364,9 @@ export class PoolCore {
     if (!health.enabled) return Effect.void
     const stale = this.idle.filter((conn) => now - conn.idleSince >= health.interval)
     if (stale.length === 0) return Effect.void
-    for (const conn of stale) {
-      this.removeIdle(conn)
-      conn.state = "checking"
-      this.checking++
-    }
-    return Effect.forEach(stale, (conn) =>
-      Effect.flatMap(this.ping(conn), (alive) =>
-        Effect.sync(() => {
-          this.checking--
-          if (!alive || this.closed) {
-            this.closeDetached(conn, alive ? "poolClosed" : "broken")
-            return
-          }
-          conn.idleSince = this.clock.unsafeCurrentTimeMillis()
-          if (this.deliver(conn)) return
-          conn.state = "idle"
-          this.idle.push(conn)
-        })), { discard: true, concurrency: "unbounded" }).pipe(Effect.zipRight(Effect.sync(() => this.topUp())))
+    return Effect.forEach(stale, (conn) => this.keepAlive(conn), { discard: true, concurrency: "unbounded" }).pipe(
+      Effect.zipRight(Effect.sync(() => this.topUp()))
+    )
   })
 
   readonly purgeExpired: Effect.Effect<number> = Effect.sync(() =>
@@ -1440,11 +1554,11 @@ export class PoolCore {
     if (this.config.leakDetectionThreshold !== undefined && handle.conn.leakWatch === undefined) {
       this.watchLeak(handle.conn, Context.getOption(fiber.currentContext, Tracer.ParentSpan))
     }
-    const previous = pinTable.get(fiber)
-    pinTable.set(fiber, { core: this, handle, next: previous })
+    const box = ownPins(fiber)
+    const previous = box.pins
+    box.pins = { core: this, handle, next: previous }
     const done = (): Effect.Effect<void> => {
-      if (previous === undefined) pinTable.delete(fiber)
-      else pinTable.set(fiber, previous)
+      box.pins = previous
       handle.released = true
       return this.counting ? this.release(handle.conn) : this.releaseWith(handle.conn, 0)
     }
@@ -1486,7 +1600,8 @@ export class PoolCore {
     project: (result: Connector.QueryResult) => A,
     retry: boolean
   ): Effect.Effect<A, PoolError | QueryError> {
-    const effect = Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
+    if (this.config.queryTimeout !== undefined) return this.oneShotTimed(text, params, rowMode, project, retry)
+    return Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
       if (this.closed) return Effect.fail(this.closedError())
       const op = new QueryOp(this, text, params, rowMode, project, retry, restore)
       const now = this.clock.unsafeCurrentTimeMillis()
@@ -1507,7 +1622,37 @@ export class PoolCore {
       }
       return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
     })
-    return this.config.queryTimeout === undefined ? effect : this.withQueryTimeout(effect)
+  }
+
+  /**
+   * A one-shot statement under `queryTimeout`: the timeout bounds the statement only, not the wait for a
+   * connection (which `acquireTimeout` bounds), so a full pool is never reported as a cancelled statement.
+   */
+  oneShotTimed<A>(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    project: (result: Connector.QueryResult) => A,
+    retry: boolean
+  ): Effect.Effect<A, PoolError | QueryError> {
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(this.checkout(restore), (conn) =>
+        Effect.matchCauseEffect(
+          restore(this.runThen(conn, text, params, rowMode, (result) => Effect.succeed(project(result)))),
+          {
+            onFailure: (cause) => {
+              const failure = Cause.failureOption(cause)
+              const lost = retry && Option.isSome(failure) && failure.value._tag === "ConnectionError" &&
+                (conn.lost || conn.driver.isBroken()) && !this.closed
+              return Effect.zipRight(
+                this.release(conn),
+                lost ? restore(this.oneShot(text, params, rowMode, project, false)) : Effect.failCause(cause)
+              )
+            },
+            onSuccess: (value) => Effect.as(this.release(conn), value)
+          }
+        ))
+    )
   }
 
   /** The statement of a one-shot op has been answered: count it, return the connection, hand out the result. */

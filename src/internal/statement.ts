@@ -78,26 +78,38 @@ export class Statement {
   rows: Array<Connector.Row> = []
   parseError: Error | undefined = undefined
   finished = false
+  /** Results of prefix statements still to be skipped. */
+  skip = 0
   constructor(
     readonly text: string,
     readonly values: ReadonlyArray<unknown> | undefined,
     readonly rowMode: "array" | undefined,
     readonly types: { getTypeParser(oid: number, format: string): Parser },
     readonly cache: ShapeCache,
-    readonly done: Done
+    readonly done: Done,
+    readonly prefix: ReadonlyArray<string> | undefined = undefined
   ) {}
 
   submit(connection: PgConnection): null {
     const values = this.values
-    if (values === undefined || values.length === 0) {
+    const prefix = this.prefix
+    if (prefix === undefined && (values === undefined || values.length === 0)) {
       connection.query(this.text)
       return null
     }
     connection.stream.cork?.()
     try {
+      if (prefix !== undefined) {
+        for (const text of prefix) {
+          connection.parse({ text })
+          connection.bind({ values: [], valueMapper: pgUtils.prepareValue })
+          connection.execute({ portal: "" })
+        }
+        this.skip = prefix.length
+      }
       connection.parse({ text: this.text })
       try {
-        connection.bind({ values, valueMapper: pgUtils.prepareValue })
+        connection.bind({ values: values ?? [], valueMapper: pgUtils.prepareValue })
       } catch (error) {
         connection.close({ type: "S", name: "" })
         connection.sync()
@@ -163,6 +175,10 @@ export class Statement {
   }
 
   handleCommandComplete(msg: { readonly text: string }): void {
+    if (this.skip > 0) {
+      this.skip--
+      return
+    }
     const match = matchCommand.exec(msg.text)
     const command = match?.[1] ?? ""
     const rowCount = match?.[3] !== undefined

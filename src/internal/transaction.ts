@@ -212,17 +212,18 @@ const outermost = <A, E, R, X>(
   const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
     const tx = new TransactionImpl(core, handle, 0, options)
     const pin: Pin = { core: handle.core, handle, next: pins }
-    return opening(handle, beginStatement(options), mapping, () =>
-      runBody(
-        effect,
-        tx,
-        context,
-        pin,
-        restore,
-        () => commit(handle),
-        () => Effect.asVoid(runOn(handle, "ROLLBACK")),
-        mapping
-      ))
+    // BEGIN goes out with the first statement of the body (see PoolCore.deferBegin)
+    handle.core.deferBegin(handle.conn, beginStatement(options))
+    return runBody(
+      effect,
+      tx,
+      context,
+      pin,
+      restore,
+      () => commit(handle),
+      () => Effect.asVoid(runOn(handle, "ROLLBACK")),
+      mapping
+    )
   }
   const pinned = findPin(pins, core)?.handle
   if (pinned !== undefined) return run(pinned)
@@ -246,6 +247,7 @@ const nested = <A, E, R, X>(
 ): Effect.Effect<A, E | X, R> => {
   const tx = new TransactionImpl(outer.core, outer.handle, outer.depth + 1, outer.options)
   const name = `effect_sql_${tx.depth}`
+  const rollbackTo = () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`))
   return opening(tx.handle, `SAVEPOINT ${name}`, mapping, () =>
     runBody(
       effect,
@@ -253,11 +255,34 @@ const nested = <A, E, R, X>(
       context,
       { core: tx.handle.core, handle: tx.handle, next: pins },
       restore,
-      () => Effect.asVoid(runOn(tx.handle, `RELEASE SAVEPOINT ${name}`)),
-      () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`)),
+      () => release(tx.handle, name, rollbackTo),
+      rollbackTo,
       mapping
     ))
 }
+
+/**
+ * RELEASE SAVEPOINT after a successful body. When it fails (a statement inside failed and its error was
+ * swallowed, so the transaction is aborted: SQLSTATE 25P02), the savepoint is rolled back to, so that the outer
+ * transaction can go on, and the nested call fails with the RELEASE error (with the ROLLBACK TO error after it
+ * when that fails too). A lost connection is not sent anything more.
+ */
+const release = (
+  handle: Handle,
+  name: string,
+  rollbackTo: () => Effect.Effect<void, QueryError | ConnectionError>
+): Effect.Effect<void, QueryError | ConnectionError> =>
+  Effect.matchCauseEffect(runOn(handle, `RELEASE SAVEPOINT ${name}`), {
+    onFailure: (cause) => {
+      const failure = Cause.failureOption(cause)
+      if (failure._tag === "Some" && failure.value._tag === "ConnectionError") return Effect.failCause(cause)
+      return Effect.matchCauseEffect(rollbackTo(), {
+        onFailure: (second) => Effect.failCause(Cause.sequential(cause, second)),
+        onSuccess: () => Effect.failCause(cause)
+      })
+    },
+    onSuccess: () => Effect.void
+  })
 
 const poolInContext = (context: Context.Context<never>): PoolCore | undefined =>
   (Context.unsafeGet(context, PgPoolTag) as { readonly [CoreId]?: PoolCore })[CoreId]
