@@ -6,6 +6,8 @@
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Pool from "effect/Pool"
 import * as Scope from "effect/Scope"
@@ -19,10 +21,10 @@ import * as Fake from "./fake.js"
 import { POOL_SIZE } from "./sql-candidates.js"
 
 /** Our real pool core over the fake Connector. */
-const ourFakeLayer: Layer.Layer<PgPool.PgPool, unknown> = Layer.scoped(
-  PgPool.PgPool,
-  PgPool.make({ maxConnections: POOL_SIZE })
-).pipe(Layer.provide(Fake.connectorLayer))
+const ourFakeLayer: Layer.Layer<PgPool.PgPool, unknown> = Layer.merge(
+  Layer.scoped(PgPool.PgPool, PgPool.make({ maxConnections: POOL_SIZE })).pipe(Layer.provide(Fake.connectorLayer)),
+  Logger.minimumLogLevel(LogLevel.Warning)
+)
 
 /** pg.Pool (pg-pool) over a fake `pg.Client`: its own checkout and queueing code, no socket. */
 const fakePgPool = (): pg.Pool =>

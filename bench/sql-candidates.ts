@@ -8,6 +8,8 @@
  * `pending(name, role, reason)` line, shown in the report as "not yet available".
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Effect from "effect/Effect"
@@ -39,9 +41,12 @@ const randomId = (): number => 1 + Math.floor(Math.random() * ROWS)
 // layers and clients
 // ---------------------------------------------------------------------------------------------------------
 
-/** Our pool, as an application would configure it. */
+/** Our pool, as an application would configure it (its connection logs kept out of the report's output). */
 export const ourLayer = (db: Target): Layer.Layer<PgPool.PgPool, unknown> =>
-  PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours" })
+  Layer.merge(
+    PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours" }),
+    Logger.minimumLogLevel(LogLevel.Warning)
+  )
 
 /** Our `SqlClient` (PgPoolSql) on our pool. */
 const ourSqlLayer = (db: Target): Layer.Layer<SqlClient.SqlClient, unknown> =>

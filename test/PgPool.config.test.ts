@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Config, ConfigError, ConfigProvider, Duration, Effect, Layer, Redacted, Schedule } from "effect"
+import { Chunk, Config, ConfigError, ConfigProvider, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import * as net from "node:net"
-import { resolve, splitStatements } from "../src/internal/config.js"
+import { defaultReconnect, resolve, splitStatements } from "../src/internal/config.js"
 import * as PgPool from "../src/PgPool.js"
 import { PgPoolLive } from "../src/index.js"
 import { testConfig, testServer } from "./support/db.js"
@@ -39,6 +39,22 @@ const blackhole = Effect.acquireRelease(
 )
 
 describe("PgPool configuration", () => {
+  it.effect("the default reconnect schedule: exponential from 100 ms, doubling, jittered, capped at 5 seconds", () =>
+    Effect.gen(function*() {
+      const delays = Chunk.toReadonlyArray(
+        yield* Schedule.run(Schedule.delays(defaultReconnect), 0, Array.from({ length: 12 }, () => undefined))
+      ).map(Duration.toMillis)
+      assert.strictEqual(delays.length, 12)
+      // jitter keeps each delay within 80%-120% of 100 ms * 2^n
+      delays.slice(0, 5).forEach((delay, n) => {
+        assert.isAtLeast(delay, 0.8 * 100 * 2 ** n, `attempt ${n + 1}: ${delays}`)
+        assert.isAtMost(delay, 1.2 * 100 * 2 ** n, `attempt ${n + 1}: ${delays}`)
+      })
+      // never more than 5 s apart, and there from the 7th attempt on
+      for (const delay of delays) assert.isAtMost(delay, 5_000, String(delays))
+      for (const delay of delays.slice(6)) assert.strictEqual(delay, 5_000, String(delays))
+    }))
+
   const invalid: ReadonlyArray<readonly [string, PgPool.Config]> = [
     ["maxConnections", { maxConnections: 0 }],
     ["maxConnections", { maxConnections: 2.5 }],

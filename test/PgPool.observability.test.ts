@@ -160,6 +160,39 @@ describe("PgPool observability", () => {
       }
     }).pipe(Effect.provide(poolLayer({ name: "metrics-pool", maxConnections: 2, minConnections: 2 }))))
 
+  it.effect("gauges follow every change of the pool, without a stats call", () =>
+    Effect.gen(function*() {
+      const pool = "gauges-pool"
+      const used = gaugeValue("db.client.connection.count", pool, { "db.client.connection.state": "used" })
+      const idle = gaugeValue("db.client.connection.count", pool, { "db.client.connection.state": "idle" })
+      const pending = gaugeValue("db.client.connection.pending_requests", pool)
+      assert.deepStrictEqual([yield* used, yield* idle, yield* pending], [0, 1, 0])
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(Effect.scoped(Effect.zipRight(PgPool.connection, Deferred.await(release))))
+      yield* eventually(used, (n) => n === 1)
+      assert.strictEqual(yield* idle, 0)
+      const waiter = yield* Effect.fork(PgPool.query("select 1"))
+      yield* eventually(pending, (n) => n === 1)
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      yield* Fiber.join(waiter)
+      assert.deepStrictEqual([yield* used, yield* idle, yield* pending], [0, 1, 0])
+    }).pipe(Effect.provide(poolLayer({ name: "gauges-pool", maxConnections: 1 }))))
+
+  it.effect("connections opened and closed are logged at Info level, seen by a default logger", () => {
+    const entries: Array<{ readonly level: string; readonly message: string }> = []
+    const logger = Logger.make<unknown, void>(({ logLevel, message }) => {
+      entries.push({ level: logLevel.label, message: (Array.isArray(message) ? message : [message]).map(String).join(" ") })
+    })
+    return Effect.gen(function*() {
+      yield* PgPool.query("select 1")
+      yield* PgPool.query("select 1")
+      yield* eventually(Effect.sync(() => entries.filter((e) => e.message === "connection closed").length), (n) => n >= 1)
+      assert.isTrue(entries.some((e) => e.level === "INFO" && e.message === "connection opened"))
+      assert.isTrue(entries.some((e) => e.level === "INFO" && e.message === "connection closed"))
+    }).pipe(Effect.provide(poolLayer({ maxUsage: 1 }, Logger.replace(Logger.defaultLogger, logger))))
+  })
+
   it.effect("statementTimeout is the server's statement_timeout", () =>
     Effect.gen(function*() {
       const [row] = yield* PgPool.query("select current_setting('statement_timeout') as st")

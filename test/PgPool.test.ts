@@ -610,6 +610,8 @@ describe("PgPool", () => {
         const secret = "url-Secret-42"
         const url = Redacted.value(testConfig().url as Redacted.Redacted).replace(/:[^:@/]*@/, `:${secret}@`)
         const error = yield* Effect.flip(Layer.build(PgPool.layer({ url: Redacted.make(url) })))
+        assert.strictEqual(error._tag, "ConnectionError")
+        if (error._tag === "ConnectionError") assert.strictEqual(error.code, "28P01")
         for (const text of [error.message, String(error), JSON.stringify(error)]) assert.notInclude(text, secret)
       }).pipe(Effect.scoped))
 

@@ -7,6 +7,9 @@
  */
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricKey from "effect/MetricKey"
+import type * as MetricKeyType from "effect/MetricKeyType"
+import * as MetricLabel from "effect/MetricLabel"
 
 const POOL_NAME = "db.client.connection.pool.name"
 const STATE = "db.client.connection.state"
@@ -30,16 +33,8 @@ const noTags: ReadonlyArray<never> = []
 
 /** @internal */
 export interface PoolMetrics {
-  readonly setGauges: (
-    counts: {
-      readonly idle: number
-      readonly used: number
-      readonly pending: number
-      readonly max: number
-      readonly idleMax: number
-      readonly idleMin: number
-    }
-  ) => void
+  /** Sets the connection counts (by state) and the pending requests. */
+  readonly setCounts: (idle: number, used: number, pending: number) => void
   readonly timeout: () => void
   readonly createTime: (millis: number) => void
   readonly waitTime: (millis: number) => void
@@ -59,35 +54,46 @@ export const names = {
   useTime: "db.client.connection.use_time"
 } as const
 
-/** @internal */
-export const make = (poolName: string): PoolMetrics => {
-  const tag = <T extends Metric.Metric<any, any, any>>(metric: T): T => Metric.tagged(metric, POOL_NAME, poolName) as T
-  const count = Metric.gauge(names.count, { description: "Connections of the pool, by state (idle, used)" })
-  const idle = tag(Metric.tagged(count, STATE, "idle"))
-  const used = tag(Metric.tagged(count, STATE, "used"))
-  const max = tag(Metric.gauge(names.max, { description: "maxConnections" }))
-  const idleMax = tag(Metric.gauge(names.idleMax, { description: "maxIdle" }))
-  const idleMin = tag(Metric.gauge(names.idleMin, { description: "minConnections" }))
-  const pending = tag(
-    Metric.gauge(names.pending, { description: "Fibers waiting for a connection" })
-  )
-  const timeouts = tag(Metric.counter(names.timeouts, {
+/**
+ * The pool's metrics. Each one is made from a key that already carries its tags, so an update finds its
+ * hook in the metric's cache (a metric tagged with `Metric.tagged` looks its hook up in the registry on every
+ * update, which costs more than a whole checkout).
+ *
+ * @internal
+ */
+export const make = (
+  poolName: string,
+  limits: { readonly max: number; readonly idleMax: number; readonly idleMin: number }
+): PoolMetrics => {
+  const pool = MetricLabel.make(POOL_NAME, poolName)
+  const metric = <Type extends MetricKeyType.MetricKeyType<any, any>>(
+    key: MetricKey.MetricKey<Type>,
+    tags: ReadonlyArray<MetricLabel.MetricLabel> = []
+  ) => Metric.fromMetricKey(MetricKey.taggedWithLabels(key, [...tags, pool]))
+  const count = (state: string) =>
+    metric(
+      MetricKey.gauge(names.count, { description: "Connections of the pool, by state (idle, used)" }),
+      [MetricLabel.make(STATE, state)]
+    )
+  const idle = count("idle")
+  const used = count("used")
+  const pending = metric(MetricKey.gauge(names.pending, { description: "Fibers waiting for a connection" }))
+  const timeouts = metric(MetricKey.counter(names.timeouts, {
     description: "Checkouts that ran out of time",
     incremental: true
   }))
-  const histogram = (name: string, description: string) =>
-    tag(Metric.histogram(name, timeBoundaries, description))
+  const histogram = (name: string, description: string) => metric(MetricKey.histogram(name, timeBoundaries, description))
   const createTime = histogram(names.createTime, "Time to open a connection, in seconds")
   const waitTime = histogram(names.waitTime, "Time a checkout waited for a connection, in seconds")
   const useTime = histogram(names.useTime, "Time a connection was checked out, in seconds")
+  metric(MetricKey.gauge(names.max, { description: "maxConnections" })).unsafeUpdate(limits.max, noTags)
+  metric(MetricKey.gauge(names.idleMax, { description: "maxIdle" })).unsafeUpdate(limits.idleMax, noTags)
+  metric(MetricKey.gauge(names.idleMin, { description: "minConnections" })).unsafeUpdate(limits.idleMin, noTags)
   return {
-    setGauges: (counts) => {
-      idle.unsafeUpdate(counts.idle, noTags)
-      used.unsafeUpdate(counts.used, noTags)
-      pending.unsafeUpdate(counts.pending, noTags)
-      max.unsafeUpdate(counts.max, noTags)
-      idleMax.unsafeUpdate(counts.idleMax, noTags)
-      idleMin.unsafeUpdate(counts.idleMin, noTags)
+    setCounts: (idleCount, usedCount, pendingCount) => {
+      idle.unsafeUpdate(idleCount, noTags)
+      used.unsafeUpdate(usedCount, noTags)
+      pending.unsafeUpdate(pendingCount, noTags)
     },
     timeout: () => timeouts.unsafeUpdate(1, noTags),
     createTime: (millis) => createTime.unsafeUpdate(millis / 1000, noTags),

@@ -58,7 +58,7 @@ export const query = (
   params?: ReadonlyArray<unknown>
 ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError, PgPool.PgPool> =>
   Effect.withFiberRuntime((fiber) => {
-    const service = Context.unsafeGet(fiber.getFiberRef(FiberRef.currentContext), tag)
+    const service = Context.unsafeGet(fiber.currentContext, tag)
     const core = (service as { readonly [CoreId]?: PoolCore })[CoreId]
     return core === undefined ? service.query(text, params) : core.statementOn(fiber, text, params, undefined, rowsOf)
   })
@@ -458,7 +458,9 @@ export class PoolCore {
     readonly policy: HostPolicy,
     readonly topology: Topology | undefined
   ) {
-    this.metrics = config.metrics ? Metrics.make(config.name) : undefined
+    this.metrics = config.metrics
+      ? Metrics.make(config.name, { max: config.maxConnections, idleMax: config.maxIdle, idleMin: config.minConnections })
+      : undefined
   }
 
   /** False when the server of `conn` no longer fits this pool (roles changed at a failover). */
@@ -467,16 +469,14 @@ export class PoolCore {
     return keeps === undefined || keeps(conn.server)
   }
 
-  /** Sets the gauges (connection count by state, pending requests, limits) to the current state. */
+  /**
+   * Sets the gauges (connections by state, pending requests) to the current state; called at every change, so
+   * the metrics are never stale. Connections being opened count in neither state.
+   */
   updateGauges(): void {
-    this.metrics?.setGauges({
-      idle: this.idle.length,
-      used: this.size - this.idle.length,
-      pending: this.waiting,
-      max: this.config.maxConnections,
-      idleMax: this.config.maxIdle,
-      idleMin: this.config.minConnections
-    })
+    if (this.metrics === undefined) return
+    const idle = this.idle.length
+    this.metrics.setCounts(idle, this.size - idle - this.connects.size, this.waiting)
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -702,7 +702,10 @@ export class PoolCore {
     conn.checkedOutAt = now
     this.inUse++
     this.acquired++
-    if (this.metrics !== undefined) this.metrics.waitTime(waited)
+    if (this.metrics !== undefined) {
+      this.metrics.waitTime(waited)
+      this.updateGauges()
+    }
   }
 
   /** Why a checkout that found no idle connection must fail at once, if it must. */
@@ -806,6 +809,7 @@ export class PoolCore {
       if (this.deliver(conn)) return Effect.void
       conn.state = "idle"
       this.idle.push(conn)
+      this.updateGauges()
       return Effect.void
     }).pipe(Effect.asVoid)
   }
@@ -835,6 +839,7 @@ export class PoolCore {
     else this.tail.next = waiter
     this.tail = waiter
     this.waiting++
+    this.updateGauges()
     if (this.timerWake !== undefined && waiter.deadline !== Infinity) {
       const wake = this.timerWake
       this.timerWake = undefined
@@ -873,6 +878,7 @@ export class PoolCore {
     else waiter.next.prev = waiter.prev
     waiter.prev = waiter.next = undefined
     this.waiting--
+    this.updateGauges()
   }
 
   /** An interrupted checkout: leave the queue, or give back the connection handed over meanwhile. */
@@ -886,13 +892,13 @@ export class PoolCore {
     return conn === undefined ? Effect.void : this.release(conn)
   }
 
-  /** Hands a connection to the first waiter. */
-  deliver(conn: Physical): boolean {
+  /** Hands a connection to the first waiter (`now`: the time, when the caller has it at hand). */
+  deliver(conn: Physical, now?: number): boolean {
     const waiter = this.head
     if (waiter === undefined) return false
     waiter.settled = true
     this.unlink(waiter)
-    const now = this.clock.unsafeCurrentTimeMillis()
+    if (now === undefined) now = this.clock.unsafeCurrentTimeMillis()
     this.markBusy(conn, now, now - waiter.enqueuedAt)
     waiter.deliver(conn)
     return true
@@ -1026,7 +1032,7 @@ export class PoolCore {
     if (now >= conn.expiresAt) return this.discard(conn, "lifetime")
     if (this.metrics !== undefined) this.metrics.useTime(now - conn.checkedOutAt)
     this.inUse--
-    if (this.deliver(conn)) return Effect.void
+    if (this.deliver(conn, now)) return Effect.void
     if (this.idle.length >= config.maxIdle) {
       this.inUse++
       return this.discard(conn, "maxIdle")
@@ -1034,6 +1040,7 @@ export class PoolCore {
     conn.state = "idle"
     conn.idleSince = now
     this.idle.push(conn)
+    this.updateGauges()
     if (this.inUse === 0 && this.drained !== undefined) Deferred.unsafeDone(this.drained, Exit.void)
     if (now - this.idle[0]!.idleSince >= config.idleTimeout && this.size > config.minConnections) this.purge(now)
     return Effect.void
@@ -1053,11 +1060,12 @@ export class PoolCore {
     conn.state = "closing"
     this.size--
     this.closing++
+    this.updateGauges()
     this.closedTotal++
     this.closedByReason[reason]++
     this.runCloser(
       Scope.close(conn.scope, Exit.void).pipe(
-        Effect.zipRight(Effect.logDebug("connection closed")),
+        Effect.zipRight(Effect.logInfo("connection closed")),
         Effect.annotateLogs({ backendPid: conn.driver.backendPid, reason, host: conn.server.label }),
         Effect.ensuring(Effect.sync(() => {
           this.closing--
@@ -1131,6 +1139,7 @@ export class PoolCore {
     const token = { startedAt: this.clock.unsafeCurrentTimeMillis() }
     this.size++
     this.connects.add(token)
+    this.updateGauges()
     return token
   }
 
@@ -1145,6 +1154,7 @@ export class PoolCore {
 
   connected(exit: Exit.Exit<Physical, ConnectionError>, token: { readonly startedAt: number }): Effect.Effect<void> {
     this.connects.delete(token)
+    this.updateGauges()
     if (Exit.isSuccess(exit)) {
       const conn = exit.value
       if (this.closed) {
@@ -1159,9 +1169,11 @@ export class PoolCore {
       conn.state = "idle"
       conn.idleSince = this.clock.unsafeCurrentTimeMillis()
       this.idle.push(conn)
+      this.updateGauges()
       return Effect.void
     }
     this.size--
+    this.updateGauges()
     const failure = Cause.failureOption(exit.cause)
     if (Option.isSome(failure)) {
       if (this.forReads) reroutable.set(failure.value, this)
@@ -1286,7 +1298,7 @@ export class PoolCore {
       this.all.add(conn)
       this.created++
       this.consecutiveFailures = 0
-      yield* Effect.logDebug("connection opened").pipe(
+      yield* Effect.logInfo("connection opened").pipe(
         Effect.annotateLogs({ backendPid: conn.driver.backendPid, host: state.host.host, port: state.host.port })
       )
       return conn
@@ -1619,6 +1631,8 @@ export class PoolCore {
       } else {
         const refused = this.refusal()
         if (refused !== undefined) return refused
+        op.enqueuedAt = now
+        op.deadline = now + this.config.acquireTimeout
       }
       return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
     })
@@ -1814,9 +1828,7 @@ const startMaintenance = (core: PoolCore): void => {
       Effect.repeat(Schedule.spaced(Duration.millis(core.config.maintenanceInterval)))
     )
   )
-  if (core.metrics !== undefined) {
-    core.runBackground(Effect.repeat(Effect.sync(() => core.updateGauges()), Schedule.spaced(Duration.seconds(1))))
-  }
+  core.updateGauges()
 }
 
 /** @internal */
@@ -1871,7 +1883,14 @@ const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
   const count = Math.max(1, core.config.pooling ? core.config.minConnections : 1)
   const tokens = Array.from({ length: count }, () => core.beginConnect())
   let attempts = 0
-  const attempt = core.open.pipe(Effect.tapError(() => Effect.sync(() => attempts++)))
+  const attempt = core.open.pipe(Effect.tapError((error) =>
+    Effect.suspend(() => {
+      attempts++
+      return Effect.logWarning(`connect failed at start (attempt ${attempts}): ${error.message}`).pipe(
+        Effect.annotateLogs({ attempt: attempts, host: error.host ?? "", code: error.code ?? "" })
+      )
+    })
+  ))
   return Effect.forEach(
     tokens,
     (token) =>
