@@ -149,13 +149,16 @@ const enum OpState {
   Waiting,
   Running,
   Done,
+  /** Answered, and the connection already given back (by the driver's callback): `releasing` is what is left. */
+  Released,
   Finished
 }
 
 /**
  * A one-shot statement: waits for a connection (if none is idle) and sends the statement the moment one is
- * handed over, all in one suspension of the calling fiber. The fiber resumes with the op once the server
- * answered, and then releases the connection.
+ * handed over, all in one suspension of the calling fiber. A statement that succeeded gives its connection back
+ * in the driver's callback, so the next waiter's statement goes out in the same turn of the event loop (as
+ * pg.Pool does); the fiber then resumes with the op.
  *
  * @internal
  */
@@ -170,6 +173,7 @@ export class QueryOp<A = unknown> implements Waiter {
   error: QueryError | ConnectionError | undefined = undefined
   result: Connector.QueryResult | undefined = undefined
   resume: ((effect: Effect.Effect<QueryOp<A>, PoolError>) => void) | undefined = undefined
+  releasing: Effect.Effect<void> = Effect.void
   constructor(
     readonly core: PoolCore,
     readonly text: string,
@@ -209,10 +213,16 @@ export class QueryOp<A = unknown> implements Waiter {
     result: Connector.QueryResult | undefined
   ): void => {
     if (this.state !== OpState.Running) return
-    this.state = OpState.Done
     this.error = error
     this.result = result
+    // resumed first (the fiber runs later, on the scheduler), so it comes back before the next waiter's fiber
     this.resume!(Effect.succeed(this))
+    if (error === undefined && !this.core.counting) {
+      this.state = OpState.Released
+      this.releasing = this.core.releaseWith(this.conn!, 0)
+    } else {
+      this.state = OpState.Done
+    }
   }
   /**
    * The fiber was interrupted while waiting or while the statement ran: leave the queue, or cancel the
@@ -231,6 +241,8 @@ export class QueryOp<A = unknown> implements Waiter {
         return this.core.release(this.conn!)
       case OpState.Done:
         return this.core.release(this.conn!)
+      case OpState.Released:
+        return this.releasing
       case OpState.Finished:
         return Effect.void
     }
@@ -1671,6 +1683,11 @@ export class PoolCore {
 
   /** The statement of a one-shot op has been answered: count it, return the connection, hand out the result. */
   complete<A>(op: QueryOp<A>): Effect.Effect<A, PoolError | QueryError> {
+    if (op.state === OpState.Released) {
+      op.state = OpState.Finished
+      const value = op.project(op.result!)
+      return op.releasing === Effect.void ? Effect.succeed(value) : Effect.as(op.releasing, value)
+    }
     op.state = OpState.Finished
     return this.counting
       ? Effect.flatMap(Ref.updateAndGet(op.conn!.usage, increment), (usage) => this.finish(op, usage))
