@@ -21,10 +21,10 @@ import * as Fake from "./fake.js"
 import { POOL_SIZE } from "./sql-candidates.js"
 
 /** Our real pool core over the fake Connector. */
-const ourFakeLayer: Layer.Layer<PgPool.PgPool, unknown> = Layer.merge(
-  Layer.scoped(PgPool.PgPool, PgPool.make({ maxConnections: POOL_SIZE })).pipe(Layer.provide(Fake.connectorLayer)),
-  Logger.minimumLogLevel(LogLevel.Warning)
-)
+const ourFakeLayer: Layer.Layer<PgPool.PgPool, unknown> = Layer.scoped(
+  PgPool.PgPool,
+  PgPool.make({ maxConnections: POOL_SIZE })
+).pipe(Layer.provide(Layer.merge(Fake.connectorLayer, Logger.minimumLogLevel(LogLevel.Warning))))
 
 /** pg.Pool (pg-pool) over a fake `pg.Client`: its own checkout and queueing code, no socket. */
 const fakePgPool = (): pg.Pool =>

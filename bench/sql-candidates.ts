@@ -43,9 +43,8 @@ const randomId = (): number => 1 + Math.floor(Math.random() * ROWS)
 
 /** Our pool, as an application would configure it (its connection logs kept out of the report's output). */
 export const ourLayer = (db: Target): Layer.Layer<PgPool.PgPool, unknown> =>
-  Layer.merge(
-    PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours" }),
-    Logger.minimumLogLevel(LogLevel.Warning)
+  PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours" }).pipe(
+    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
 
 /** Our `SqlClient` (PgPoolSql) on our pool. */
