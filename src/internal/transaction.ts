@@ -130,10 +130,12 @@ const runBody = <A, E, R, X>(
   onRollback: () => Effect.Effect<void, QueryError | ConnectionError>,
   mapping: ErrorMapping<X>
 ): Effect.Effect<A, E | X, R> => {
-  const inside = Context.add(context, TransactionTag, tx).pipe(
-    Context.add(SqlClient.TransactionConnection, [sqlConnection(tx.handle), tx.depth] as const),
-    Context.add(InheritedPin, pin)
-  )
+  // one copy of the context's map for the three services (Context.add copies it each time)
+  const services = new Map(context.unsafeMap)
+  services.set(TransactionTag.key, tx)
+  services.set(SqlClient.TransactionConnection.key, [sqlConnection(tx.handle), tx.depth] as const)
+  services.set(InheritedPin.key, pin)
+  const inside = Context.unsafeMake<never>(services)
   const back = FiberRef.set(FiberRef.currentContext, context)
   return Effect.zipRight(
     FiberRef.set(FiberRef.currentContext, inside),
