@@ -611,7 +611,10 @@ export class PoolCore {
   }
 
   countStatement<A, E, R>(conn: Physical, statement: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
-    return this.counting ? Effect.zipRight(Ref.update(conn.usage, increment), statement) : statement
+    if (!this.counting) return statement
+    // held-back statements that go out with this one count too, as when they are sent on their own
+    const count = 1 + (conn.deferred?.length ?? 0)
+    return Effect.zipRight(Ref.update(conn.usage, (n) => n + count), statement)
   }
 
   withQueryTimeout<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | QueryError, R> {
