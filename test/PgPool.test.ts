@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Ref, Scope, TestClock } from "effect"
 import * as PgPool from "../src/PgPool.js"
+import * as Transaction from "../src/Transaction.js"
 import { adminQuery, backends, eventually, testConfig, testDatabase, testLayer } from "./support/db.js"
 
 const pid = (rows: ReadonlyArray<PgPool.Row>) => Number(rows[0]!.pid)
@@ -157,35 +158,52 @@ describe("PgPool", () => {
         assert.strictEqual(stats.idle, 1)
       }).pipe(Effect.provide(testLayer({ maxConnections: 1 }))))
 
-    it.effect("fibers forked inside withConnection (timeout, race, all) use the pinned connection", () =>
+    it.effect("fibers forked inside withConnection check out connections of their own (one fiber per connection)", () =>
       Effect.gen(function*() {
-        const [outer, timed, raced, both, stats] = yield* PgPool.withConnection(Effect.gen(function*() {
-          yield* PgPool.query("create temporary table forked_t (x int)")
-          const outer = yield* backendPid
-          const timed = yield* backendPid.pipe(Effect.timeout("5 seconds"))
-          const raced = yield* Effect.race(backendPid, Effect.never)
-          yield* PgPool.query("insert into forked_t values (1)").pipe(Effect.timeout("5 seconds"))
-          const both = yield* Effect.all([backendPid, backendPid], { concurrency: 2 })
-          return [outer, timed, raced, both, yield* PgPool.stats] as const
-        }))
-        assert.deepStrictEqual([timed, raced, ...both], [outer, outer, outer, outer])
-        assert.strictEqual(stats.size, 1)
-      }).pipe(Effect.provide(testLayer({ maxConnections: 1, acquireTimeout: "2 seconds" }))))
-
-    it.effect("a fiber forked inside withConnection that outlives it checks out connections of its own", () =>
-      Effect.gen(function*() {
-        const go = yield* Deferred.make<void>()
-        const [pinned, child] = yield* PgPool.withConnection(Effect.gen(function*() {
+        yield* PgPool.query("create table forked_tx (id int primary key)")
+        const [pinned, forked, exit] = yield* PgPool.withConnection(Effect.gen(function*() {
           const pinned = yield* backendPid
-          const child = yield* Effect.fork(Effect.zipRight(Deferred.await(go), backendPid))
-          return [pinned, child] as const
+          const forked = yield* Effect.all([backendPid, backendPid.pipe(Effect.timeout("5 seconds"))], {
+            concurrency: 2
+          })
+          // two transactions side by side: the failing one rolls back, the other commits, neither sees the other
+          const exit = yield* Effect.exit(Effect.all([
+            Transaction.withTransaction(
+              Effect.zipRight(PgPool.query("insert into forked_tx values (1)"), Effect.fail("boom" as const))
+            ),
+            Transaction.withTransaction(PgPool.query("insert into forked_tx values (2)"))
+          ], { concurrency: 2, mode: "either" }))
+          return [pinned, forked, exit] as const
         }))
-        yield* Deferred.succeed(go, undefined)
-        const pidOfChild = yield* Fiber.join(child)
-        assert.isNumber(pidOfChild)
-        assert.strictEqual(pidOfChild, pinned)
+        assert.notInclude(forked, pinned)
+        assert.isTrue(Exit.isSuccess(exit))
+        if (Exit.isSuccess(exit)) assert.deepStrictEqual(exit.value.map((either) => either._tag), ["Left", "Right"])
+        const rows = yield* PgPool.query("select id from forked_tx order by id")
+        assert.deepStrictEqual(rows, [{ id: 2 }])
         assert.strictEqual((yield* PgPool.stats).inUse, 0)
-      }).pipe(Effect.provide(testLayer({ maxConnections: 1, acquireTimeout: "2 seconds" }))))
+      }).pipe(Effect.provide(testLayer({ maxConnections: 4 }))))
+
+    it.effect("a transaction in a fiber forked inside withConnection that outlives it runs on a connection of its own", () =>
+      Effect.gen(function*() {
+        yield* PgPool.query("create table outlived_tx (id int primary key)")
+        const go = yield* Deferred.make<void>()
+        const child = yield* PgPool.withConnection(
+          Effect.fork(Effect.zipRight(
+            Deferred.await(go),
+            Transaction.withTransaction(Effect.zipRight(
+              PgPool.query("insert into outlived_tx values (1)"),
+              PgPool.query("insert into outlived_tx values (2)")
+            ))
+          ))
+        )
+        const other = yield* Effect.fork(Transaction.withTransaction(PgPool.query("insert into outlived_tx values (3)")))
+        yield* Deferred.succeed(go, undefined)
+        yield* Fiber.join(child)
+        yield* Fiber.join(other)
+        const rows = yield* PgPool.query("select id from outlived_tx order by id")
+        assert.deepStrictEqual(rows, [{ id: 1 }, { id: 2 }, { id: 3 }])
+        assert.strictEqual((yield* PgPool.stats).inUse, 0)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, acquireTimeout: "5 seconds" }))))
   })
 
   describe("limits", () => {

@@ -13,6 +13,26 @@ const PoolLive = testLayer({ maxConnections: 4 })
 const Live = Layer.provideMerge(PgPoolSql.layer, PoolLive)
 
 describe("PgPoolSql", () => {
+  it.effect("a transform that throws is a defect and the connection still goes back", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const exit = yield* Effect.exit(sql`select 1 as boom`)
+      assert.isTrue(exit._tag === "Failure" && exit.cause._tag === "Die")
+      const stats = yield* PgPool.stats
+      assert.deepStrictEqual([stats.inUse, stats.idle], [0, 1])
+      assert.deepStrictEqual(yield* PgPool.query("select 2 as two"), [{ two: 2 }])
+    }).pipe(
+      Effect.provide(Layer.provideMerge(
+        PgPoolSql.layerWith({
+          transformResultNames: (name) => {
+            if (name === "boom") throw new Error("transform failed")
+            return name
+          }
+        }),
+        testLayer({ maxConnections: 1, reset: "always", acquireTimeout: "2 seconds" })
+      ))
+    ))
+
   it.effect("runs sql template statements with parameters", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

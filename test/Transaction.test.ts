@@ -4,6 +4,7 @@ import { Cause, Chunk, Deferred, Effect, Exit, Fiber, Layer, Option, Stream } fr
 import * as Connector from "../src/Connector.js"
 import * as PgPool from "../src/PgPool.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
+import * as PgPoolTest from "../src/PgPoolTest.js"
 import * as Transaction from "../src/Transaction.js"
 import { adminQuery, backends, eventually, testConfig, testDatabase, testLayer } from "./support/db.js"
 
@@ -417,6 +418,27 @@ describe("Transaction", () => {
         assert.strictEqual(yield* idleInTransaction, 0)
       }).pipe(Effect.provide(countedLive(writes)))
     })
+
+    const servers: ReadonlyArray<readonly [string, Layer.Layer<PgPool.PgPool, unknown>]> = [
+      ["a real server", PoolLive],
+      ["the fake", PgPoolTest.layer()]
+    ]
+    for (const [server, layer] of servers) {
+      it.effect(`a statement made before the transaction began still takes its BEGIN along (${server})`, () =>
+        Effect.gen(function*() {
+          // the statement value exists before withTransaction runs; several statements in one text cannot
+          // share the extended-protocol message with the BEGIN, so BEGIN goes first, on its own
+          const statuses = yield* PgPool.withConnection(Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => {
+            const both = conn.query("select 1 as a; select 2 as b")
+            return Transaction.withTransaction(Effect.zipRight(
+              both,
+              conn.query("select current_setting('transaction_isolation') as level")
+            ), { isolation: "serializable" })
+          })))
+          assert.deepStrictEqual(statuses, [{ level: "serializable" }])
+          assert.strictEqual((yield* PgPool.stats).inUse, 0)
+        }).pipe(Effect.provide(layer)))
+    }
 
     it.effect("a cursor stream as the first statement runs inside the transaction", () =>
       Effect.gen(function*() {

@@ -259,39 +259,35 @@ export interface Pin {
 /**
  * The connections pinned by `withConnection` for one fiber, innermost first. The box is set on a fiber once
  * (a FiberRef write copies all of the fiber's refs, which costs more than a whole checkout) and then changed in
- * place. A fiber forked inside `withConnection` (by `Effect.timeout`, `Effect.race`, `Effect.all`, a `fork`)
- * inherits a snapshot of the pins of that moment, so its statements run on the pinned connection while it is
- * held, and on connections of its own once it has been returned. A transaction's pin travels in the context
- * instead (`InheritedPin`), so fibers forked inside a transaction stay in it.
+ * place. It is not inherited: a connection serves one fiber at a time, so a fiber forked inside
+ * `withConnection` (including the ones `Effect.timeout`, `Effect.race` and a concurrent `Effect.all` run their
+ * effects in) checks out connections of its own. A transaction's pin travels in the context instead
+ * (`InheritedPin`), so fibers forked inside a transaction stay in it.
  *
  * @internal
  */
 export class PinBox {
-  constructor(readonly owner: Fiber.RuntimeFiber<unknown, unknown> | undefined, public pins: Pin | undefined) {}
+  constructor(readonly owner: Fiber.RuntimeFiber<unknown, unknown>, public pins: Pin | undefined) {}
 }
 
 const currentPins: FiberRef.FiberRef<PinBox | undefined> = globalValue(
   Symbol.for("effect-pg-pool/PgPool/currentPins"),
-  () =>
-    FiberRef.unsafeMake<PinBox | undefined>(undefined, {
-      fork: (box) => box === undefined || box.pins === undefined ? undefined : new PinBox(undefined, box.pins),
-      join: (parent) => parent
-    })
+  () => FiberRef.unsafeMake<PinBox | undefined>(undefined, { fork: () => undefined, join: (parent) => parent })
 )
 
-/** The box of `fiber`'s own pins, made (with the pins it inherited) the first time it pins a connection. */
+/** The box of `fiber`'s pins, made the first time it pins a connection. */
 const ownPins = (fiber: Fiber.RuntimeFiber<unknown, unknown>): PinBox => {
   const box = fiber.getFiberRef(currentPins)
   if (box !== undefined && box.owner === fiber) return box
-  const own = new PinBox(fiber, box?.pins)
+  const own = new PinBox(fiber, undefined)
   ;(fiber as unknown as { setFiberRef<A>(ref: FiberRef.FiberRef<A>, value: A): void }).setFiberRef(currentPins, own)
   return own
 }
 
-/** The first pin for `core`'s pool whose connection is still held (inherited pins may have been returned). */
-const findLivePin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
-  while (pins !== undefined && (pins.core.root !== core.root || pins.handle.released)) pins = pins.next
-  return pins
+/** The pins `fiber` set itself with `withConnection`. */
+const pinsSetBy = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined => {
+  const box = fiber.getFiberRef(currentPins)
+  return box !== undefined && box.owner === fiber ? box.pins : undefined
 }
 
 /**
@@ -303,16 +299,11 @@ export const InheritedPin: Context.Tag<Pin, Pin> = Context.GenericTag<Pin>("effe
 
 /** The pinned connection of `fiber` for `core`'s pool, if any. @internal */
 export const pinOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, core: PoolCore): Pin | undefined =>
-  findLivePin(fiber.getFiberRef(currentPins)?.pins, core) ??
-    findPin(fiber.currentContext.unsafeMap.get(InheritedPin.key), core)
+  findPin(pinsSetBy(fiber), core) ?? findPin(fiber.currentContext.unsafeMap.get(InheritedPin.key), core)
 
 /** The pins of `fiber`, innermost first. @internal */
-export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined => {
-  const pins = fiber.getFiberRef(currentPins)?.pins
-  let live = pins
-  while (live !== undefined && live.handle.released) live = live.next
-  return live ?? fiber.currentContext.unsafeMap.get(InheritedPin.key)
-}
+export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined =>
+  pinsSetBy(fiber) ?? fiber.currentContext.unsafeMap.get(InheritedPin.key)
 
 /** @internal */
 export const findPin = (pins: Pin | undefined, core: PoolCore): Pin | undefined => {
@@ -414,7 +405,9 @@ export class Handle implements PgPool.PooledConnection {
     text: string,
     params?: ReadonlyArray<unknown>
   ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> =>
-    this.released ? Effect.fail(this.core.usedAfterRelease(this)) : this.core.rows(this.conn, text, params)
+    Effect.suspend(() =>
+      this.released ? Effect.fail(this.core.usedAfterRelease(this)) : this.core.rows(this.conn, text, params)
+    )
   get invalidate(): Effect.Effect<void> {
     return Effect.suspend(() => this.released ? Effect.void : this.core.invalidate(this.conn))
   }
@@ -513,9 +506,6 @@ export class PoolCore {
     rowMode: "array" | undefined,
     then: (result: Connector.QueryResult) => Effect.Effect<A>
   ): Effect.Effect<A, QueryError | ConnectionError> {
-    if (conn.deferred !== undefined && !this.canPipeline(conn, text, params)) {
-      return Effect.zipRight(this.flush(conn), Effect.suspend(() => this.runThen(conn, text, params, rowMode, then)))
-    }
     const statement = this.countStatement(
       conn,
       Effect.uninterruptibleMask((restore) => {
@@ -544,23 +534,22 @@ export class PoolCore {
    * ROLLBACK, SAVEPOINT), after the cancel of an interrupted statement, if one is out, has settled.
    */
   control(conn: Physical, text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
-    if (conn.deferred !== undefined && (text === "COMMIT" || text === "ROLLBACK")) {
-      // the transaction ran no statement: its BEGIN was never sent, so there is nothing to end
-      conn.deferred = undefined
-      return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
-    }
-    if (conn.deferred !== undefined && !this.canPipeline(conn, text, undefined)) {
-      return Effect.zipRight(this.flush(conn), Effect.suspend(() => this.control(conn, text)))
-    }
-    const send = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
-      this.dispatch(conn, text, undefined, undefined, (error, result) => {
-        resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+    return Effect.suspend(() => {
+      if (conn.deferred !== undefined && (text === "COMMIT" || text === "ROLLBACK")) {
+        // the transaction ran no statement: its BEGIN was never sent, so there is nothing to end
+        conn.deferred = undefined
+        return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
+      }
+      const send = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+        this.dispatch(conn, text, undefined, undefined, (error, result) => {
+          resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+        })
       })
+      return this.countStatement(
+        conn,
+        conn.settling === undefined ? send : Effect.zipRight(Fiber.await(conn.settling), send)
+      )
     })
-    return this.countStatement(
-      conn,
-      conn.settling === undefined ? send : Effect.zipRight(Fiber.await(conn.settling), send)
-    )
   }
 
   /**
@@ -578,7 +567,10 @@ export class PoolCore {
     return conn.driver.sendAfter !== undefined && ((params !== undefined && params.length > 0) || !text.includes(";"))
   }
 
-  /** Sends `text`, after the held-back statements if there are any (the caller checked `canPipeline`). */
+  /**
+   * Sends `text`, after the held-back statements if there are any: in the same write when the driver and the
+   * statement allow it, else one after the other, the statement only once the held-back ones succeeded.
+   */
   dispatch(
     conn: Physical,
     text: string,
@@ -589,7 +581,16 @@ export class PoolCore {
     const deferred = conn.deferred
     if (deferred === undefined) return conn.driver.send(text, params, rowMode, callback)
     conn.deferred = undefined
-    conn.driver.sendAfter!(deferred, text, params, rowMode, callback)
+    const driver = conn.driver
+    if (this.canPipeline(conn, text, params)) return driver.sendAfter!(deferred, text, params, rowMode, callback)
+    const next = (i: number): void => {
+      if (i === deferred.length) return driver.send(text, params, rowMode, callback)
+      driver.send(deferred[i]!, undefined, undefined, (error) => {
+        if (error !== undefined) callback(error, undefined)
+        else next(i + 1)
+      })
+    }
+    next(0)
   }
 
   /** Sends the held-back statements on their own (before a cursor, or a statement that cannot carry them). */
@@ -613,8 +614,7 @@ export class PoolCore {
   countStatement<A, E, R>(conn: Physical, statement: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
     if (!this.counting) return statement
     // held-back statements that go out with this one count too, as when they are sent on their own
-    const count = 1 + (conn.deferred?.length ?? 0)
-    return Effect.zipRight(Ref.update(conn.usage, (n) => n + count), statement)
+    return Effect.zipRight(Ref.update(conn.usage, (n) => n + 1 + (conn.deferred?.length ?? 0)), statement)
   }
 
   withQueryTimeout<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | QueryError, R> {
@@ -1688,7 +1688,12 @@ export class PoolCore {
   complete<A>(op: QueryOp<A>): Effect.Effect<A, PoolError | QueryError> {
     if (op.state === OpState.Released) {
       op.state = OpState.Finished
-      const value = op.project(op.result!)
+      let value: A
+      try {
+        value = op.project(op.result!)
+      } catch (defect) {
+        return Effect.zipRight(op.releasing, Effect.die(defect))
+      }
       return op.releasing === Effect.void ? Effect.succeed(value) : Effect.as(op.releasing, value)
     }
     op.state = OpState.Finished
@@ -1702,7 +1707,12 @@ export class PoolCore {
     const released = this.releaseWith(conn, usage)
     const error = op.error
     if (error === undefined) {
-      const value = op.project(op.result!)
+      let value: A
+      try {
+        value = op.project(op.result!)
+      } catch (defect) {
+        return Effect.zipRight(released, Effect.die(defect))
+      }
       return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
     }
     if (op.retry && error._tag === "ConnectionError" && (conn.lost || conn.driver.isBroken()) && !this.closed) {

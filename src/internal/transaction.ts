@@ -89,7 +89,10 @@ export interface ErrorMapping<X> {
 const identity: ErrorMapping<TxError> = { map: (error) => error }
 
 /** BEGIN, COMMIT, ROLLBACK, SAVEPOINT: run in the transaction's uninterruptible region. */
-const runOn = (handle: Handle, text: string) => handle.core.control(handle.conn, text)
+const runOn = (handle: Handle, text: string) =>
+  Effect.suspend(() =>
+    handle.released ? Effect.fail(handle.core.usedAfterRelease(handle)) : handle.core.control(handle.conn, text)
+  )
 
 const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionError> =>
   Effect.flatMap(runOn(handle, "COMMIT"), (result) =>
