@@ -399,6 +399,35 @@ describe("Transaction", () => {
       }).pipe(Effect.provide(countedLive(writes)))
     })
 
+    it.effect("when the BEGIN itself fails, the rest of the transaction is refused, not run outside of it", () => {
+      // a connector whose pipelined BEGIN fails, as a cancel that hits the BEGIN would make it
+      const sabotaged: Connector.Connector = {
+        connect: (options, onLost) =>
+          Effect.map(Connector.make.connect(options, onLost), (connection): Connector.Connection => ({
+            ...connection,
+            sendAfter: (_prefix, text, params, rowMode, callback) =>
+              connection.sendAfter!(["select 1/0"], text, params, rowMode, callback)
+          }))
+      }
+      const layer = Layer.scoped(PgPool.PgPool, PgPool.make(testConfig({ healthCheck: false }))).pipe(
+        Layer.provide(Layer.succeed(Connector.Connector, sabotaged))
+      )
+      return Effect.gen(function*() {
+        yield* fresh("tx_begin_lost")
+        const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* Effect.ignore(PgPool.query("insert into tx_begin_lost (id) values ($1)", [1]))
+          yield* PgPool.query("insert into tx_begin_lost (id) values ($1)", [2])
+        })))
+        assert.isTrue(Exit.isFailure(exit))
+        const error = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+        assert.strictEqual(Option.isSome(error) && error.value._tag === "QueryError" ? error.value.code : "", "25P01")
+        assert.strictEqual(yield* count("tx_begin_lost"), 0)
+        assert.strictEqual((yield* PgPool.stats).inUse, 0)
+        // the connection is fine afterwards
+        assert.deepStrictEqual(yield* PgPool.query("select 1 as one"), [{ one: 1 }])
+      }).pipe(Effect.provide(layer))
+    })
+
     it.effect("a failure of the first statement leaves a failed transaction that is rolled back", () => {
       const writes: Array<string> = []
       return Effect.gen(function*() {

@@ -95,6 +95,11 @@ export class Physical {
    * of a transaction (see `deferBegin`).
    */
   deferred: ReadonlyArray<string> | undefined = undefined
+  /**
+   * The held-back BEGIN went out with a statement that failed (a cancel can hit the BEGIN itself) and left no
+   * transaction open: the rest of the transaction must not run outside of it.
+   */
+  beginLost = false
   constructor(
     readonly id: number,
     readonly driver: Connector.Connection,
@@ -540,6 +545,10 @@ export class PoolCore {
         conn.deferred = undefined
         return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
       }
+      if (conn.beginLost && text === "ROLLBACK") {
+        conn.beginLost = false
+        return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
+      }
       const send = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
         this.dispatch(conn, text, undefined, undefined, (error, result) => {
           resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
@@ -578,19 +587,32 @@ export class PoolCore {
     rowMode: "array" | undefined,
     callback: (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
   ): void {
+    if (conn.beginLost) return callback(this.beginLostError(), undefined)
     const deferred = conn.deferred
     if (deferred === undefined) return conn.driver.send(text, params, rowMode, callback)
     conn.deferred = undefined
     const driver = conn.driver
-    if (this.canPipeline(conn, text, params)) return driver.sendAfter!(deferred, text, params, rowMode, callback)
+    const checked = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => {
+      if (error !== undefined && driver.transactionStatus() === "idle") conn.beginLost = true
+      callback(error, result)
+    }
+    if (this.canPipeline(conn, text, params)) return driver.sendAfter!(deferred, text, params, rowMode, checked)
     const next = (i: number): void => {
-      if (i === deferred.length) return driver.send(text, params, rowMode, callback)
+      if (i === deferred.length) return driver.send(text, params, rowMode, checked)
       driver.send(deferred[i]!, undefined, undefined, (error) => {
-        if (error !== undefined) callback(error, undefined)
+        if (error !== undefined) checked(error, undefined)
         else next(i + 1)
       })
     }
     next(0)
+  }
+
+  beginLostError(): QueryError {
+    return new QueryError({
+      message:
+        "The transaction's BEGIN did not take effect (it failed or was cancelled with its first statement): the rest of the transaction is refused so that it cannot run outside of it (SQLSTATE 25P01)",
+      code: "25P01"
+    })
   }
 
   /** Sends the held-back statements on their own (before a cursor, or a statement that cannot carry them). */
@@ -990,6 +1012,7 @@ export class PoolCore {
 
   releaseWith(conn: Physical, usage: number): Effect.Effect<void> {
     conn.deferred = undefined
+    conn.beginLost = false
     if (conn.settling !== undefined) {
       // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
       // healthy network), else let the return finish in the background so the caller is not held up
