@@ -428,6 +428,36 @@ describe("Transaction", () => {
       }).pipe(Effect.provide(layer))
     })
 
+    it.effect("a BEGIN sent on its own ahead of a cursor stream that fails also refuses the rest of the transaction", () => {
+      // BEGIN cannot ride along with a cursor: it is sent alone first; here it fails, as a cancel could make it
+      const sabotaged: Connector.Connector = {
+        connect: (options, onLost) =>
+          Effect.map(Connector.make.connect(options, onLost), (connection): Connector.Connection => ({
+            ...connection,
+            send: (text, params, rowMode, callback) =>
+              connection.send(text.startsWith("BEGIN") ? "select 1/0" : text, params, rowMode, callback)
+          }))
+      }
+      const layer = Layer.provideMerge(
+        PgPoolSql.layer,
+        Layer.scoped(PgPool.PgPool, PgPool.make(testConfig({ healthCheck: false }))).pipe(
+          Layer.provide(Layer.succeed(Connector.Connector, sabotaged))
+        )
+      )
+      return Effect.gen(function*() {
+        yield* fresh("tx_flush_lost")
+        const sql = yield* SqlClient.SqlClient
+        const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* Effect.ignore(Stream.runDrain(sql`select 1`.stream))
+          yield* PgPool.query("insert into tx_flush_lost (id) values ($1)", [1])
+        })))
+        const error = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+        assert.strictEqual(Option.isSome(error) && error.value._tag === "QueryError" ? error.value.code : "", "25P01")
+        assert.strictEqual(yield* count("tx_flush_lost"), 0)
+        assert.strictEqual((yield* PgPool.stats).inUse, 0)
+      }).pipe(Effect.provide(layer))
+    })
+
     it.effect("a failure of the first statement leaves a failed transaction that is rolled back", () => {
       const writes: Array<string> = []
       return Effect.gen(function*() {

@@ -385,6 +385,24 @@ export const isTransientConnectError = (error: ConnectionError): boolean => {
 
 const increment = (n: number) => n + 1
 
+/**
+ * Hands out `project(result)` once `released` (the return of the connection) has run; a `project` that throws
+ * is a defect, and the connection still goes back.
+ */
+const handOut = <A>(
+  project: (result: Connector.QueryResult) => A,
+  result: Connector.QueryResult,
+  released: Effect.Effect<void>
+): Effect.Effect<A> => {
+  let value: A
+  try {
+    value = project(result)
+  } catch (defect) {
+    return Effect.zipRight(released, Effect.die(defect))
+  }
+  return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
+}
+
 /** @internal */
 export const rowsOf = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => result.rows
 
@@ -540,12 +558,10 @@ export class PoolCore {
    */
   control(conn: Physical, text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
     return Effect.suspend(() => {
-      if (conn.deferred !== undefined && (text === "COMMIT" || text === "ROLLBACK")) {
-        // the transaction ran no statement: its BEGIN was never sent, so there is nothing to end
+      // no transaction is open on the server (its BEGIN was never sent, or did not take effect): nothing to end
+      const unsent = conn.deferred !== undefined && (text === "COMMIT" || text === "ROLLBACK")
+      if (unsent || (conn.beginLost && text === "ROLLBACK")) {
         conn.deferred = undefined
-        return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
-      }
-      if (conn.beginLost && text === "ROLLBACK") {
         conn.beginLost = false
         return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
       }
@@ -593,7 +609,7 @@ export class PoolCore {
     conn.deferred = undefined
     const driver = conn.driver
     const checked = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => {
-      if (error !== undefined && driver.transactionStatus() === "idle") conn.beginLost = true
+      if (error !== undefined) this.noteBeginFailure(conn)
       callback(error, result)
     }
     if (this.canPipeline(conn, text, params)) return driver.sendAfter!(deferred, text, params, rowMode, checked)
@@ -605,6 +621,11 @@ export class PoolCore {
       })
     }
     next(0)
+  }
+
+  /** Held-back statements went out and something failed: if that left no transaction open, remember it. */
+  noteBeginFailure(conn: Physical): void {
+    if (conn.driver.transactionStatus() === "idle") conn.beginLost = true
   }
 
   beginLostError(): QueryError {
@@ -621,7 +642,9 @@ export class PoolCore {
       const deferred = conn.deferred
       if (deferred === undefined) return Effect.void
       conn.deferred = undefined
-      return Effect.forEach(deferred, (text) => this.control(conn, text), { discard: true })
+      return Effect.forEach(deferred, (text) => this.control(conn, text), { discard: true }).pipe(
+        Effect.tapError(() => Effect.sync(() => this.noteBeginFailure(conn)))
+      )
     })
   }
 
@@ -749,18 +772,18 @@ export class PoolCore {
   refusal(): Effect.Effect<never, PoolExhaustedError> | undefined {
     const config = this.config
     if (!config.blocking && this.size + this.closing >= config.maxConnections) return this.refuse("maxConnections")
-    if (config.maxWaiting !== Infinity && this.waitingForBusy(1) > config.maxWaiting) return this.refuse("maxWaiting")
+    if (config.maxWaiting !== Infinity && this.waitingForBusy() >= config.maxWaiting) return this.refuse("maxWaiting")
     return undefined
   }
 
   /**
-   * The waiters (with `more` about to join) that no connect, in flight or one the pool may still start, will
-   * serve: those waiting for a busy connection to come back. `maxWaiting` bounds these; a checkout the pool
-   * can open a connection for does not count against it.
+   * The waiters that no connect, in flight or one the pool may still start, will serve: those waiting for a
+   * busy connection to come back. `maxWaiting` bounds these; a checkout the pool can open a connection for
+   * does not count against it.
    */
-  waitingForBusy(more: number): number {
+  waitingForBusy(): number {
     const room = Math.max(0, this.config.maxConnections - this.size - this.closing)
-    return this.waiting + more - this.pending - room
+    return this.waiting - this.pending - room
   }
 
   /** Takes a connection. Must run in an uninterruptible region; only the wait is made interruptible. */
@@ -809,16 +832,22 @@ export class PoolCore {
   validate(conn: Physical): Effect.Effect<boolean> {
     conn.state = "checking"
     this.checking++
+    return this.checked(conn, (now) => this.markBusy(conn, now, 0))
+  }
+
+  /**
+   * Pings a connection in the "checking" state and settles it on every exit: `onAlive` takes it when it
+   * answered (and the pool is open); otherwise (no answer, or the ping cut off by an interruption, which leaves a
+   * statement on it) it is closed. True when it answered.
+   */
+  checked(conn: Physical, onAlive: (now: number) => void): Effect.Effect<boolean> {
     let alive = false
     return Effect.onExit(this.ping(conn), (exit) => {
       this.checking--
-      alive = Exit.isSuccess(exit) && exit.value
-      if (alive && !this.closed) {
-        this.markBusy(conn, this.clock.unsafeCurrentTimeMillis(), 0)
-      } else {
-        this.closeDetached(conn, alive ? "poolClosed" : "broken")
-        alive = false
-      }
+      const answered = Exit.isSuccess(exit) && exit.value
+      alive = answered && !this.closed
+      if (alive) onAlive(this.clock.unsafeCurrentTimeMillis())
+      else this.closeDetached(conn, answered ? "poolClosed" : "broken")
       return Effect.void
     }).pipe(Effect.map(() => alive))
   }
@@ -830,25 +859,18 @@ export class PoolCore {
       this.removeIdle(conn)
       conn.state = "checking"
       this.checking++
-      return this.pingIdle(conn)
+      return Effect.asVoid(this.checked(conn, (now) => {
+        if (!this.deliver(conn, now)) this.putIdle(conn, now)
+      }))
     }))
   }
 
-  pingIdle(conn: Physical): Effect.Effect<void> {
-    return Effect.onExit(this.ping(conn), (exit) => {
-      this.checking--
-      const alive = Exit.isSuccess(exit) && exit.value
-      if (!alive || this.closed) {
-        this.closeDetached(conn, alive ? "poolClosed" : "broken")
-        return Effect.void
-      }
-      conn.idleSince = this.clock.unsafeCurrentTimeMillis()
-      if (this.deliver(conn)) return Effect.void
-      conn.state = "idle"
-      this.idle.push(conn)
-      this.updateGauges()
-      return Effect.void
-    }).pipe(Effect.asVoid)
+  /** Puts a connection nobody waits for on the idle list. */
+  putIdle(conn: Physical, now: number): void {
+    conn.state = "idle"
+    conn.idleSince = now
+    this.idle.push(conn)
+    this.updateGauges()
   }
 
   /** Runs `select 1` on `conn` within the health check's timeout: true if it answered. */
@@ -1075,10 +1097,7 @@ export class PoolCore {
       this.inUse++
       return this.discard(conn, "maxIdle")
     }
-    conn.state = "idle"
-    conn.idleSince = now
-    this.idle.push(conn)
-    this.updateGauges()
+    this.putIdle(conn, now)
     if (this.inUse === 0 && this.drained !== undefined) Deferred.unsafeDone(this.drained, Exit.void)
     if (now - this.idle[0]!.idleSince >= config.idleTimeout && this.size > config.minConnections) this.purge(now)
     return Effect.void
@@ -1204,10 +1223,7 @@ export class PoolCore {
         this.closeDetached(conn, "maxIdle")
         return Effect.void
       }
-      conn.state = "idle"
-      conn.idleSince = this.clock.unsafeCurrentTimeMillis()
-      this.idle.push(conn)
-      this.updateGauges()
+      this.putIdle(conn, this.clock.unsafeCurrentTimeMillis())
       return Effect.void
     }
     this.size--
@@ -1711,13 +1727,7 @@ export class PoolCore {
   complete<A>(op: QueryOp<A>): Effect.Effect<A, PoolError | QueryError> {
     if (op.state === OpState.Released) {
       op.state = OpState.Finished
-      let value: A
-      try {
-        value = op.project(op.result!)
-      } catch (defect) {
-        return Effect.zipRight(op.releasing, Effect.die(defect))
-      }
-      return op.releasing === Effect.void ? Effect.succeed(value) : Effect.as(op.releasing, value)
+      return handOut(op.project, op.result!, op.releasing)
     }
     op.state = OpState.Finished
     return this.counting
@@ -1729,15 +1739,7 @@ export class PoolCore {
     const conn = op.conn!
     const released = this.releaseWith(conn, usage)
     const error = op.error
-    if (error === undefined) {
-      let value: A
-      try {
-        value = op.project(op.result!)
-      } catch (defect) {
-        return Effect.zipRight(released, Effect.die(defect))
-      }
-      return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
-    }
+    if (error === undefined) return handOut(op.project, op.result!, released)
     if (op.retry && error._tag === "ConnectionError" && (conn.lost || conn.driver.isBroken()) && !this.closed) {
       return Effect.zipRight(released, op.restore(this.oneShot(op.text, op.params, op.rowMode, op.project, false)))
     }
