@@ -48,6 +48,21 @@ export interface ConnectOptions {
   readonly connectTimeout: Duration.Duration
   /** Run-time parameters sent in the startup packet, e.g. `{ statement_timeout: "5000" }`. */
   readonly parameters: Readonly<Record<string, string>>
+  /**
+   * Automatic preparation of statements: a statement that ran `threshold` times on the connection is prepared
+   * on the server, at most `capacity` of them per connection (0 turns it off). Live connector's defaults: 5
+   * and 100.
+   */
+  readonly statementCache?: StatementCacheOptions | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface StatementCacheOptions {
+  readonly threshold: number
+  readonly capacity: number
 }
 
 /**

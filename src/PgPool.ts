@@ -109,6 +109,16 @@ export interface Config {
   readonly maxWaiting?: number | undefined
   /** Statements per physical connection before it is closed and replaced at the next safe point. Default unlimited (0). */
   readonly maxUsage?: number | undefined
+  /**
+   * Automatic preparation: a statement (SELECT, INSERT, UPDATE, DELETE, MERGE) that ran this many times on a
+   * connection is prepared there, so later runs skip the server's parse and plan. Default 5.
+   */
+  readonly prepareThreshold?: number | undefined
+  /**
+   * Prepared statements kept per connection, the least recently used closed beyond it. 0 turns automatic
+   * preparation off (for PgBouncer in transaction mode before 1.21). Default 100.
+   */
+  readonly statementCacheSize?: number | undefined
   /** SQL run on every new connection, e.g. `["set time zone 'UTC'"]`. */
   readonly setSession?: ReadonlyArray<string> | undefined
   /** How a returned connection is cleaned. Default `"transaction"`. */

@@ -7,6 +7,34 @@ import pg from "pg"
 import * as Connector from "../src/Connector.js"
 import { testServer } from "./support/db.js"
 
+const openWith = (statementCache?: Connector.StatementCacheOptions) =>
+  Effect.gen(function*() {
+    const server = testServer()
+    return yield* Connector.make.connect({
+      host: server.host,
+      port: server.port,
+      database: server.database,
+      user: server.user,
+      password: server.password,
+      ssl: undefined,
+      applicationName: "connector-test",
+      connectTimeout: Duration.seconds(10),
+      parameters: {},
+      statementCache
+    }, () => {})
+  })
+
+/** The statements the statement cache prepared on this connection (pg_prepared_statements is per session). */
+const preparedOn = (conn: Connector.Connection) =>
+  Effect.map(
+    Connector.query(
+      conn,
+      "select statement from pg_prepared_statements where name like $1 and statement <> $2 order by statement",
+      ["effect_pg_pool_%", "select statement from pg_prepared_statements where name like $1 and statement <> $2 order by statement"]
+    ),
+    (result) => result.rows.map((row) => row.statement as string)
+  )
+
 const open = Effect.gen(function*() {
   const server = testServer()
   return yield* Connector.make.connect({
@@ -172,4 +200,143 @@ describe("Connector (live, over pg)", () => {
       assert.strictEqual(commit.command, "ROLLBACK")
       assert.strictEqual(conn.transactionStatus(), "idle")
     }))
+
+  describe("statement cache (automatic preparation)", () => {
+    it.scoped("a statement that ran `threshold` times is prepared; its results stay the same, in every row mode", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 2, capacity: 10 })
+        yield* Connector.query(conn, "create temporary table sc_t (id int primary key, name text)")
+        yield* Connector.query(conn, "insert into sc_t values (1, 'one'), (2, 'two')")
+        const plain = "select id, name from sc_t order by id"
+        const param = "select name from sc_t where id = $1"
+        const results = []
+        for (let i = 0; i < 4; i++) {
+          results.push(yield* Connector.query(conn, plain))
+          results.push(yield* Connector.query(conn, param, [1 + (i % 2)]))
+        }
+        assert.deepStrictEqual(yield* preparedOn(conn), [plain, param])
+        for (let i = 0; i < 4; i++) {
+          assert.deepStrictEqual(results[2 * i]!.rows, [{ id: 1, name: "one" }, { id: 2, name: "two" }])
+          assert.deepStrictEqual(results[2 * i]!.fields.map((f) => f.name), ["id", "name"])
+          assert.deepStrictEqual([results[2 * i]!.command, results[2 * i]!.rowCount], ["SELECT", 2])
+          assert.deepStrictEqual(results[2 * i + 1]!.rows, [{ name: i % 2 === 0 ? "one" : "two" }])
+        }
+        const arrays = yield* Connector.query(conn, plain, undefined, "array")
+        assert.deepStrictEqual(arrays.rows as ReadonlyArray<unknown>, [[1, "one"], [2, "two"]])
+        // a statement without rows (NoData) and a write are prepared too and report their counts
+        for (let i = 0; i < 3; i++) {
+          const update = yield* Connector.query(conn, "update sc_t set name = name where id > $1", [0])
+          assert.deepStrictEqual([update.command, update.rowCount, update.rows], ["UPDATE", 2, []])
+        }
+        assert.include(yield* preparedOn(conn), "update sc_t set name = name where id > $1")
+      }))
+
+    it.scoped("several statements in one text, utility statements and failures are never prepared", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        for (let i = 0; i < 3; i++) {
+          const both = yield* Connector.query(conn, "select 1 as a; select 2 as b")
+          assert.deepStrictEqual(both.results?.map((r) => r.rows), [[{ a: 1 }], [{ b: 2 }]])
+          yield* Connector.query(conn, "set application_name = 'sc'")
+          yield* Effect.flip(Connector.query(conn, "select 1/0"))
+        }
+        assert.deepStrictEqual(yield* preparedOn(conn), [])
+      }))
+
+    it.scoped("capacity 0 prepares nothing", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 0 })
+        for (let i = 0; i < 5; i++) yield* Connector.query(conn, "select $1::int as x", [i])
+        assert.deepStrictEqual(yield* preparedOn(conn), [])
+      }))
+
+    it.scoped("beyond the capacity the least recently used statement is closed on the server", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 2 })
+        const run = (n: number) => Connector.query(conn, `select ${n} as n where $1::int = 1`, [1])
+        for (const n of [1, 1, 2, 2]) yield* run(n)
+        yield* run(1) // 1 is now the most recently used
+        for (const n of [3, 3]) yield* run(n)
+        const left = yield* preparedOn(conn)
+        assert.deepStrictEqual(left, ["select 1 as n where $1::int = 1", "select 3 as n where $1::int = 1"])
+        assert.deepStrictEqual((yield* run(2)).rows, [{ n: 2 }])
+      }))
+
+    it.scoped("a failure while preparing leaves no statement behind and the next run prepares it", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 2, capacity: 10 })
+        const text = "select 10 / $1::int as q"
+        yield* Connector.query(conn, text, [1])
+        yield* Connector.query(conn, text, [2])
+        const error = yield* Effect.flip(Connector.query(conn, text, [0]))
+        assert.strictEqual(error._tag === "QueryError" ? error.code : error._tag, "22012")
+        assert.deepStrictEqual((yield* Connector.query(conn, text, [5])).rows, [{ q: 2 }])
+        assert.deepStrictEqual((yield* Connector.query(conn, text, [10])).rows, [{ q: 1 }])
+        const names = yield* Connector.query(conn, "select count(*)::int as n from pg_prepared_statements where statement = $1", [text])
+        assert.deepStrictEqual(names.rows, [{ n: 1 }])
+      }))
+
+    it.scoped("a table changed under a prepared statement: sent again outside a transaction, an error inside one", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        yield* Connector.query(conn, "create temporary table sc_alter (id int)")
+        yield* Connector.query(conn, "insert into sc_alter values (1)")
+        const text = "select * from sc_alter"
+        yield* Connector.query(conn, text)
+        yield* Connector.query(conn, text)
+        assert.include(yield* preparedOn(conn), text)
+        yield* Connector.query(conn, "alter table sc_alter add column extra text default 'x'")
+        // the server refuses the old plan (0A000): the statement did not run, and is sent again as it is now
+        const again = yield* Connector.query(conn, text)
+        assert.deepStrictEqual(again.rows, [{ id: 1, extra: "x" }])
+        assert.deepStrictEqual(again.fields.map((f) => f.name), ["id", "extra"])
+        assert.deepStrictEqual((yield* Connector.query(conn, text)).rows, [{ id: 1, extra: "x" }])
+        // inside a transaction the failure aborts the transaction, so it is reported, not hidden
+        yield* Connector.query(conn, "alter table sc_alter add column more int default 2")
+        yield* Connector.query(conn, "begin")
+        const error = yield* Effect.flip(Connector.query(conn, text))
+        assert.strictEqual(error._tag === "QueryError" ? error.code : error._tag, "0A000")
+        yield* Connector.query(conn, "rollback")
+        assert.deepStrictEqual((yield* Connector.query(conn, text)).rows, [{ id: 1, extra: "x", more: 2 }])
+      }))
+
+    it.scoped("DEALLOCATE ALL, DISCARD ALL and a deallocated name: the cache follows the server", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        const text = "select $1::int + 1 as y"
+        const run = (x: number) => Effect.map(Connector.query(conn, text, [x]), (r) => r.rows)
+        yield* run(1)
+        yield* run(1)
+        for (const reset of ["deallocate all", "discard all"]) {
+          yield* Connector.query(conn, reset)
+          assert.deepStrictEqual(yield* run(2), [{ y: 3 }])
+          assert.deepStrictEqual(yield* run(3), [{ y: 4 }])
+          assert.deepStrictEqual(yield* preparedOn(conn), [text])
+        }
+        // a statement dropped behind the cache's back (26000) is sent again, then prepared afresh
+        const name = yield* Connector.query(conn, "select name from pg_prepared_statements where statement = $1", [text])
+        yield* Connector.query(conn, `deallocate ${name.rows[0]!.name as string}`)
+        assert.deepStrictEqual(yield* run(4), [{ y: 5 }])
+        assert.deepStrictEqual(yield* run(5), [{ y: 6 }])
+        assert.deepStrictEqual(yield* preparedOn(conn), [text])
+      }))
+
+    it.scoped("a prepared statement goes out after a pipelined prefix (a transaction's BEGIN)", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        const sendAfter = conn.sendAfter!
+        const text = "select $1::int * 2 as d"
+        yield* Connector.query(conn, text, [1])
+        yield* Connector.query(conn, text, [1])
+        assert.deepStrictEqual(yield* preparedOn(conn), [text])
+        const result = yield* Effect.async<Connector.QueryResult, unknown>((resume) => {
+          sendAfter(["BEGIN"], text, [21], undefined, (error, value) => {
+            resume(error === undefined ? Effect.succeed(value!) : Effect.fail(error))
+          })
+        })
+        assert.deepStrictEqual(result.rows, [{ d: 42 }])
+        assert.strictEqual(conn.transactionStatus(), "transaction")
+        yield* Connector.query(conn, "ROLLBACK")
+      }))
+  })
 })

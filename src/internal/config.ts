@@ -37,6 +37,8 @@ export interface ResolvedConfig {
   readonly acquireTimeout: number
   readonly maxWaiting: number
   readonly maxUsage: number
+  readonly prepareThreshold: number
+  readonly statementCacheSize: number
   readonly setSession: ReadonlyArray<string>
   readonly reset: ResetMode
   readonly idleTimeout: number
@@ -308,6 +310,14 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   const maxUsageRaw = integer("maxUsage", config.maxUsage, 0, 0)
   if (isError(maxUsageRaw)) return maxUsageRaw
   const maxUsage = maxUsageRaw === 0 ? Infinity : maxUsageRaw
+  const prepareThreshold = integer("prepareThreshold", config.prepareThreshold, 1, 5)
+  if (isError(prepareThreshold)) return prepareThreshold
+  if (prepareThreshold === Infinity) return invalid("prepareThreshold", "prepareThreshold must be finite")
+  const statementCacheSize = integer("statementCacheSize", config.statementCacheSize, 0, 100)
+  if (isError(statementCacheSize)) return statementCacheSize
+  if (statementCacheSize === Infinity) {
+    return invalid("statementCacheSize", "statementCacheSize must be finite (0 turns automatic preparation off)")
+  }
   const setSession = config.setSession ?? []
   if (!Array.isArray(setSession) || setSession.some((s) => typeof s !== "string" || s.trim() === "")) {
     return invalid("setSession", "setSession must be an array of non-empty SQL strings")
@@ -412,6 +422,8 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
     acquireTimeout: acquireTimeout!,
     maxWaiting,
     maxUsage,
+    prepareThreshold,
+    statementCacheSize,
     setSession,
     reset,
     idleTimeout: idleTimeout!,
@@ -485,7 +497,8 @@ export const connectOptions = (config: ResolvedConfig, host: HostPort): Connecto
     ssl: config.ssl,
     applicationName: config.applicationName,
     connectTimeout: config.connectTimeout,
-    parameters
+    parameters,
+    statementCache: { threshold: config.prepareThreshold, capacity: config.statementCacheSize }
   }
 }
 
@@ -494,7 +507,15 @@ const optional = <A>(config: EffectConfig.Config<A>) => EffectConfig.option(conf
 /** `PGPOOL_MAX_CONNECTIONS` for `maxConnections`: the knob's name in screaming snake case. @internal */
 export const envName = (knob: string): string => `PGPOOL_${knob.replace(/([A-Z])/g, "_$1").toUpperCase()}`
 
-const integerKnobs = ["minConnections", "maxConnections", "maxIdle", "maxWaiting", "maxUsage"] as const
+const integerKnobs = [
+  "minConnections",
+  "maxConnections",
+  "maxIdle",
+  "maxWaiting",
+  "maxUsage",
+  "prepareThreshold",
+  "statementCacheSize"
+] as const
 const durationKnobs = [
   "acquireTimeout",
   "idleTimeout",

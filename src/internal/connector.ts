@@ -10,9 +10,11 @@ import pg from "pg"
 import PgCursor from "pg-cursor"
 import type * as Connector from "../Connector.js"
 import { ConnectionError, QueryError } from "../PgPoolError.js"
-import { ClientSideError, type ShapeCache, Statement, typesOf } from "./statement.js"
+import { ClientSideError, makeStatementCache, Statement, typesOf } from "./statement.js"
 
 const CLOSE_TIMEOUT = Duration.seconds(2)
+const DEFAULT_PREPARE_THRESHOLD = 5
+const DEFAULT_STATEMENT_CACHE_SIZE = 100
 const CANCEL_TIMEOUT = Duration.seconds(5)
 
 interface Target {
@@ -162,7 +164,8 @@ const sendCancel = (target: Target, pid: number, secretKey: number): Effect.Effe
 const makeConnection = (
   client: pg.Client,
   target: Target,
-  state: ClientState
+  state: ClientState,
+  options: Connector.ConnectOptions
 ): Connector.Connection => {
   const internals = client as unknown as PgClientInternals
   let inFlight = 0
@@ -178,7 +181,10 @@ const makeConnection = (
   const backendPid = internals.processID ?? 0
   const secretKey = internals.secretKey ?? 0
   const types = typesOf(client)
-  const shapes: ShapeCache = { last: undefined }
+  const cache = makeStatementCache(
+    options.statementCache?.threshold ?? DEFAULT_PREPARE_THRESHOLD,
+    options.statementCache?.capacity ?? DEFAULT_STATEMENT_CACHE_SIZE
+  )
   // pg reports a statement's error on ErrorResponse, before the ReadyForQuery that carries the transaction
   // status: an error is passed on only once that ReadyForQuery has been read (or the connection has ended).
   let afterReady: Array<() => void> = []
@@ -194,33 +200,42 @@ const makeConnection = (
     if (internals.readyForQuery || state.lost) fn()
     else afterReady.push(fn)
   }
-  const completion = (
-    callback: (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
-  ) =>
-  (error: Error | null, result: Connector.QueryResult | undefined) => {
-    if (error) {
-      if (isConnectionFailure(error)) state.lost = true
-      const mapped = toStatementError(target, error)
-      whenReady(() => {
-        settle()
-        callback(mapped, undefined)
-      })
-      return
-    }
-    settle()
-    callback(undefined, result)
+  const submit = (
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    prefix: ReadonlyArray<string> | undefined,
+    callback: (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void,
+    resent: boolean
+  ): void => {
+    const statement: Statement = new Statement(text, params, rowMode, types, cache, (error, result) => {
+      if (error) {
+        if (isConnectionFailure(error)) state.lost = true
+        const mapped = toStatementError(target, error)
+        whenReady(() => {
+          // a prepared statement gone stale did not run: outside a transaction it is sent again, as text
+          if (statement.stale && !resent && !state.lost && prefix === undefined && internals.getTransactionStatus() === "I") {
+            return submit(text, params, rowMode, prefix, callback, true)
+          }
+          settle()
+          callback(mapped, undefined)
+        })
+        return
+      }
+      settle()
+      callback(undefined, result)
+    }, prefix)
+    client.query(statement as unknown as pg.QueryConfig)
   }
   return {
     backendPid,
     send: (text, params, rowMode, callback) => {
       inFlight++
-      client.query(new Statement(text, params, rowMode, types, shapes, completion(callback)) as unknown as pg.QueryConfig)
+      submit(text, params, rowMode, undefined, callback, false)
     },
     sendAfter: (prefix, text, params, rowMode, callback) => {
       inFlight++
-      client.query(
-        new Statement(text, params, rowMode, types, shapes, completion(callback), prefix) as unknown as pg.QueryConfig
-      )
+      submit(text, params, rowMode, prefix, callback, false)
     },
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)
@@ -316,7 +331,7 @@ export const make: Connector.Connector = {
               resume(Effect.fail(toConnectionError(target, "Cannot connect", error)))
             } else {
               state.connected = true
-              resume(Effect.succeed(makeConnection(client, target, state)))
+              resume(Effect.succeed(makeConnection(client, target, state, options)))
             }
           })
           return Effect.sync(() => {

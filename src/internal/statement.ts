@@ -21,8 +21,10 @@ interface WireField {
 interface PgConnection {
   readonly stream: { cork?: () => void; uncork?: () => void }
   query(text: string): void
-  parse(query: { text: string }): void
-  bind(config: { values: ReadonlyArray<unknown>; valueMapper: (value: unknown) => unknown }): void
+  parse(query: { text: string; name?: string }): void
+  bind(
+    config: { statement?: string; values: ReadonlyArray<unknown>; valueMapper: (value: unknown) => unknown }
+  ): void
   describe(msg: { type: "P"; name: string }): void
   execute(config: { portal: string }): void
   sync(): void
@@ -39,9 +41,62 @@ export interface Shape {
   readonly parsers: ReadonlyArray<Parser>
 }
 
-/** A per-connection memory of the last result shape. @internal */
-export interface ShapeCache {
+/** A statement prepared on the server by the statement cache: its name and its result columns (none: NoData). */
+interface Prepared {
+  readonly name: string
+  readonly shape: Shape | undefined
+}
+
+/**
+ * What a connection remembers of its statements: the shape of the last result, and the statement cache of
+ * automatic preparation (as pgx, Npgsql and psycopg 3 do). A text that ran `threshold` times on the connection
+ * as one statement is prepared under a name of its own (Parse once, Describe once); from then on each run
+ * sends only Bind, Execute and Sync, so the server neither parses nor plans it again and the columns are not
+ * described again. At most `capacity` statements are kept, the least recently used is closed; a capacity of 0
+ * turns preparation off.
+ *
+ * @internal
+ */
+export interface StatementCache {
   last: Shape | undefined
+  readonly threshold: number
+  readonly capacity: number
+  /** Prepared statements by text, least recently used first. */
+  readonly prepared: Map<string, Prepared>
+  /** Texts not prepared yet: how many times each ran successfully as one statement. */
+  readonly runs: Map<string, number>
+  /** Names of evicted statements, closed in the next write that uses the extended protocol. */
+  closing: Array<string>
+  nextId: number
+}
+
+/** @internal */
+export const makeStatementCache = (threshold: number, capacity: number): StatementCache => ({
+  last: undefined,
+  threshold,
+  capacity,
+  prepared: new Map(),
+  runs: new Map(),
+  closing: [],
+  nextId: 0
+})
+
+/** The prefix of the names of prepared statements, unlikely to meet an application's own. */
+const PREPARED_PREFIX = "effect_pg_pool_"
+
+/** SQLSTATEs of a prepared statement the server no longer runs as it was prepared. */
+const STALE_CODES = new Set([
+  "0A000", // cached plan must not change result type (the table changed under the statement)
+  "26000" // prepared statement does not exist (DEALLOCATE ALL or DISCARD ALL not seen by the cache)
+])
+
+/** The commands worth preparing: those the server plans. Utility statements (SET, BEGIN, DISCARD...) are not. */
+const PREPARABLE = new Set(["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"])
+
+const enum Mode {
+  Plain,
+  Preparing,
+  Prepared
 }
 
 const matchCommand = /^([A-Za-z]+)(?: (\d+))?(?: (\d+))?/
@@ -80,12 +135,22 @@ export class Statement {
   finished = false
   /** Results of prefix statements still to be skipped. */
   skip = 0
+  mode = Mode.Plain
+  /** The name this statement is prepared under (Preparing, Prepared). */
+  preparedName = ""
+  /** The columns the server described while preparing. */
+  described: Shape | undefined = undefined
+  /**
+   * Set when the statement failed because its prepared form is stale (see STALE_CODES): it did not run, and
+   * the cache has forgotten it, so the text can be sent again.
+   */
+  stale = false
   constructor(
     readonly text: string,
     readonly values: ReadonlyArray<unknown> | undefined,
     readonly rowMode: "array" | undefined,
     readonly types: { getTypeParser(oid: number, format: string): Parser },
-    readonly cache: ShapeCache,
+    readonly cache: StatementCache,
     readonly done: Done,
     readonly prefix: ReadonlyArray<string> | undefined = undefined
   ) {}
@@ -93,12 +158,33 @@ export class Statement {
   submit(connection: PgConnection): null {
     const values = this.values
     const prefix = this.prefix
-    if (prefix === undefined && (values === undefined || values.length === 0)) {
-      connection.query(this.text)
+    const cache = this.cache
+    const text = this.text
+    let prepared: Prepared | undefined
+    if (cache.capacity > 0) {
+      prepared = cache.prepared.get(text)
+      if (prepared !== undefined) {
+        this.mode = Mode.Prepared
+        this.preparedName = prepared.name
+        this.shape = prepared.shape
+        cache.prepared.delete(text)
+        cache.prepared.set(text, prepared)
+      } else if ((cache.runs.get(text) ?? 0) >= cache.threshold) {
+        this.mode = Mode.Preparing
+        this.preparedName = `${PREPARED_PREFIX}${++cache.nextId}`
+      }
+    }
+    if (this.mode === Mode.Plain && prefix === undefined && (values === undefined || values.length === 0)) {
+      connection.query(text)
       return null
     }
     connection.stream.cork?.()
     try {
+      if (cache.closing.length > 0) {
+        // first in the write, so that an error later in it (which skips the rest up to Sync) cannot skip them
+        for (const name of cache.closing) connection.close({ type: "S", name })
+        cache.closing = []
+      }
       if (prefix !== undefined) {
         for (const text of prefix) {
           connection.parse({ text })
@@ -107,9 +193,10 @@ export class Statement {
         }
         this.skip = prefix.length
       }
-      connection.parse({ text: this.text })
+      const statement = this.preparedName
+      if (this.mode !== Mode.Prepared) connection.parse({ text, name: statement })
       try {
-        connection.bind({ values: values ?? [], valueMapper: pgUtils.prepareValue })
+        connection.bind({ statement, values: values ?? [], valueMapper: pgUtils.prepareValue })
       } catch (error) {
         connection.close({ type: "S", name: "" })
         connection.sync()
@@ -118,7 +205,7 @@ export class Statement {
         )
         return null
       }
-      connection.describe({ type: "P", name: "" })
+      if (this.mode !== Mode.Prepared) connection.describe({ type: "P", name: "" })
       connection.execute({ portal: "" })
       connection.sync()
     } finally {
@@ -131,6 +218,7 @@ export class Statement {
     const cached = this.cache.last
     if (cached !== undefined && sameShape(cached, msg.fields)) {
       this.shape = cached
+      if (this.mode === Mode.Preparing) this.described = cached
       return
     }
     const fields = msg.fields.map((f) => ({ name: f.name, dataTypeID: f.dataTypeID }))
@@ -141,6 +229,7 @@ export class Statement {
     }
     this.cache.last = shape
     this.shape = shape
+    if (this.mode === Mode.Preparing) this.described = shape
   }
 
   handleDataRow(msg: { readonly fields: ReadonlyArray<string | null> }): void {
@@ -195,6 +284,11 @@ export class Statement {
     ;(this.results ??= []).push(result)
     this.rows = []
     this.shape = undefined
+    if ((command === "DISCARD" || command === "DEALLOCATE") && msg.text.endsWith(" ALL")) {
+      // the server dropped every prepared statement of the session
+      this.cache.prepared.clear()
+      this.cache.closing = []
+    }
   }
 
   handleEmptyQuery(): void {}
@@ -208,7 +302,52 @@ export class Statement {
   finish(error: Error | null, result: Connector.QueryResult | undefined): void {
     if (this.finished) return
     this.finished = true
+    if (this.cache.capacity > 0) this.remember(error)
     this.done(error, result)
+  }
+
+  /** Updates the statement cache with the outcome of this statement. */
+  remember(error: Error | null): void {
+    const cache = this.cache
+    const text = this.text
+    switch (this.mode) {
+      case Mode.Plain: {
+        if (error !== null || this.results?.length !== 1 || !PREPARABLE.has(this.results[0]!.command)) return
+        const runs = cache.runs
+        // bounded: a flood of distinct texts starts the count afresh rather than growing the map
+        if (runs.size >= cache.capacity * 8) runs.clear()
+        runs.set(text, (runs.get(text) ?? 0) + 1)
+        return
+      }
+      case Mode.Preparing: {
+        if (error !== null || this.results?.length !== 1) {
+          // the Parse may have gone through before the error (closing a missing statement is no error)
+          cache.closing.push(this.preparedName)
+          return
+        }
+        cache.runs.delete(text)
+        cache.prepared.set(text, { name: this.preparedName, shape: this.described })
+        if (cache.prepared.size > cache.capacity) {
+          const [oldest, evicted] = cache.prepared.entries().next().value!
+          cache.prepared.delete(oldest)
+          cache.closing.push(evicted.name)
+        }
+        return
+      }
+      case Mode.Prepared: {
+        const code = (error as { code?: unknown } | null)?.code
+        if (typeof code !== "string" || !STALE_CODES.has(code)) return
+        this.stale = true
+        if (code === "26000") {
+          cache.prepared.clear()
+          cache.closing = []
+        } else if (cache.prepared.get(text)?.name === this.preparedName) {
+          cache.prepared.delete(text)
+          cache.closing.push(this.preparedName)
+        }
+        return
+      }
+    }
   }
 
   handleReadyForQuery(): void {
