@@ -309,7 +309,9 @@ describe("Connector (live, over pg)", () => {
         yield* run(1)
         for (const reset of ["deallocate all", "discard all"]) {
           yield* Connector.query(conn, reset)
+          // the counts start afresh: the first run after the reset is not prepared, the next one is
           assert.deepStrictEqual(yield* run(2), [{ y: 3 }])
+          assert.deepStrictEqual(yield* preparedOn(conn), [])
           assert.deepStrictEqual(yield* run(3), [{ y: 4 }])
           assert.deepStrictEqual(yield* preparedOn(conn), [text])
         }

@@ -63,6 +63,10 @@ describe("PgPool configuration", () => {
     ["maxIdle", { maxIdle: 1, minConnections: 2 }],
     ["maxWaiting", { maxWaiting: -3 }],
     ["maxUsage", { maxUsage: -1 }],
+    ["prepareThreshold", { prepareThreshold: 0 }],
+    ["prepareThreshold", { prepareThreshold: 1.5 }],
+    ["statementCacheSize", { statementCacheSize: -1 }],
+    ["statementCacheSize", { statementCacheSize: Infinity }],
     ["acquireTimeout", { acquireTimeout: -5 }],
     ["acquireTimeout", { acquireTimeout: "soon" as never }],
     ["idleTimeout", { idleTimeout: 0 }],
@@ -210,6 +214,25 @@ describe("PgPool configuration", () => {
       ])))
       assert.strictEqual(stats.maxConnections, 4)
       assert.strictEqual(stats.size, 2)
+    }))
+
+  it.effect("PgPoolLive: PGPOOL_PREPARE_THRESHOLD and PGPOOL_STATEMENT_CACHE_SIZE", () =>
+    Effect.gen(function*() {
+      const prepared = (env: ReadonlyArray<readonly [string, string]>) =>
+        Effect.gen(function*() {
+          for (let i = 0; i < 3; i++) yield* PgPool.query("select $1::int as n", [i])
+          const rows = yield* PgPool.query("select count(*)::int as n from pg_prepared_statements where name like $1", [
+            "effect_pg_pool_%"
+          ])
+          return rows[0]!.n
+        }).pipe(Effect.provide(withEnv([
+          ["DATABASE_URL", Redacted.value(testConfig().url as Redacted.Redacted)],
+          ["PGPOOL_MAX_CONNECTIONS", "1"],
+          ...env
+        ])))
+      assert.strictEqual(yield* prepared([["PGPOOL_PREPARE_THRESHOLD", "2"]]), 1)
+      assert.strictEqual(yield* prepared([["PGPOOL_PREPARE_THRESHOLD", "20"]]), 0)
+      assert.strictEqual(yield* prepared([["PGPOOL_PREPARE_THRESHOLD", "1"], ["PGPOOL_STATEMENT_CACHE_SIZE", "0"]]), 0)
     }))
 
   it.effect("PgPoolLive falls back to libpq's PG* variables", () =>

@@ -393,6 +393,46 @@ describe("PgPool", () => {
         assert.notStrictEqual(after, pids[0])
       }).pipe(Effect.provide(testLayer({ maxUsage: 2 }))))
 
+    const ownPrepared = "select statement from pg_prepared_statements where name like 'effect_pg_pool_%' order by statement"
+
+    it.effect("prepareThreshold: a statement is prepared on a connection after that many runs there; results are unchanged", () =>
+      Effect.gen(function*() {
+        const text = "select $1::int * 3 as tripled"
+        for (let i = 1; i <= 3; i++) assert.deepStrictEqual(yield* PgPool.query(text, [i]), [{ tripled: 3 * i }])
+        const prepared = yield* PgPool.withConnection(PgPool.query(ownPrepared))
+        assert.deepStrictEqual(prepared.map((row) => row.statement), [text])
+        // from the server's side: one more run is an execution of the prepared statement
+        const calls = yield* PgPool.withConnection(PgPool.query(
+          "select generic_plans + custom_plans as runs from pg_prepared_statements where statement = $1",
+          [text]
+        ))
+        assert.deepStrictEqual(yield* PgPool.query(text, [5]), [{ tripled: 15 }])
+        const after = yield* PgPool.withConnection(PgPool.query(
+          "select generic_plans + custom_plans as runs from pg_prepared_statements where statement = $1",
+          [text]
+        ))
+        assert.strictEqual(Number(after[0]!.runs), Number(calls[0]!.runs) + 1)
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2 }))))
+
+    it.effect("statementCacheSize: 0 turns automatic preparation off", () =>
+      Effect.gen(function*() {
+        for (let i = 0; i < 8; i++) yield* PgPool.query("select $1::int as x", [i])
+        assert.deepStrictEqual(yield* PgPool.query(ownPrepared), [])
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 1, statementCacheSize: 0 }))))
+
+    it.effect("reset: \"full\" (DISCARD ALL) drops the prepared statements; the counts start afresh with it", () =>
+      Effect.gen(function*() {
+        const text = "select $1::text as echoed"
+        const inside = yield* PgPool.withConnection(Effect.gen(function*() {
+          for (let i = 0; i < 3; i++) assert.deepStrictEqual(yield* PgPool.query(text, ["a"]), [{ echoed: "a" }])
+          return yield* PgPool.query(ownPrepared)
+        }))
+        assert.deepStrictEqual(inside.map((row) => row.statement), [text])
+        // every return runs DISCARD ALL: one-shot statements are never prepared only to be dropped again
+        for (let i = 0; i < 3; i++) assert.deepStrictEqual(yield* PgPool.query(text, ["b"]), [{ echoed: "b" }])
+        assert.deepStrictEqual(yield* PgPool.query(ownPrepared), [])
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2, reset: "full" }))))
+
     it.effect("setSession runs on every new connection", () =>
       Effect.gen(function*() {
         const release = yield* Deferred.make<void>()

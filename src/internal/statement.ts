@@ -285,8 +285,10 @@ export class Statement {
     this.rows = []
     this.shape = undefined
     if ((command === "DISCARD" || command === "DEALLOCATE") && msg.text.endsWith(" ALL")) {
-      // the server dropped every prepared statement of the session
+      // the server dropped every prepared statement of the session; the counts start afresh too, so a pool
+      // that resets with DISCARD ALL on every return does not prepare a statement only to lose it each time
       this.cache.prepared.clear()
+      this.cache.runs.clear()
       this.cache.closing = []
     }
   }
