@@ -340,5 +340,103 @@ describe("Connector (live, over pg)", () => {
         assert.strictEqual(conn.transactionStatus(), "transaction")
         yield* Connector.query(conn, "ROLLBACK")
       }))
+
+    it.scoped("EXECUTE of an application's own prepared statement is never prepared: its columns may change", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        yield* Connector.query(conn, "prepare mine as select 1 as a, 2 as b")
+        for (let i = 0; i < 3; i++) yield* Connector.query(conn, "  /* mine */ execute mine")
+        yield* Connector.query(conn, "deallocate mine")
+        yield* Connector.query(conn, "prepare mine as select 10 as b, 20 as a, 30 as c")
+        const result = yield* Connector.query(conn, "  /* mine */ execute mine")
+        assert.deepStrictEqual(result.fields.map((f) => f.name), ["b", "a", "c"])
+        assert.deepStrictEqual(result.rows, [{ b: 10, a: 20, c: 30 }])
+        assert.deepStrictEqual(yield* preparedOn(conn), [])
+      }))
+
+    it.scoped("a function raising 0A000 or 26000 is the statement's own error: not run again, the statement stays prepared", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        yield* Connector.query(conn, "create temporary sequence sc_seq")
+        yield* Connector.query(
+          conn,
+          `create function pg_temp.sc_raise(code text) returns int language plpgsql as $$
+           begin perform nextval('sc_seq'); if code <> '' then raise exception 'no' using errcode = code; end if; return 1; end $$`
+        )
+        const text = "select pg_temp.sc_raise($1) as r"
+        yield* Connector.query(conn, text, [""])
+        yield* Connector.query(conn, text, [""])
+        assert.deepStrictEqual(yield* preparedOn(conn), [text])
+        for (const code of ["0A000", "26000"]) {
+          const error = yield* Effect.flip(Connector.query(conn, text, [code]))
+          assert.strictEqual(error._tag === "QueryError" ? error.code : error._tag, code)
+        }
+        const calls = yield* Connector.query(conn, "select last_value::int as n from sc_seq")
+        assert.deepStrictEqual(calls.rows, [{ n: 4 }])
+        assert.deepStrictEqual(yield* preparedOn(conn), [text])
+      }))
+
+    it.scoped("a prepared text run with another number of parameters gets the server's error; the connection stays", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        const text = "select $1::int as v"
+        yield* Connector.query(conn, text, [1])
+        yield* Connector.query(conn, text, [2])
+        const error = yield* Effect.flip(Connector.query(conn, text, []))
+        assert.strictEqual(error._tag, "QueryError")
+        assert.isFalse(conn.isBroken())
+        assert.deepStrictEqual((yield* Connector.query(conn, text, [3])).rows, [{ v: 3 }])
+      }))
+
+    it.scoped("long texts are neither counted nor prepared", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        const long = `select '${"x".repeat(20_000)}' as filler where $1::int = 1`
+        for (let i = 0; i < 3; i++) yield* Connector.query(conn, long, [1])
+        assert.deepStrictEqual(yield* preparedOn(conn), [])
+      }))
+
+    it.scoped("a stale statement sent with a transaction's BEGIN: the transaction is begun again and the statement runs", () =>
+      Effect.gen(function*() {
+        const conn = yield* openWith({ threshold: 1, capacity: 10 })
+        const sendAfter = conn.sendAfter!
+        yield* Connector.query(conn, "create temporary table sc_tx (id int)")
+        yield* Connector.query(conn, "insert into sc_tx values (7)")
+        const text = "select * from sc_tx where id = $1"
+        yield* Connector.query(conn, text, [7])
+        yield* Connector.query(conn, text, [7])
+        yield* Connector.query(conn, "alter table sc_tx add column note text default 'n'")
+        const result = yield* Effect.async<Connector.QueryResult, unknown>((resume) => {
+          sendAfter(["BEGIN"], text, [7], undefined, (error, value) => {
+            resume(error === undefined ? Effect.succeed(value!) : Effect.fail(error))
+          })
+        })
+        assert.deepStrictEqual(result.rows, [{ id: 7, note: "n" }])
+        assert.strictEqual(conn.transactionStatus(), "transaction")
+        yield* Connector.query(conn, "ROLLBACK")
+      }))
+
+    it.scoped("a text has the same statement name on every connection; a name gone missing closes the others too", () =>
+      Effect.gen(function*() {
+        const a = yield* openWith({ threshold: 1, capacity: 10 })
+        const b = yield* openWith({ threshold: 1, capacity: 10 })
+        const texts = ["select $1::int + 10 as p", "select $1::int + 20 as p", "select $1::int + 30 as p"]
+        for (const conn of [a, b]) for (const text of texts) for (let i = 0; i < 2; i++) yield* Connector.query(conn, text, [1])
+        const names = (conn: Connector.Connection) =>
+          Effect.map(
+            Connector.query(conn, "select name from pg_prepared_statements where statement = any($1) order by statement", [texts]),
+            (r) => r.rows.map((row) => row.name as string)
+          )
+        const onA = yield* names(a)
+        assert.deepStrictEqual(onA, yield* names(b))
+        assert.strictEqual(new Set(onA).size, 3)
+        // one name dropped behind the cache's back (26000): the statement is sent again, and every name the
+        // cache held is closed (some may be gone too) rather than left on the server
+        yield* Connector.query(a, `deallocate ${onA[0]!}`)
+        assert.deepStrictEqual((yield* Connector.query(a, texts[0]!, [1])).rows, [{ p: 11 }])
+        yield* Connector.query(a, "select 1 where $1::int = 1", [1])
+        assert.deepStrictEqual(yield* names(a), [])
+        assert.deepStrictEqual((yield* Connector.query(a, texts[1]!, [1])).rows, [{ p: 21 }])
+      }))
   })
 })

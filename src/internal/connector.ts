@@ -40,8 +40,9 @@ export const isConnectionFailure = (cause: unknown): boolean => {
   if (cause instanceof ClientSideError) return false
   if (!isDatabaseError(cause)) return true
   const code = cause.code ?? ""
-  return cause.severity === "FATAL" || cause.severity === "PANIC" || code.startsWith("08") ||
-    connectionLostCodes.has(code)
+  // a protocol violation at ERROR level (a Bind with the wrong number of parameters) leaves the session usable
+  return cause.severity === "FATAL" || cause.severity === "PANIC" ||
+    (code.startsWith("08") && !(code === "08P01" && cause.severity === "ERROR")) || connectionLostCodes.has(code)
 }
 
 const describe = (cause: unknown): string => {
@@ -213,9 +214,14 @@ const makeConnection = (
         if (isConnectionFailure(error)) state.lost = true
         const mapped = toStatementError(target, error)
         whenReady(() => {
-          // a prepared statement gone stale did not run: outside a transaction it is sent again, as text
-          if (statement.stale && !resent && !state.lost && prefix === undefined && internals.getTransactionStatus() === "I") {
-            return submit(text, params, rowMode, prefix, callback, true)
+          // a prepared statement gone stale did not run: outside a transaction it is sent again, as text; as the
+          // first statement of a transaction (after its BEGIN) the transaction is rolled back and begun again
+          if (statement.stale && !resent && !state.lost) {
+            const status = internals.getTransactionStatus()
+            if (prefix === undefined && status === "I") return submit(text, params, rowMode, prefix, callback, true)
+            if (prefix !== undefined && status === "E") {
+              return submit(text, params, rowMode, ["ROLLBACK", ...prefix], callback, true)
+            }
           }
           settle()
           callback(mapped, undefined)

@@ -7,6 +7,7 @@
  *
  * @internal
  */
+import { createHash } from "node:crypto"
 import type pg from "pg"
 import pgUtils from "pg/lib/utils.js"
 import type * as Connector from "../Connector.js"
@@ -41,9 +42,13 @@ export interface Shape {
   readonly parsers: ReadonlyArray<Parser>
 }
 
-/** A statement prepared on the server by the statement cache: its name and its result columns (none: NoData). */
+/**
+ * A statement prepared on the server by the statement cache: its name, the number of parameters it was prepared
+ * with, and its result columns (none: NoData).
+ */
 interface Prepared {
   readonly name: string
+  readonly params: number
   readonly shape: Shape | undefined
 }
 
@@ -65,9 +70,10 @@ export interface StatementCache {
   readonly prepared: Map<string, Prepared>
   /** Texts not prepared yet: how many times each ran successfully as one statement. */
   readonly runs: Map<string, number>
+  /** The characters of the texts in `runs`, which is emptied when they pass RUNS_BUDGET. */
+  runsChars: number
   /** Names of evicted statements, closed in the next write that uses the extended protocol. */
   closing: Array<string>
-  nextId: number
 }
 
 /** @internal */
@@ -77,21 +83,41 @@ export const makeStatementCache = (threshold: number, capacity: number): Stateme
   capacity,
   prepared: new Map(),
   runs: new Map(),
-  closing: [],
-  nextId: 0
+  runsChars: 0,
+  closing: []
 })
 
-/** The prefix of the names of prepared statements, unlikely to meet an application's own. */
-const PREPARED_PREFIX = "effect_pg_pool_"
+/**
+ * The name of a text's prepared statement: the same on every connection, so that a name always means the same
+ * text, even behind a proxy that moves a client's statements between server connections.
+ */
+const preparedName = (text: string): string =>
+  `effect_pg_pool_${createHash("sha256").update(text).digest("hex").slice(0, 40)}`
 
-/** SQLSTATEs of a prepared statement the server no longer runs as it was prepared. */
-const STALE_CODES = new Set([
-  "0A000", // cached plan must not change result type (the table changed under the statement)
-  "26000" // prepared statement does not exist (DEALLOCATE ALL or DISCARD ALL not seen by the cache)
-])
+/** Texts longer than this are not prepared (nor counted): long texts are usually one-off, with literals inlined. */
+const MAX_PREPARED_TEXT = 16 * 1024
+/** How many characters of texts `runs` may hold per connection before it starts afresh. */
+const RUNS_BUDGET = 512 * 1024
 
-/** The commands worth preparing: those the server plans. Utility statements (SET, BEGIN, DISCARD...) are not. */
-const PREPARABLE = new Set(["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"])
+/**
+ * The texts worth preparing: one statement the server plans, by its first keyword (after comments). Utility
+ * statements (SET, BEGIN, DISCARD...) have no plan to keep, and `EXECUTE` of an application's own prepared
+ * statement reports its command tag but may change its columns without the server noticing.
+ */
+const preparable = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[^]*?\*\/)*(?:select|with|values|table|insert|update|delete|merge)\b/i
+
+/**
+ * True when the server refused a prepared statement because it no longer runs as prepared, so that the
+ * statement did not run: the table changed under it (0A000 from RevalidateCachedQuery: "cached plan must not
+ * change result type"), or its name is gone (26000 naming it: a DEALLOCATE the cache did not see). Other errors
+ * with these codes (a function may raise either) are the statement's own.
+ */
+const isStale = (error: Error, name: string): boolean => {
+  const { code, routine } = error as { readonly code?: unknown; readonly routine?: unknown }
+  if (code === "0A000") return routine === "RevalidateCachedQuery" || error.message.startsWith("cached plan must not change")
+  if (code === "26000") return error.message.includes(`"${name}"`)
+  return false
+}
 
 const enum Mode {
   Plain,
@@ -141,7 +167,7 @@ export class Statement {
   /** The columns the server described while preparing. */
   described: Shape | undefined = undefined
   /**
-   * Set when the statement failed because its prepared form is stale (see STALE_CODES): it did not run, and
+   * Set when the statement failed because its prepared form is stale (see isStale): it did not run, and
    * the cache has forgotten it, so the text can be sent again.
    */
   stale = false
@@ -164,14 +190,17 @@ export class Statement {
     if (cache.capacity > 0) {
       prepared = cache.prepared.get(text)
       if (prepared !== undefined) {
-        this.mode = Mode.Prepared
-        this.preparedName = prepared.name
-        this.shape = prepared.shape
         cache.prepared.delete(text)
         cache.prepared.set(text, prepared)
+        // run with another number of parameters than prepared with: sent as text, for the server's own error
+        if (prepared.params === (values?.length ?? 0)) {
+          this.mode = Mode.Prepared
+          this.preparedName = prepared.name
+          this.shape = prepared.shape
+        }
       } else if ((cache.runs.get(text) ?? 0) >= cache.threshold) {
         this.mode = Mode.Preparing
-        this.preparedName = `${PREPARED_PREFIX}${++cache.nextId}`
+        this.preparedName = preparedName(text)
       }
     }
     if (this.mode === Mode.Plain && prefix === undefined && (values === undefined || values.length === 0)) {
@@ -234,7 +263,11 @@ export class Statement {
 
   handleDataRow(msg: { readonly fields: ReadonlyArray<string | null> }): void {
     if (this.parseError !== undefined) return
-    const shape = this.shape!
+    const shape = this.shape
+    if (shape === undefined) {
+      this.parseError = new ClientSideError("08P01", "A row came without a description of its columns", undefined)
+      return
+    }
     const raw = msg.fields
     const parsers = shape.parsers
     try {
@@ -289,6 +322,7 @@ export class Statement {
       // that resets with DISCARD ALL on every return does not prepare a statement only to lose it each time
       this.cache.prepared.clear()
       this.cache.runs.clear()
+      this.cache.runsChars = 0
       this.cache.closing = []
     }
   }
@@ -314,11 +348,21 @@ export class Statement {
     const text = this.text
     switch (this.mode) {
       case Mode.Plain: {
-        if (error !== null || this.results?.length !== 1 || !PREPARABLE.has(this.results[0]!.command)) return
+        if (error !== null || this.results?.length !== 1) return
         const runs = cache.runs
-        // bounded: a flood of distinct texts starts the count afresh rather than growing the map
-        if (runs.size >= cache.capacity * 8) runs.clear()
-        runs.set(text, (runs.get(text) ?? 0) + 1)
+        const count = runs.get(text)
+        if (count !== undefined) {
+          runs.set(text, count + 1)
+          return
+        }
+        if (text.length > MAX_PREPARED_TEXT || !preparable.test(text)) return
+        // bounded: a flood of distinct texts starts the counts afresh rather than growing the map
+        if (runs.size >= cache.capacity * 8 || cache.runsChars + text.length > RUNS_BUDGET) {
+          runs.clear()
+          cache.runsChars = 0
+        }
+        runs.set(text, 1)
+        cache.runsChars += text.length
         return
       }
       case Mode.Preparing: {
@@ -327,8 +371,8 @@ export class Statement {
           cache.closing.push(this.preparedName)
           return
         }
-        cache.runs.delete(text)
-        cache.prepared.set(text, { name: this.preparedName, shape: this.described })
+        if (cache.runs.delete(text)) cache.runsChars -= text.length
+        cache.prepared.set(text, { name: this.preparedName, params: this.values?.length ?? 0, shape: this.described })
         if (cache.prepared.size > cache.capacity) {
           const [oldest, evicted] = cache.prepared.entries().next().value!
           cache.prepared.delete(oldest)
@@ -337,12 +381,13 @@ export class Statement {
         return
       }
       case Mode.Prepared: {
-        const code = (error as { code?: unknown } | null)?.code
-        if (typeof code !== "string" || !STALE_CODES.has(code)) return
+        if (error === null || !isStale(error, this.preparedName)) return
         this.stale = true
-        if (code === "26000") {
+        if ((error as { readonly code?: unknown }).code === "26000") {
+          // names gone behind the cache's back: forget them all, and close them in case some are still there
+          // (closing a missing statement is no error)
+          for (const entry of cache.prepared.values()) cache.closing.push(entry.name)
           cache.prepared.clear()
-          cache.closing = []
         } else if (cache.prepared.get(text)?.name === this.preparedName) {
           cache.prepared.delete(text)
           cache.closing.push(this.preparedName)
