@@ -10,6 +10,7 @@
 import { createHash } from "node:crypto"
 import type pg from "pg"
 import pgUtils from "pg/lib/utils.js"
+import { serialize } from "pg-protocol"
 import type * as Connector from "../Connector.js"
 
 /** A RowDescription field, as pg-protocol parses it. */
@@ -19,17 +20,10 @@ interface WireField {
   readonly format: string
 }
 
+/** What a statement uses of pg's connection: its socket, the simple query, COPY's refusal. */
 interface PgConnection {
-  readonly stream: { cork?: () => void; uncork?: () => void }
+  readonly stream: { readonly writable: boolean; write(buffer: Buffer): boolean }
   query(text: string): void
-  parse(query: { text: string; name?: string }): void
-  bind(
-    config: { statement?: string; values: ReadonlyArray<unknown>; valueMapper: (value: unknown) => unknown }
-  ): void
-  describe(msg: { type: "P"; name: string }): void
-  execute(config: { portal: string }): void
-  sync(): void
-  close(msg: { type: "S"; name: string }): void
   sendCopyFail(message: string): void
 }
 
@@ -41,6 +35,13 @@ export interface Shape {
   readonly names: ReadonlyArray<string>
   readonly parsers: ReadonlyArray<Parser>
 }
+
+/** Fixed messages of the extended protocol: the unnamed portal's Describe and Execute (all rows), Sync. */
+const DESCRIBE_PORTAL = serialize.describe({ type: "P", name: "" })
+const EXECUTE = serialize.execute({ portal: "" })
+const SYNC = serialize.sync()
+const EXECUTE_SYNC = Buffer.concat([EXECUTE, SYNC])
+const BIND_NOTHING = serialize.bind({ values: [] })
 
 /**
  * A statement prepared on the server by the statement cache: its name, the number of parameters it was prepared
@@ -137,6 +138,12 @@ const sameShape = (shape: Shape, fields: ReadonlyArray<WireField>): boolean => {
   return true
 }
 
+/** Writes the messages as one buffer (a dead socket is left to pg, which fails the statement when it ends). */
+const write = (connection: PgConnection, parts: ReadonlyArray<Buffer>): void => {
+  const stream = connection.stream
+  if (stream.writable) stream.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts))
+}
+
 /** @internal */
 export type Done = (error: Error | null, result: Connector.QueryResult | undefined) => void
 
@@ -207,39 +214,36 @@ export class Statement {
       connection.query(text)
       return null
     }
-    connection.stream.cork?.()
-    try {
-      if (cache.closing.length > 0) {
-        // first in the write, so that an error later in it (which skips the rest up to Sync) cannot skip them
-        for (const name of cache.closing) connection.close({ type: "S", name })
-        cache.closing = []
-      }
-      if (prefix !== undefined) {
-        for (const text of prefix) {
-          connection.parse({ text })
-          connection.bind({ values: [], valueMapper: pgUtils.prepareValue })
-          connection.execute({ portal: "" })
-        }
-        this.skip = prefix.length
-      }
-      const statement = this.preparedName
-      if (this.mode !== Mode.Prepared) connection.parse({ text, name: statement })
-      try {
-        connection.bind({ statement, values: values ?? [], valueMapper: pgUtils.prepareValue })
-      } catch (error) {
-        connection.close({ type: "S", name: "" })
-        connection.sync()
-        this.handleError(
-          new ClientSideError("22023", `A parameter cannot be sent: ${(error as Error).message ?? String(error)}`, error)
-        )
-        return null
-      }
-      if (this.mode !== Mode.Prepared) connection.describe({ type: "P", name: "" })
-      connection.execute({ portal: "" })
-      connection.sync()
-    } finally {
-      connection.stream.uncork?.()
+    // every message of the statement in one buffer, one write
+    const parts: Array<Buffer> = []
+    if (cache.closing.length > 0) {
+      // first in the write, so that an error later in it (which skips the rest up to Sync) cannot skip them
+      for (const name of cache.closing) parts.push(serialize.close({ type: "S", name }))
+      cache.closing = []
     }
+    if (prefix !== undefined) {
+      for (const text of prefix) parts.push(serialize.parse({ text }), BIND_NOTHING, EXECUTE)
+      this.skip = prefix.length
+    }
+    const statement = this.preparedName
+    let bind: Buffer
+    try {
+      bind = serialize.bind({ statement, values: (values ?? []) as Array<unknown>, valueMapper: pgUtils.prepareValue })
+    } catch (error) {
+      // the statement is not sent; what comes before it is, so that the answers end with a ReadyForQuery
+      parts.push(SYNC)
+      write(connection, parts)
+      this.handleError(
+        new ClientSideError("22023", `A parameter cannot be sent: ${(error as Error).message ?? String(error)}`, error)
+      )
+      return null
+    }
+    if (this.mode === Mode.Prepared) {
+      parts.push(bind, EXECUTE_SYNC)
+    } else {
+      parts.push(serialize.parse({ text, name: statement }), bind, DESCRIBE_PORTAL, EXECUTE_SYNC)
+    }
+    write(connection, parts)
     return null
   }
 
