@@ -25,30 +25,15 @@ const openWith = (statementCache?: Connector.StatementCacheOptions) =>
   })
 
 /** The statements the statement cache prepared on this connection (pg_prepared_statements is per session). */
+const ownPrepared =
+  "select statement from pg_prepared_statements where name like $1 and statement <> $2 order by statement"
 const preparedOn = (conn: Connector.Connection) =>
   Effect.map(
-    Connector.query(
-      conn,
-      "select statement from pg_prepared_statements where name like $1 and statement <> $2 order by statement",
-      ["effect_pg_pool_%", "select statement from pg_prepared_statements where name like $1 and statement <> $2 order by statement"]
-    ),
+    Connector.query(conn, ownPrepared, ["effect_pg_pool_%", ownPrepared]),
     (result) => result.rows.map((row) => row.statement as string)
   )
 
-const open = Effect.gen(function*() {
-  const server = testServer()
-  return yield* Connector.make.connect({
-    host: server.host,
-    port: server.port,
-    database: server.database,
-    user: server.user,
-    password: server.password,
-    ssl: undefined,
-    applicationName: "connector-test",
-    connectTimeout: Duration.seconds(10),
-    parameters: {}
-  }, () => {})
-})
+const open = openWith()
 
 describe("Connector (live, over pg)", () => {
   it.scoped("parameters of every common type round-trip; nulls stay null", () =>

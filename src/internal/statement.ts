@@ -193,9 +193,8 @@ export class Statement {
     const prefix = this.prefix
     const cache = this.cache
     const text = this.text
-    let prepared: Prepared | undefined
     if (cache.capacity > 0) {
-      prepared = cache.prepared.get(text)
+      const prepared = cache.prepared.get(text)
       if (prepared !== undefined) {
         cache.prepared.delete(text)
         cache.prepared.set(text, prepared)
