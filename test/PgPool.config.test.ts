@@ -228,6 +228,7 @@ describe("PgPool configuration", () => {
         }).pipe(Effect.provide(withEnv([
           ["DATABASE_URL", Redacted.value(testConfig().url as Redacted.Redacted)],
           ["PGPOOL_MAX_CONNECTIONS", "1"],
+          ["PGPOOL_STATEMENT_CACHE_SIZE", "100"],
           ...env
         ])))
       assert.strictEqual(yield* prepared([["PGPOOL_PREPARE_THRESHOLD", "2"]]), 1)

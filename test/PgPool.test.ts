@@ -412,7 +412,7 @@ describe("PgPool", () => {
           [text]
         ))
         assert.strictEqual(Number(after[0]!.runs), Number(calls[0]!.runs) + 1)
-      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2 }))))
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2, statementCacheSize: 100 }))))
 
     it.effect("statementCacheSize: 0 turns automatic preparation off", () =>
       Effect.gen(function*() {
@@ -431,7 +431,7 @@ describe("PgPool", () => {
         // every return runs DISCARD ALL: one-shot statements are never prepared only to be dropped again
         for (let i = 0; i < 3; i++) assert.deepStrictEqual(yield* PgPool.query(text, ["b"]), [{ echoed: "b" }])
         assert.deepStrictEqual(yield* PgPool.query(ownPrepared), [])
-      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2, reset: "full" }))))
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2, statementCacheSize: 100, reset: "full" }))))
 
     it.effect("setSession runs on every new connection", () =>
       Effect.gen(function*() {
