@@ -638,6 +638,39 @@ describe("PgPool", () => {
         assert.deepStrictEqual([stats.inUse, stats.idle, stats.size], [0, 1, 1])
         assert.strictEqual(yield* backendPid, busy!.pid)
       }).pipe(Effect.provide(testLayer())))
+
+    // An interruption reaches the child fibers of a fiber even while the fiber itself is uninterruptible: the
+    // return of a connection must survive it wherever it waits with a timeout (which runs in a child fiber).
+    it.effect("a fiber interrupted while its connection's reset runs still gives the connection back", () =>
+      Effect.gen(function*() {
+        const fiber = yield* Effect.fork(PgPool.withConnection(PgPool.query("select 1")))
+        yield* serverBackends((r) => r.some((row) => row.state === "active" && row.query.includes("reset_sleep")))
+        yield* Fiber.interrupt(fiber)
+        const stats = yield* waitForStats((s) => s.inUse === 0)
+        assert.strictEqual(stats.closedByReason.reset, 1, "the cut-off reset closes the connection")
+        yield* serverBackends((r) => r.length === stats.size)
+        assert.deepStrictEqual(yield* PgPool.query("select 2 as n"), [{ n: 2 }])
+      }).pipe(
+        Effect.provide(testLayer({ maxConnections: 1, reset: "full", setSession: ["select pg_sleep(0.5) as reset_sleep"] }))
+      ))
+
+    it.live("a fiber interrupted while it waits for the cancel of its statement still gives the connection back", () =>
+      Effect.gen(function*() {
+        // the statement outlives its cancel by a second and shows that it saw it in application_name
+        const stubborn = `do $$ begin perform pg_sleep(30); exception when query_canceled then
+          perform set_config('application_name', 'cancel-seen', false); perform pg_sleep(1); end $$`
+        const fiber = yield* Effect.fork(
+          Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => conn.query(stubborn).pipe(Effect.timeout("50 millis"))))
+        )
+        // the cancel has reached the server: the fiber is in the return, waiting (briefly) for it to settle
+        yield* eventually(backends("cancel-seen"), (r) => r.some((row) => row.state === "active"))
+        yield* Fiber.interrupt(fiber)
+        const stats = yield* waitForStats((s) => s.inUse === 0)
+        assert.deepStrictEqual([stats.size, stats.idle], [1, 1])
+        assert.deepStrictEqual(yield* PgPool.query("select current_setting('application_name') as app"), [{
+          app: "cancel-seen"
+        }], "the same connection is reused")
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1 }))))
   })
 
   describe("secrets and failures", () => {

@@ -295,20 +295,23 @@ const makeConnection = (
   }
 }
 
-const closeClient = (client: pg.Client, state: ClientState): Effect.Effect<void> =>
-  Effect.interruptible(Effect.async<void>((resume) => {
+const closeClient = (client: pg.Client, state: ClientState): Effect.Effect<void> => {
+  const destroy = Effect.catchAllDefect(
+    Effect.sync(() => (client as unknown as PgClientInternals).connection.stream.destroy()),
+    () => Effect.void
+  )
+  return Effect.interruptible(Effect.async<void>((resume) => {
     state.closing = true
     state.lost = true
     client.end(() => resume(Effect.void))
   })).pipe(
-    Effect.timeoutTo({
-      duration: CLOSE_TIMEOUT,
-      onSuccess: () => Effect.void,
-      onTimeout: () => Effect.sync(() => (client as unknown as PgClientInternals).connection.stream.destroy())
-    }),
+    Effect.timeoutTo({ duration: CLOSE_TIMEOUT, onSuccess: () => Effect.void, onTimeout: () => destroy }),
     Effect.flatten,
-    Effect.catchAllDefect(() => Effect.void)
+    // a defect, or the wait cut off (it runs in the timeout's child fiber, which an interruption of the fiber
+    // closing the connection reaches even in a finalizer): the socket is destroyed
+    Effect.catchAllCause(() => destroy)
   )
+}
 
 /** @internal */
 export const make: Connector.Connector = {

@@ -1037,19 +1037,18 @@ export class PoolCore {
     conn.beginLost = false
     if (conn.settling !== undefined) {
       // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
-      // healthy network), else let the return finish in the background so the caller is not held up
+      // healthy network), else let the return finish in the background so the caller is not held up. The wait
+      // runs in a child fiber (the timeout's race), which an interruption of the caller reaches even here, in
+      // an uninterruptible region: a wait cut off that way hands the return to the background too.
       const settling = conn.settling
       const rest = Effect.suspend(() => this.releaseWith(conn, usage))
+      const later = () => {
+        this.runCloser(Effect.zipRight(Fiber.await(settling), rest))
+        return Effect.void
+      }
       return Effect.interruptible(Fiber.await(settling)).pipe(
-        Effect.timeoutTo({
-          duration: SETTLE_WAIT,
-          onSuccess: () => rest,
-          onTimeout: () => {
-            this.runCloser(Effect.zipRight(Fiber.await(settling), rest))
-            return Effect.void
-          }
-        }),
-        Effect.flatten
+        Effect.timeoutTo({ duration: SETTLE_WAIT, onSuccess: () => true, onTimeout: () => false }),
+        Effect.matchCauseEffect({ onFailure: later, onSuccess: (settled) => settled ? rest : later() })
       )
     }
     if (conn.leakWatch !== undefined) {
@@ -1074,9 +1073,11 @@ export class PoolCore {
     const statements: Array<string> = []
     if (config.reset !== "transaction" || driver.transactionStatus() !== "idle") statements.push("ROLLBACK")
     if (config.reset === "full") statements.push("DISCARD ALL", ...config.setSession)
+    // a reset that failed, timed out or was cut off (the statements run in the timeout's child fiber, which an
+    // interruption of the caller reaches even in this uninterruptible region) closes the connection
     return Effect.interruptible(Effect.forEach(statements, (text) => Connector.query(driver, text), { discard: true })).pipe(
       Effect.timeout(RESET_TIMEOUT),
-      Effect.matchEffect({
+      Effect.matchCauseEffect({
         onFailure: () => this.discard(conn, "reset"),
         onSuccess: () => driver.transactionStatus() === "idle" ? this.checkin(conn, usage) : this.discard(conn, "reset")
       }),
