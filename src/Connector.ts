@@ -51,7 +51,7 @@ export interface ConnectOptions {
   /**
    * Automatic preparation of statements: a statement that ran `threshold` times on the connection is prepared
    * on the server, at most `capacity` of them per connection (0 turns it off). Live connector's defaults: 5
-   * and 0 (off).
+   * and 100.
    */
   readonly statementCache?: StatementCacheOptions | undefined
 }

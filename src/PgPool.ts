@@ -116,7 +116,7 @@ export interface Config {
   readonly prepareThreshold?: number | undefined
   /**
    * Prepared statements kept per connection, the least recently used closed beyond it. 0 turns automatic
-   * preparation off. Default 0 (off: see the README's known issue).
+   * preparation off. Default 100.
    */
   readonly statementCacheSize?: number | undefined
   /** SQL run on every new connection, e.g. `["set time zone 'UTC'"]`. */

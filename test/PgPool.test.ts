@@ -414,6 +414,16 @@ describe("PgPool", () => {
         assert.strictEqual(Number(after[0]!.runs), Number(calls[0]!.runs) + 1)
       }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2, statementCacheSize: 100 }))))
 
+    it.effect("by default a statement is prepared on its connection at its 6th run (threshold 5, cache of 100)", () =>
+      Effect.gen(function*() {
+        const text = "select $1::int + 1 as next"
+        for (let i = 0; i < 5; i++) yield* PgPool.query(text, [i])
+        assert.deepStrictEqual(yield* PgPool.query(ownPrepared), [], "not after 5 runs")
+        assert.deepStrictEqual(yield* PgPool.query(text, [41]), [{ next: 42 }])
+        const prepared = yield* PgPool.query(ownPrepared)
+        assert.deepStrictEqual(prepared.map((row) => row.statement), [text])
+      }).pipe(Effect.provide(testLayer({ maxConnections: 1 }))))
+
     it.effect("statementCacheSize: 0 turns automatic preparation off", () =>
       Effect.gen(function*() {
         for (let i = 0; i < 8; i++) yield* PgPool.query("select $1::int as x", [i])

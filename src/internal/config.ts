@@ -313,7 +313,7 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   const prepareThreshold = integer("prepareThreshold", config.prepareThreshold, 1, 5)
   if (isError(prepareThreshold)) return prepareThreshold
   if (prepareThreshold === Infinity) return invalid("prepareThreshold", "prepareThreshold must be finite")
-  const statementCacheSize = integer("statementCacheSize", config.statementCacheSize, 0, 0)
+  const statementCacheSize = integer("statementCacheSize", config.statementCacheSize, 0, 100)
   if (isError(statementCacheSize)) return statementCacheSize
   if (statementCacheSize === Infinity) {
     return invalid("statementCacheSize", "statementCacheSize must be finite (0 turns automatic preparation off)")

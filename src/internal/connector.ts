@@ -14,7 +14,7 @@ import { ClientSideError, makeStatementCache, Statement, typesOf } from "./state
 
 const CLOSE_TIMEOUT = Duration.seconds(2)
 const DEFAULT_PREPARE_THRESHOLD = 5
-const DEFAULT_STATEMENT_CACHE_SIZE = 0
+const DEFAULT_STATEMENT_CACHE_SIZE = 100
 const CANCEL_TIMEOUT = Duration.seconds(5)
 
 interface Target {
