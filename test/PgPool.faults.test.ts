@@ -655,5 +655,27 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("PgPool und
         assert.strictEqual((yield* pool.stats).inUse, 0)
         assert.deepStrictEqual(errors.describe(), [])
       }))
+
+    it.scoped("a close interrupted while it waits for a borrower closes the borrowed connection at once", () =>
+      Effect.gen(function*() {
+        const server = yield* BackendServer
+        const errors = yield* watchProcessErrors
+        const app = "drain-interrupted"
+        const { pool, scope } = yield* buildPool(configFor(server, app, { drainTimeout: "1 minute" }))
+        const never = yield* Deferred.make<void>()
+        const held = yield* holdConnection(pool, never)
+        // the fiber closing the pool (an application shutting down) waits for the borrower ...
+        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        yield* eventually(Effect.exit(pool.query("select 1")), (exit) => Exit.isFailure(exit))
+        // ... and is interrupted meanwhile (a second signal, an outer timeout): the interruption reaches the
+        // wait even though a finalizer runs uninterruptibly, and the pool's background fibers end with it
+        yield* Fiber.interrupt(closing)
+        yield* eventually(server.backends(app), (rows) => rows.length === 0)
+        const error = failureOf(yield* Effect.exit(held.conn.query("select 1")))
+        assert.strictEqual(error._tag, "ConnectionError")
+        yield* Fiber.interrupt(held.fiber)
+        assert.strictEqual((yield* pool.stats).inUse, 0)
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
   })
 })

@@ -79,6 +79,26 @@ describe("PgPoolSql", () => {
       assert.deepStrictEqual(rows, [{ ok: 1 }])
     }).pipe(Effect.provide(Live)))
 
+  it.live("a stream whose connection the server ended can still be interrupted; the connection is dropped", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const first = yield* Deferred.make<void>()
+      const consumer = yield* Effect.fork(Stream.runForEach(
+        sql<{ g: number }>`select g from generate_series(1, 100000) g`.stream,
+        () => Effect.zipRight(Deferred.succeed(first, undefined), Effect.never)
+      ))
+      yield* Deferred.await(first)
+      // the server ends the connection while the consumer is busy with a row, with no read out
+      const rows = yield* eventually(backends(), (rows) => rows.some((row) => row.state !== "idle"))
+      yield* adminQuery("select pg_terminate_backend($1)", [rows.find((row) => row.state !== "idle")!.pid])
+      // the stream's finalizer (closing the cursor) does not wait for an answer that cannot come
+      const interrupted = yield* Fiber.interrupt(consumer).pipe(Effect.timeoutOption("10 seconds"))
+      assert.isTrue(Option.isSome(interrupted), "the interruption finished")
+      const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0)
+      assert.strictEqual(stats.closedByReason.broken, 1)
+      assert.deepStrictEqual(yield* sql`select 1 as ok`, [{ ok: 1 }])
+    }).pipe(Effect.provide(Live)))
+
   it.effect("errors reach SqlClient users as SqlError with the pool's error as cause", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

@@ -268,10 +268,19 @@ const makeConnection = (
           }),
         close: Effect.async<void>((resume) => {
           if (!open) return resume(Effect.void)
-          cursor.close(() => {
+          // pg-cursor's close waits for a ReadyForQuery, which never comes on a connection that is gone (the
+          // server ended it while no read was out): the connection's end finishes the close too
+          let finished = false
+          const finish = () => {
+            if (finished) return
+            finished = true
+            client.removeListener("end", finish)
             closed()
             resume(Effect.void)
-          })
+          }
+          if (state.lost) return finish()
+          client.on("end", finish)
+          cursor.close(finish)
         })
       }
     },

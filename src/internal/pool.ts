@@ -1452,23 +1452,27 @@ export class PoolCore {
     for (const conn of this.idle.splice(0)) this.closeDetached(conn, "poolClosed")
     const drain = this.inUse === 0 ? Effect.void : Effect.flatMap(Deferred.make<void>(), (drained) => {
       this.drained = drained
+      const closeCheckedOut = (concurrency: "unbounded" | undefined) =>
+        Effect.forEach(
+          [...this.all].filter((conn) => conn.state === "busy" || conn.state === "checking"),
+          (conn) => {
+            conn.lost = true
+            return Scope.close(conn.scope, Exit.void)
+          },
+          { discard: true, concurrency }
+        )
       return Effect.interruptible(Deferred.await(drained)).pipe(
-        Effect.timeoutTo({
-          duration: this.config.drainTimeout,
-          onSuccess: () => Effect.void,
-          onTimeout: () =>
-            Effect.logWarning(`closing ${this.inUse} connections still checked out after drainTimeout`).pipe(
-              Effect.zipRight(Effect.forEach(
-                [...this.all].filter((conn) => conn.state === "busy" || conn.state === "checking"),
-                (conn) => {
-                  conn.lost = true
-                  return Scope.close(conn.scope, Exit.void)
-                },
-                { discard: true, concurrency: "unbounded" }
-              ))
-            )
-        }),
-        Effect.flatten
+        Effect.timeoutTo({ duration: this.config.drainTimeout, onSuccess: () => true, onTimeout: () => false }),
+        Effect.matchCauseEffect({
+          onSuccess: (returned) =>
+            returned ? Effect.void : Effect.logWarning(
+              `closing ${this.inUse} connections still checked out after drainTimeout`
+            ).pipe(Effect.zipRight(closeCheckedOut("unbounded"))),
+          // the wait was cut off: the fiber closing the pool was interrupted, which reaches the timeout's child
+          // fiber even in this finalizer. The connections still out are closed now, one by one (no child fibers),
+          // since the pool's background fibers, which would close them when they come back, end with its scope.
+          onFailure: () => closeCheckedOut(undefined)
+        })
       )
     })
     return drain.pipe(
@@ -1869,7 +1873,10 @@ const makeCore = (
     const core = new PoolCore(config, connector, clock, random, runBackground, runCloser, policy, topology)
     yield* Effect.addFinalizer(() =>
       core.shutdown.pipe(
-        Effect.zipRight(Effect.interruptible(FiberSet.awaitEmpty(closers)).pipe(Effect.timeoutOption(Duration.seconds(10))))
+        Effect.zipRight(Effect.interruptible(FiberSet.awaitEmpty(closers)).pipe(Effect.timeoutOption(Duration.seconds(10)))),
+        // cut off by an interruption of the closing fiber: the closers' set interrupts them (they close
+        // uninterruptibly, so it waits for them)
+        Effect.catchAllCause(() => Effect.void)
       )
     )
     runBackground(core.timerLoop)
