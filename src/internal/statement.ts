@@ -51,6 +51,10 @@ interface Prepared {
   readonly name: string
   readonly params: number
   readonly shape: Shape | undefined
+  /** The cache's tick when it was last used (the least recently used is evicted). */
+  used: number
+  /** Bind, Execute and Sync of a run without parameters: the whole write, built once. */
+  readonly run: Buffer | undefined
 }
 
 /**
@@ -67,8 +71,10 @@ export interface StatementCache {
   last: Shape | undefined
   readonly threshold: number
   readonly capacity: number
-  /** Prepared statements by text, least recently used first. */
+  /** Prepared statements by text. */
   readonly prepared: Map<string, Prepared>
+  /** Counts the uses of prepared statements, for their `used`. */
+  tick: number
   /** Texts not prepared yet: how many times each ran successfully as one statement. */
   readonly runs: Map<string, number>
   /** The characters of the texts in `runs`, which is emptied when they pass RUNS_BUDGET. */
@@ -83,6 +89,7 @@ export const makeStatementCache = (threshold: number, capacity: number): Stateme
   threshold,
   capacity,
   prepared: new Map(),
+  tick: 0,
   runs: new Map(),
   runsChars: 0,
   closing: []
@@ -136,6 +143,21 @@ const sameShape = (shape: Shape, fields: ReadonlyArray<WireField>): boolean => {
     if (shape.names[i] !== field.name || shape.fields[i]!.dataTypeID !== field.dataTypeID) return false
   }
   return true
+}
+
+/** Closes the least recently used prepared statement (with the next write). */
+const evictLeastRecentlyUsed = (cache: StatementCache): void => {
+  let oldest: string | undefined
+  let used = Infinity
+  for (const [text, entry] of cache.prepared) {
+    if (entry.used < used) {
+      used = entry.used
+      oldest = text
+    }
+  }
+  if (oldest === undefined) return
+  cache.closing.push(cache.prepared.get(oldest)!.name)
+  cache.prepared.delete(oldest)
 }
 
 /** Writes the messages as one buffer (a dead socket is left to pg, which fails the statement when it ends). */
@@ -196,13 +218,18 @@ export class Statement {
     if (cache.capacity > 0) {
       const prepared = cache.prepared.get(text)
       if (prepared !== undefined) {
-        cache.prepared.delete(text)
-        cache.prepared.set(text, prepared)
+        prepared.used = ++cache.tick
         // run with another number of parameters than prepared with: sent as text, for the server's own error
         if (prepared.params === (values?.length ?? 0)) {
           this.mode = Mode.Prepared
           this.preparedName = prepared.name
           this.shape = prepared.shape
+          // the common case: the same bytes as last time
+          if (prepared.run !== undefined && prefix === undefined && cache.closing.length === 0) {
+            const stream = connection.stream
+            if (stream.writable) stream.write(prepared.run)
+            return null
+          }
         }
       } else if ((cache.runs.get(text) ?? 0) >= cache.threshold) {
         this.mode = Mode.Preparing
@@ -375,12 +402,11 @@ export class Statement {
           return
         }
         if (cache.runs.delete(text)) cache.runsChars -= text.length
-        cache.prepared.set(text, { name: this.preparedName, params: this.values?.length ?? 0, shape: this.described })
-        if (cache.prepared.size > cache.capacity) {
-          const [oldest, evicted] = cache.prepared.entries().next().value!
-          cache.prepared.delete(oldest)
-          cache.closing.push(evicted.name)
-        }
+        const name = this.preparedName
+        const params = this.values?.length ?? 0
+        const run = params === 0 ? Buffer.concat([serialize.bind({ statement: name }), EXECUTE_SYNC]) : undefined
+        cache.prepared.set(text, { name, params, shape: this.described, used: ++cache.tick, run })
+        if (cache.prepared.size > cache.capacity) evictLeastRecentlyUsed(cache)
         return
       }
       case Mode.Prepared: {
