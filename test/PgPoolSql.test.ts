@@ -99,6 +99,24 @@ describe("PgPoolSql", () => {
       assert.deepStrictEqual(yield* sql`select 1 as ok`, [{ ok: 1 }])
     }).pipe(Effect.provide(Live)))
 
+  it.live("interrupting a stream while the server runs its statement cancels the statement", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const consumer = yield* Effect.fork(Stream.runDrain(sql`select pg_sleep(30), g from generate_series(1, 3) g`.stream))
+      const sleeping = (row: { readonly query: string; readonly state: string | null }) =>
+        row.query.includes("pg_sleep(30)") && row.state === "active"
+      const busy = (yield* eventually(backends(), (rows) => rows.some(sleeping))).find(sleeping)
+      // without a cancel, closing the cursor would wait for the statement to finish (30 s)
+      const interrupted = yield* Fiber.interrupt(consumer).pipe(Effect.timeoutOption("10 seconds"))
+      assert.isTrue(Option.isSome(interrupted), "the interruption finished")
+      const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0)
+      assert.strictEqual(stats.inUse, 0)
+      const rows = yield* backends()
+      assert.isTrue(rows.every((row) => row.state !== "active"), JSON.stringify(rows))
+      // the connection is still good, and is the same one
+      assert.deepStrictEqual(yield* sql<{ pid: number }>`select pg_backend_pid() as pid`, [{ pid: busy!.pid }])
+    }).pipe(Effect.provide(Layer.provideMerge(PgPoolSql.layer, testLayer({ maxConnections: 1 })))))
+
   it.effect("errors reach SqlClient users as SqlError with the pool's error as cause", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

@@ -246,6 +246,8 @@ const makeConnection = (
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)
       let open = true
+      /** A read is out: the server may be running the statement. */
+      let reading = false
       inFlight++
       client.query(cursor)
       const closed = () => {
@@ -254,10 +256,28 @@ const makeConnection = (
           settle()
         }
       }
+      const closeCursor = Effect.async<void>((resume) => {
+        if (!open) return resume(Effect.void)
+        // pg-cursor's close waits for a ReadyForQuery, which never comes on a connection that is gone (the
+        // server ended it while no read was out): the connection's end finishes the close too
+        let finished = false
+        const finish = () => {
+          if (finished) return
+          finished = true
+          client.removeListener("end", finish)
+          closed()
+          resume(Effect.void)
+        }
+        if (state.lost) return finish()
+        client.on("end", finish)
+        cursor.close(finish)
+      })
       return {
         read: (rows) =>
           Effect.async<ReadonlyArray<Connector.Row>, QueryError | ConnectionError>((resume) => {
+            reading = true
             cursor.read(rows, (error, result) => {
+              reading = false
               if (error) {
                 closed()
                 resume(Effect.fail(toStatementError(target, error)))
@@ -266,22 +286,16 @@ const makeConnection = (
               }
             })
           }),
-        close: Effect.async<void>((resume) => {
-          if (!open) return resume(Effect.void)
-          // pg-cursor's close waits for a ReadyForQuery, which never comes on a connection that is gone (the
-          // server ended it while no read was out): the connection's end finishes the close too
-          let finished = false
-          const finish = () => {
-            if (finished) return
-            finished = true
-            client.removeListener("end", finish)
-            closed()
-            resume(Effect.void)
-          }
-          if (state.lost) return finish()
-          client.on("end", finish)
-          cursor.close(finish)
-        })
+        // a read still out (the stream was interrupted while the server ran its statement) is cancelled first,
+        // or the close would wait for the statement to finish
+        close: Effect.suspend(() =>
+          reading && open && !state.lost
+            ? Effect.zipRight(
+              Effect.catchAllCause(sendCancel(target, backendPid, secretKey), () => Effect.void),
+              closeCursor
+            )
+            : closeCursor
+        )
       }
     },
     transactionStatus: () => transactionStatus(internals.getTransactionStatus()),
