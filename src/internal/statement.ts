@@ -160,11 +160,15 @@ const evictLeastRecentlyUsed = (cache: StatementCache): void => {
   cache.prepared.delete(oldest)
 }
 
-/** Writes the messages as one buffer (a dead socket is left to pg, which fails the statement when it ends). */
-const write = (connection: PgConnection, parts: ReadonlyArray<Buffer>): void => {
+/** Writes a buffer (a dead socket is left to pg, which fails the statement when it ends). */
+const send = (connection: PgConnection, buffer: Buffer): void => {
   const stream = connection.stream
-  if (stream.writable) stream.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts))
+  if (stream.writable) stream.write(buffer)
 }
+
+/** Writes the messages as one buffer. */
+const write = (connection: PgConnection, parts: ReadonlyArray<Buffer>): void =>
+  send(connection, parts.length === 1 ? parts[0]! : Buffer.concat(parts))
 
 /** @internal */
 export type Done = (error: Error | null, result: Connector.QueryResult | undefined) => void
@@ -226,8 +230,7 @@ export class Statement {
           this.shape = prepared.shape
           // the common case: the same bytes as last time
           if (prepared.run !== undefined && prefix === undefined && cache.closing.length === 0) {
-            const stream = connection.stream
-            if (stream.writable) stream.write(prepared.run)
+            send(connection, prepared.run)
             return null
           }
         }
