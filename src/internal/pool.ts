@@ -414,6 +414,25 @@ const SETTLE_WAIT = Duration.millis(250)
 const RESET_TIMEOUT = Duration.seconds(5)
 
 /**
+ * A bounded wait on a path that must finish (returning a connection, closing the pool), with its three
+ * outcomes. The wait runs in the timeout's child fiber, which an interruption of the caller reaches even in an
+ * uninterruptible region: a wait cut off that way is `cutOff`, not an interruption of the whole path.
+ */
+const waitWithin = <A, B>(
+  wait: Effect.Effect<A>,
+  duration: Duration.DurationInput,
+  on: {
+    readonly done: () => Effect.Effect<B>
+    readonly timedOut: () => Effect.Effect<B>
+    readonly cutOff: () => Effect.Effect<B>
+  }
+): Effect.Effect<B> =>
+  Effect.interruptible(wait).pipe(
+    Effect.timeoutTo({ duration, onSuccess: () => true, onTimeout: () => false }),
+    Effect.matchCauseEffect({ onFailure: on.cutOff, onSuccess: (done) => done ? on.done() : on.timedOut() })
+  )
+
+/**
  * A checked-out connection as the user sees it.
  *
  * @internal
@@ -1037,19 +1056,14 @@ export class PoolCore {
     conn.beginLost = false
     if (conn.settling !== undefined) {
       // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
-      // healthy network), else let the return finish in the background so the caller is not held up. The wait
-      // runs in a child fiber (the timeout's race), which an interruption of the caller reaches even here, in
-      // an uninterruptible region: a wait cut off that way hands the return to the background too.
+      // healthy network), else (or cut off) let the return finish in the background so the caller is not held up
       const settling = conn.settling
       const rest = Effect.suspend(() => this.releaseWith(conn, usage))
       const later = () => {
         this.runCloser(Effect.zipRight(Fiber.await(settling), rest))
         return Effect.void
       }
-      return Effect.interruptible(Fiber.await(settling)).pipe(
-        Effect.timeoutTo({ duration: SETTLE_WAIT, onSuccess: () => true, onTimeout: () => false }),
-        Effect.matchCauseEffect({ onFailure: later, onSuccess: (settled) => settled ? rest : later() })
-      )
+      return waitWithin(Fiber.await(settling), SETTLE_WAIT, { done: () => rest, timedOut: later, cutOff: later })
     }
     if (conn.leakWatch !== undefined) {
       const watch = conn.leakWatch
@@ -1461,19 +1475,17 @@ export class PoolCore {
           },
           { discard: true, concurrency }
         )
-      return Effect.interruptible(Deferred.await(drained)).pipe(
-        Effect.timeoutTo({ duration: this.config.drainTimeout, onSuccess: () => true, onTimeout: () => false }),
-        Effect.matchCauseEffect({
-          onSuccess: (returned) =>
-            returned ? Effect.void : Effect.logWarning(
-              `closing ${this.inUse} connections still checked out after drainTimeout`
-            ).pipe(Effect.zipRight(closeCheckedOut("unbounded"))),
-          // the wait was cut off: the fiber closing the pool was interrupted, which reaches the timeout's child
-          // fiber even in this finalizer. The connections still out are closed now, one by one (no child fibers),
-          // since the pool's background fibers, which would close them when they come back, end with its scope.
-          onFailure: () => closeCheckedOut(undefined)
-        })
-      )
+      return waitWithin(Deferred.await(drained), this.config.drainTimeout, {
+        done: () => Effect.void,
+        timedOut: () =>
+          Effect.logWarning(`closing ${this.inUse} connections still checked out after drainTimeout`).pipe(
+            Effect.zipRight(closeCheckedOut("unbounded"))
+          ),
+        // the fiber closing the pool was interrupted: the connections still out are closed now, one by one (no
+        // child fibers), since the pool's background fibers, which would close them when they come back, end
+        // with its scope
+        cutOff: () => closeCheckedOut(undefined)
+      })
     })
     return drain.pipe(
       Effect.zipRight(Effect.logDebug("pool closed")),
