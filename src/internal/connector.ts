@@ -111,7 +111,7 @@ const clientConfig = (options: Connector.ConnectOptions): pg.ClientConfig => {
   return config
 }
 
-const transactionStatus = (status: string | null): Connector.TransactionStatus =>
+const transactionStatus = (status: string): Connector.TransactionStatus =>
   status === "I" ? "idle" : status === "T" ? "transaction" : status === "E" ? "failed" : "unknown"
 
 interface CancelConnection {
@@ -131,11 +131,11 @@ interface PgClientInternals {
   readonly connection: {
     readonly stream: { destroy(error?: Error): void }
     on(event: "readyForQuery", listener: () => void): void
+    prependListener(event: "readyForQuery", listener: (message: { readonly status?: string }) => void): void
   }
   readonly readyForQuery: boolean
   readonly processID: number | null
   readonly secretKey: number | null
-  getTransactionStatus(): string | null
 }
 
 const sendCancel = (target: Target, pid: number, secretKey: number): Effect.Effect<void, ConnectionError> =>
@@ -195,6 +195,12 @@ const makeConnection = (
     afterReady = []
     for (const fn of pending) fn()
   }
+  // the transaction status of the last ReadyForQuery, read before pg hands the message to the running statement
+  // (pg keeps it itself only from 8.21); a connection is handed over after its first ReadyForQuery, "I"
+  let txStatus = "I"
+  internals.connection.prependListener("readyForQuery", (message) => {
+    txStatus = message.status ?? txStatus
+  })
   internals.connection.on("readyForQuery", flushReady)
   client.on("end", flushReady)
   const whenReady = (fn: () => void) => {
@@ -217,7 +223,7 @@ const makeConnection = (
           // a prepared statement gone stale did not run: outside a transaction it is sent again, as text; as the
           // first statement of a transaction (after its BEGIN) the transaction is rolled back and begun again
           if (statement.stale && !resent && !state.lost) {
-            const status = internals.getTransactionStatus()
+            const status = txStatus
             if (prefix === undefined && status === "I") return submit(text, params, rowMode, prefix, callback, true)
             if (prefix !== undefined && status === "E") {
               return submit(text, params, rowMode, ["ROLLBACK", ...prefix], callback, true)
@@ -298,7 +304,7 @@ const makeConnection = (
         )
       }
     },
-    transactionStatus: () => transactionStatus(internals.getTransactionStatus()),
+    transactionStatus: () => transactionStatus(txStatus),
     isBusy: () => inFlight > 0,
     awaitIdle: Effect.async<void>((resume) => {
       if (inFlight === 0) return resume(Effect.void)

@@ -4,7 +4,6 @@
  *
  * @internal
  */
-import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
@@ -14,17 +13,10 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as Connector from "../Connector.js"
-import type { ConnectionError, QueryError } from "../PgPoolError.js"
+import { type ConnectionError, EmbeddedPostgresError, type QueryError } from "../PgPoolError.js"
 
-/**
- * Starting, stopping or using the embedded server failed.
- *
- * @internal
- */
-export class EmbeddedPostgresError extends Data.TaggedError("EmbeddedPostgresError")<{
-  readonly message: string
-  readonly cause?: unknown
-}> {}
+/** @internal */
+export { EmbeddedPostgresError }
 
 /** @internal */
 export interface EmbeddedOptions {
