@@ -17,17 +17,57 @@ import * as internal from "./internal/connector.js"
 import type { ConnectionError, QueryError } from "./PgPoolError.js"
 
 /**
- * TLS settings passed to the driver. `true` means TLS without certificate verification (libpq's
- * `sslmode=require`); an object is handed to Node's `tls.connect`, with the private key kept `Redacted`.
+ * libpq's `sslmode`:
+ *
+ * - `"disable"`: no TLS;
+ * - `"allow"`: without TLS first, with TLS (unverified) when the server refuses a connection without it;
+ * - `"prefer"`: with TLS (unverified) first, without it when the server does not offer TLS;
+ * - `"require"`: TLS, the server's certificate not verified (verified as in `"verify-ca"` when a root
+ *   certificate is given, as libpq does);
+ * - `"verify-ca"`: TLS, the server's certificate must be signed by a trusted CA;
+ * - `"verify-full"`: as `"verify-ca"`, and the certificate must name the host connected to.
  *
  * @since 0.1.0
  * @category models
  */
-export type SslConfig = boolean | {
-  readonly rejectUnauthorized?: boolean | undefined
+export type SslMode = "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
+
+/**
+ * TLS settings. `false` means no TLS (`sslmode=disable`), `true` TLS without certificate verification
+ * (`sslmode=require`). An object gives the certificates, as PEM text (`ca`, `cert`, `key`) or as files read
+ * at each connect (`caFile`, `certFile`, `keyFile`: libpq's `sslrootcert`, `sslcert`, `sslkey`), and the mode;
+ * without a `mode` an object means `"verify-full"` (`"require"` with `rejectUnauthorized: false`). Without a
+ * CA the verifying modes trust Node's bundled root certificates. The private key and its passphrase are
+ * `Redacted`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SslConfig = boolean | SslOptions
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface SslOptions {
+  readonly mode?: SslMode | undefined
+  /** Trusted CA certificates (PEM). */
   readonly ca?: string | undefined
+  /** A file of trusted CA certificates (PEM), libpq's `sslrootcert`. */
+  readonly caFile?: string | undefined
+  /** The client certificate (PEM), for certificate authentication. */
   readonly cert?: string | undefined
+  /** A file holding the client certificate, libpq's `sslcert`. */
+  readonly certFile?: string | undefined
+  /** The client certificate's private key (PEM). */
   readonly key?: Redacted.Redacted | undefined
+  /** A file holding the client certificate's private key, libpq's `sslkey`. */
+  readonly keyFile?: string | undefined
+  /** The passphrase of an encrypted private key, libpq's `sslpassword`. */
+  readonly passphrase?: Redacted.Redacted | undefined
+  /** `false` turns certificate verification off (`"require"`). */
+  readonly rejectUnauthorized?: boolean | undefined
+  /** The host name sent in SNI and checked in `"verify-full"`; by default the host connected to. */
   readonly servername?: string | undefined
 }
 
@@ -43,9 +83,17 @@ export interface ConnectOptions {
   readonly database: string
   readonly user: string
   readonly password: Redacted.Redacted | undefined
+  /** TLS: `undefined` or `false` for none; see {@link SslConfig}. */
   readonly ssl: SslConfig | undefined
   readonly applicationName: string | undefined
+  /**
+   * libpq's `options`: command-line options for the server, sent in the startup packet, e.g.
+   * `-c search_path=app`. The `parameters` are added to them.
+   */
+  readonly options?: string | undefined
   readonly connectTimeout: Duration.Duration
+  /** Type parsers for result columns (node-postgres' `types`, e.g. from `pg-types`); the driver's defaults otherwise. */
+  readonly types?: TypeParsers | undefined
   /** Run-time parameters sent in the startup packet, e.g. `{ statement_timeout: "5000" }`. */
   readonly parameters: Readonly<Record<string, string>>
   /**
@@ -54,6 +102,17 @@ export interface ConnectOptions {
    * and 100.
    */
   readonly statementCache?: StatementCacheOptions | undefined
+}
+
+/**
+ * Parsers of column values by type oid, as node-postgres takes them (its `types` option, `pg-types`, or
+ * `pg.types` with your own parsers set).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TypeParsers {
+  getTypeParser(oid: number, format?: "text" | "binary"): (value: never) => unknown
 }
 
 /**

@@ -92,7 +92,10 @@ const exhaustedMessage = (reason: ExhaustedReason, stats: PoolStats, waitedMilli
  * - `code` is the SQLSTATE when the server sent one (e.g. `28P01` for a wrong password, `57P01` when an
  *   administrator terminated the backend);
  * - `attempts` is the number of connect attempts made for a waiter that ran out of time while connects kept
- *   failing; `cause` is the last failure.
+ *   failing; `cause` is the last failure;
+ * - `retryable` is `false` when connecting again cannot succeed without a change of configuration (a wrong
+ *   password, no such role or database, no password configured, a TLS failure): the pool then fails at once
+ *   instead of retrying.
  *
  * @since 0.1.0
  * @category errors
@@ -105,6 +108,7 @@ export class ConnectionError extends Data.TaggedError("ConnectionError")<{
   readonly database?: string | undefined
   readonly code?: string | undefined
   readonly attempts?: number | undefined
+  readonly retryable?: boolean | undefined
 }> {
   /**
    * @since 0.1.0

@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Chunk, Config, ConfigError, ConfigProvider, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import * as net from "node:net"
 import { defaultReconnect, resolve, splitStatements } from "../src/internal/config.js"
+import * as Connector from "../src/Connector.js"
 import * as PgPool from "../src/PgPool.js"
 import { PgPoolLive } from "../src/index.js"
 import { testConfig, testServer } from "./support/db.js"
@@ -325,7 +326,7 @@ describe("PgPool configuration", () => {
       assert.strictEqual(filled.user, "u")
       assert.strictEqual(filled.database, "envdb")
       assert.strictEqual(Redacted.value(filled.password!), "from-env")
-      assert.strictEqual(filled.ssl, true)
+      assert.strictEqual(filled.ssl?.mode, "require")
       assert.strictEqual(filled.applicationName, "env-app")
       assert.strictEqual(Duration.toMillis(filled.connectTimeout), 3000)
       assert.strictEqual(filled.targetSessionAttrs, "primary")
@@ -349,7 +350,7 @@ describe("PgPool configuration", () => {
       assert.deepStrictEqual(kept.hosts, [{ host: "db.example", port: 7000 }], "PGPORT fills in the URL's missing port")
       assert.strictEqual(kept.database, "urldb")
       assert.strictEqual(Redacted.value(kept.password!), "from-url")
-      assert.strictEqual(kept.ssl, false)
+      assert.strictEqual(kept.ssl, undefined, "the URL's sslmode=disable wins")
       assert.strictEqual(kept.applicationName, "url-app")
       assert.strictEqual(Duration.toMillis(kept.connectTimeout), 4000)
       assert.strictEqual(kept.targetSessionAttrs, "any")
@@ -442,7 +443,7 @@ describe("PgPool configuration", () => {
         ["idleTimeout", "PGPOOL_IDLE_TIMEOUT", [["PGPOOL_IDLE_TIMEOUT", "0 seconds"]]],
         ["readRouting", "PGPOOL_READ_ROUTING", [["PGPOOL_READ_ROUTING", "primary"]]],
         ["targetSessionAttrs", "PGTARGETSESSIONATTRS", [["PGTARGETSESSIONATTRS", "writable"]]],
-        ["connectTimeout", "PGCONNECT_TIMEOUT", [["PGCONNECT_TIMEOUT", "0"]]]
+        ["maintenanceInterval", "PGPOOL_MAINTENANCE_INTERVAL", [["PGPOOL_MAINTENANCE_INTERVAL", "0"]]]
       ]
       for (const [field, variable, entries] of cases) {
         const error = yield* Effect.flip(Effect.scoped(Layer.build(withEnv([["DATABASE_URL", url], ...entries]))))
@@ -495,5 +496,244 @@ describe("PgPool configuration", () => {
         Effect.provide(PgPool.layer({ ...testConfig(), reconnect: Schedule.spaced("1 second") }))
       )
       assert.deepStrictEqual(rows, [{ one: 1 }])
+    }))
+})
+
+describe("configuration that means what it says", () => {
+  const url = () => Redacted.value(testConfig().url as Redacted.Redacted)
+  const withEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
+    Layer.provide(PgPoolLive, Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries))))
+  /** The URL with extra query parameters. */
+  const withParams = (params: Record<string, string>) => {
+    const base = url()
+    const query = Object.entries(params).map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
+    return `${base}${base.includes("?") ? "&" : "?"}${query.join("&")}`
+  }
+  /** The settings a session sees. */
+  const settings = Effect.map(
+    PgPool.query(
+      "select current_setting('search_path') as path, current_setting('work_mem') as mem, current_setting('application_name') as app, (select ssl from pg_stat_ssl where pid = pg_backend_pid()) as ssl"
+    ),
+    (rows) => rows[0] as { path: string; mem: string; app: string; ssl: boolean }
+  )
+
+  it.effect("an unknown field of PgPool.Config is a ConfigError naming it and the field meant", () =>
+    Effect.gen(function*() {
+      const typo = yield* buildError({ ...testConfig(), maxConection: 5 } as PgPool.Config)
+      assertConfigError(typo, "maxConection")
+      assert.include(String(typo), "maxConnections")
+      // a PgClient.layer-style object: username must not quietly connect as another user
+      const username = yield* buildError({ ...testConfig(), username: "someone_else" } as PgPool.Config)
+      assertConfigError(username, "username")
+      assert.include(String(username), "\"user\"")
+      assert.notInclude(String(username), Redacted.value(testConfig().url as Redacted.Redacted))
+      // an unset field is fine
+      const rows = yield* PgPool.query("select 1 as one").pipe(
+        Effect.provide(PgPool.layer({ ...testConfig(), maxIdle: undefined }))
+      )
+      assert.deepStrictEqual(rows, [{ one: 1 }])
+    }))
+
+  it.effect("a URL parameter the pool does not support is a ConfigError naming it, without the password", () =>
+    Effect.gen(function*() {
+      const error = yield* buildError({ url: withParams({ keepalives_idle: "30" }) })
+      assertConfigError(error, "url")
+      assert.include(String(error), "keepalives_idle")
+      assert.notInclude(String(error), new URL(url()).password)
+    }))
+
+  it.effect("libpq's options reach the server as startup parameters: from the URL, the field and PGOPTIONS", () =>
+    Effect.gen(function*() {
+      const fromUrl = yield* settings.pipe(Effect.provide(PgPool.layer({
+        url: withParams({ options: "-c search_path=from_url -c work_mem=7MB" })
+      })))
+      assert.strictEqual(fromUrl.path, "from_url")
+      assert.strictEqual(fromUrl.mem, "7MB")
+      const fromField = yield* settings.pipe(Effect.provide(PgPool.layer({
+        ...testConfig(),
+        options: "--search_path=from_field -c work_mem=3MB",
+        statementTimeout: "5 seconds"
+      })))
+      assert.strictEqual(fromField.path, "from_field")
+      assert.strictEqual(fromField.mem, "3MB")
+      const fromEnv = yield* settings.pipe(Effect.provide(withEnv([
+        ["DATABASE_URL", url()],
+        ["PGOPTIONS", "-c search_path=from_env"]
+      ])))
+      assert.strictEqual(fromEnv.path, "from_env")
+      const fallback = yield* settings.pipe(Effect.provide(PgPool.layer({
+        url: withParams({ fallback_application_name: "fallback-app" })
+      })))
+      assert.strictEqual(fallback.app, "fallback-app")
+    }))
+
+  it.effect("PgPoolLive: an unknown PGPOOL_ variable is a ConfigError naming it and the variable meant", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Effect.scoped(Layer.build(withEnv([
+        ["DATABASE_URL", url()],
+        ["PGPOOL_MAX_CONECTIONS", "5"]
+      ]))))
+      assertConfigError(error, "PGPOOL_MAX_CONECTIONS")
+      assert.include(String(error), "PGPOOL_MAX_CONNECTIONS")
+      // the process environment, split at "_" by effect's env provider, is walked the same way
+      const fromProcess = yield* Effect.acquireUseRelease(
+        Effect.sync(() => {
+          process.env.PGPOOL_IDLE_TIMOUT = "5 seconds"
+        }),
+        () =>
+          Effect.flip(Effect.scoped(Layer.build(Layer.provide(
+            PgPoolLive,
+            Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_URL", url()]])).pipe(
+              ConfigProvider.orElse(() => ConfigProvider.fromEnv())
+            ))
+          )))),
+        () =>
+          Effect.sync(() => {
+            delete process.env.PGPOOL_IDLE_TIMOUT
+          })
+      )
+      assertConfigError(fromProcess, "PGPOOL_IDLE_TIMOUT")
+      assert.include(String(fromProcess), "PGPOOL_IDLE_TIMEOUT")
+      // the known ones pass
+      const stats = yield* PgPool.stats.pipe(Effect.provide(withEnv([
+        ["DATABASE_URL", url()],
+        ["PGPOOL_MAX_CONNECTIONS", "3"],
+        ["PGPOOL_MAX_LIFETIME", "10 minutes"],
+        ["PGPOOL_MAX_LIFETIME_JITTER", "1 minute"]
+      ])))
+      assert.strictEqual(stats.maxConnections, 3)
+    }))
+
+  it.live("PGPOOL_ durations: a number of milliseconds or a duration such as \"5 seconds\"", () =>
+    Effect.gen(function*() {
+      const resolved = (entries: ReadonlyArray<readonly [string, string]>) =>
+        PgPool.configFromEnv.pipe(
+          Effect.flatMap(resolve),
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map(entries)))
+        )
+      const ms = yield* resolved([["PGPOOL_ACQUIRE_TIMEOUT", "250"], ["PGPOOL_IDLE_TIMEOUT", "1500.5"]])
+      assert.strictEqual(ms.acquireTimeout, 250)
+      assert.strictEqual(ms.idleTimeout, 1500.5)
+      const text = yield* resolved([["PGPOOL_ACQUIRE_TIMEOUT", "5 seconds"], ["PGPOOL_QUERY_TIMEOUT", "300 millis"]])
+      assert.strictEqual(text.acquireTimeout, 5000)
+      assert.strictEqual(text.queryTimeout, 300)
+      const bad = yield* Effect.flip(resolved([["PGPOOL_ACQUIRE_TIMEOUT", "soon"]]))
+      assert.isTrue(ConfigError.isConfigError(bad))
+      assert.include(String(bad), "PGPOOL_ACQUIRE_TIMEOUT")
+      // and the value takes effect: a checkout waits 250 ms, not the default 30 s
+      const exhausted = yield* Effect.scoped(Effect.gen(function*() {
+        const first = yield* PgPool.connection
+        yield* first.query("select 1")
+        return yield* Effect.flip(PgPool.query("select 1"))
+      })).pipe(
+        Effect.provide(withEnv([["DATABASE_URL", url()], ["PGPOOL_MAX_CONNECTIONS", "1"], ["PGPOOL_ACQUIRE_TIMEOUT", "250"]]))
+      )
+      assert.strictEqual(exhausted._tag, "PoolExhaustedError")
+      if (exhausted._tag === "PoolExhaustedError") {
+        assert.strictEqual(exhausted.reason, "acquireTimeout")
+        assert.isAtLeast(exhausted.waitedMillis ?? 0, 200)
+        assert.isBelow(exhausted.waitedMillis ?? Infinity, 5000)
+      }
+    }))
+
+  it.effect("libpq's connect_timeout: zero means no limit (URL and PGCONNECT_TIMEOUT)", () =>
+    Effect.gen(function*() {
+      const fromUrl = yield* resolve({ url: withParams({ connect_timeout: "0" }) })
+      assert.isFalse(Duration.isFinite(fromUrl.connectTimeout))
+      const fromEnv = yield* PgPool.configFromEnv.pipe(
+        Effect.flatMap(resolve),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["PGCONNECT_TIMEOUT", "0"]])))
+      )
+      assert.isFalse(Duration.isFinite(fromEnv.connectTimeout))
+      const five = yield* resolve({ url: withParams({ connect_timeout: "5" }) })
+      assert.strictEqual(Duration.toMillis(five.connectTimeout), 5000)
+      const bad = yield* Effect.flip(resolve({ url: withParams({ connect_timeout: "soon" }) }))
+      assertConfigError(bad, "url")
+    }))
+
+  it.live("pg reads nothing from the process environment behind the configuration", () => {
+    const saved = new Map<string, string | undefined>()
+    const parsed = new URL(url())
+    const env: Record<string, string> = {
+      PGPASSWORD: decodeURIComponent(parsed.password),
+      PGAPPNAME: "from-the-shell",
+      PGOPTIONS: "-c search_path=from_the_shell",
+      PGSSLMODE: "require",
+      PGCLIENTENCODING: "LATIN1",
+      PGSSLNEGOTIATION: "direct"
+    }
+    return Effect.acquireUseRelease(
+      Effect.sync(() => {
+        for (const [k, v] of Object.entries(env)) {
+          saved.set(k, process.env[k])
+          process.env[k] = v
+        }
+      }),
+      () =>
+        Effect.gen(function*() {
+          const seen = yield* settings.pipe(Effect.provide(PgPool.layer({ url: url() })))
+          assert.strictEqual(seen.app, "", "PGAPPNAME is not read behind the configuration")
+          assert.notStrictEqual(seen.path, "from_the_shell", "PGOPTIONS is not read behind the configuration")
+          assert.isFalse(seen.ssl, "PGSSLMODE is not read behind the configuration")
+          const [text] = yield* PgPool.query("select 'é' as e").pipe(Effect.provide(PgPool.layer({ url: url() })))
+          assert.deepStrictEqual(text, { e: "é" })
+          // no password configured: PGPASSWORD in the shell is not used, and the error says what is missing
+          const noPassword = new URL(url())
+          noPassword.password = ""
+          const error = yield* buildError({ url: noPassword.toString(), connectTimeout: "20 seconds" })
+          assert.strictEqual(error._tag, "ConnectionError")
+          assert.include(String(error), "the server asked for a password and none was configured")
+          assert.notInclude(JSON.stringify(error), env.PGPASSWORD!)
+        }),
+      () =>
+        Effect.sync(() => {
+          for (const [k, v] of saved) {
+            if (v === undefined) delete process.env[k]
+            else process.env[k] = v
+          }
+        })
+    )
+  })
+
+  it.live("connect failures that retrying cannot mend fail the layer at once, in plain words", () =>
+    Effect.gen(function*() {
+      const parsed = new URL(url())
+      const base = {
+        host: parsed.hostname,
+        port: Number(parsed.port),
+        user: decodeURIComponent(parsed.username),
+        database: parsed.pathname.slice(1),
+        connectTimeout: "30 seconds" as const
+      }
+      const cases: ReadonlyArray<readonly [string, PgPool.Config, string, string | undefined]> = [
+        ["wrong password", { ...base, password: Redacted.make("not-the-password") }, "rejected the password", "28P01"],
+        [
+          "no such database",
+          { ...base, password: Redacted.make(decodeURIComponent(parsed.password)), database: "no_such_db" },
+          "no such database",
+          "3D000"
+        ],
+        ["no password", base, "the server asked for a password and none was configured", undefined]
+      ]
+      for (const [name, config, words, code] of cases) {
+        let connects = 0
+        const counting = Layer.succeed(Connector.Connector, {
+          connect: (options, onLost) => {
+            connects++
+            return Connector.make.connect(options, onLost)
+          }
+        })
+        const error = yield* Effect.flip(Effect.scoped(Layer.build(
+          Layer.scoped(PgPool.PgPool, PgPool.make({ ...config, reconnect: Schedule.spaced("10 millis") })).pipe(
+            Layer.provide(counting)
+          )
+        )))
+        assert.strictEqual(error._tag, "ConnectionError", name)
+        if (error._tag !== "ConnectionError") continue
+        assert.include(error.message, words, name)
+        assert.strictEqual(error.code, code, name)
+        assert.strictEqual(error.retryable, false, name)
+        assert.strictEqual(connects, 1, `${name}: not retried`)
+      }
     }))
 })

@@ -7,9 +7,11 @@
  */
 import * as EffectConfig from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
+import type * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as HashSet from "effect/HashSet"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
@@ -24,12 +26,17 @@ export interface HostPort {
 
 /** @internal */
 export interface ResolvedConfig {
+  /** The URL as given, for `PgClient.config`. */
+  readonly url: Redacted.Redacted | undefined
   readonly hosts: ReadonlyArray<HostPort>
   readonly database: string
   readonly user: string
   readonly password: Redacted.Redacted | undefined
-  readonly ssl: Connector.SslConfig | undefined
+  /** TLS settings with their mode resolved; `undefined` for no TLS. */
+  readonly ssl: Connector.SslOptions | undefined
   readonly applicationName: string | undefined
+  readonly options: string | undefined
+  readonly types: Connector.TypeParsers | undefined
   readonly minConnections: number
   readonly maxConnections: number
   readonly maxIdle: number
@@ -112,13 +119,18 @@ const decode = (part: string): string => {
 
 /**
  * Parses a libpq connection URI: `postgres[ql]://[user[:password]@][host[:port][,host[:port]...]][/database][?param=value&...]`.
+ * The user info ends at the *last* `@` before the path, as in pg-connection-string and browsers, so an
+ * unencoded `@` in a password stays in the password.
  *
  * @internal
  */
 export const parseUrl = (url: string): ParsedUrl | undefined => {
-  const match = /^postgres(?:ql)?:\/\/(?:([^@/?#]*)@)?([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?(?:#.*)?$/.exec(url.trim())
+  const match = /^postgres(?:ql)?:\/\/([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?(?:#.*)?$/.exec(url.trim())
   if (match === null) return undefined
-  const [, userinfo, hostlist, path, query] = match
+  const [, authority = "", path, query] = match
+  const at = authority.lastIndexOf("@")
+  const userinfo = at === -1 ? undefined : authority.slice(0, at)
+  const hostlist = at === -1 ? authority : authority.slice(at + 1)
   let user: string | undefined
   let password: Redacted.Redacted | undefined
   if (userinfo !== undefined) {
@@ -127,7 +139,7 @@ export const parseUrl = (url: string): ParsedUrl | undefined => {
     if (colon !== -1) password = Redacted.make(decode(userinfo.slice(colon + 1)))
   }
   const hosts: Array<{ host: string; port: number | undefined }> = []
-  for (const entry of (hostlist ?? "").split(",")) {
+  for (const entry of hostlist.split(",")) {
     if (entry === "") continue
     const bracket = /^\[([^\]]+)\](?::(\d*))?$/.exec(entry)
     const plain = /^([^:]*)(?::(\d*))?$/.exec(entry)
@@ -145,26 +157,17 @@ export const parseUrl = (url: string): ParsedUrl | undefined => {
   return { hosts, database: path ? decode(path) : undefined, user, password, params }
 }
 
-/**
- * Maps libpq's `sslmode` to the driver's TLS setting.
- *
- * @internal
- */
-export const sslFromMode = (mode: string): Connector.SslConfig | undefined => {
-  switch (mode) {
-    case "disable":
-    case "allow":
-    case "prefer":
-      return false
-    case "require":
-      return true
-    case "verify-ca":
-    case "verify-full":
-      return { rejectUnauthorized: true }
-    default:
-      return undefined
-  }
-}
+/** libpq's `sslmode` values. @internal */
+export const sslModes: ReadonlyArray<Connector.SslMode> = [
+  "disable",
+  "allow",
+  "prefer",
+  "require",
+  "verify-ca",
+  "verify-full"
+]
+
+const isSslMode = (u: unknown): u is Connector.SslMode => sslModes.includes(u as Connector.SslMode)
 
 const integer = (field: string, value: unknown, min: number, fallback: number): number | ConfigError.ConfigError => {
   if (value === undefined) return fallback
@@ -196,6 +199,12 @@ const millis = (
 
 const isError = (u: unknown): u is ConfigError.ConfigError => ConfigError.isConfigError(u)
 
+/** libpq's `connect_timeout`: seconds; zero or negative means no limit. NaN when it is not a number. */
+const libpqSeconds = (text: string): number => {
+  const seconds = text.trim() === "" ? NaN : Number(text)
+  return Number.isNaN(seconds) ? NaN : seconds <= 0 ? Infinity : seconds * 1000
+}
+
 /**
  * Checks every field and fills in the defaults.
  *
@@ -209,17 +218,26 @@ export const resolve = (config: Config): Effect.Effect<ResolvedConfig, ConfigErr
 
 const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError => {
   if (typeof config !== "object" || config === null) return invalid("config", "the configuration must be an object")
+  const unknown = unknownField(config)
+  if (unknown !== undefined) return unknown
   let parsed: ParsedUrl | undefined
+  let url: Redacted.Redacted | undefined
   if (config.url !== undefined) {
     const raw = Redacted.isRedacted(config.url) ? Redacted.value(config.url) : config.url
-    if (typeof raw !== "string") return invalid("url", "url must be a string")
+    if (typeof raw !== "string") return invalid("url", "url must be a string or a Redacted string")
     parsed = parseUrl(raw)
     if (parsed === undefined) {
       return invalid("url", "url is not a PostgreSQL connection URI (postgres://user:password@host:port/database)")
     }
     for (const name of parsed.params.keys()) {
-      if (!knownUrlParams.has(name)) return invalid("url", `url has an unknown parameter "${name}"`)
+      if (!knownUrlParams.has(name)) {
+        return invalid(
+          "url",
+          `url has a parameter this pool does not support: "${name}" (supported: ${[...knownUrlParams].join(", ")})`
+        )
+      }
     }
+    url = Redacted.isRedacted(config.url) ? config.url : Redacted.make(raw)
   }
   const params = parsed?.params ?? new Map<string, string>()
 
@@ -268,19 +286,17 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
     parsed?.password ??
     (params.has("password") ? Redacted.make(params.get("password")!) : undefined)
 
-  let ssl: Connector.SslConfig | undefined = config.ssl
-  if (ssl !== undefined && typeof ssl !== "boolean" && (typeof ssl !== "object" || ssl === null)) {
-    return invalid("ssl", "ssl must be a boolean or an object of TLS options")
-  }
-  if (ssl === undefined && params.has("sslmode")) {
-    ssl = sslFromMode(params.get("sslmode")!)
-    if (ssl === undefined) {
-      return invalid("url", `sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full`)
-    }
-  }
-  const applicationName = config.applicationName ?? params.get("application_name")
+  const ssl = resolveSsl(config, params)
+  if (isError(ssl)) return ssl
+  const applicationName = config.applicationName ?? params.get("application_name") ??
+    params.get("fallback_application_name")
   if (applicationName !== undefined && typeof applicationName !== "string") {
     return invalid("applicationName", "applicationName must be a string")
+  }
+  const options = config.options ?? params.get("options")
+  if (options !== undefined && typeof options !== "string") return invalid("options", "options must be a string")
+  if (config.types !== undefined && typeof config.types?.getTypeParser !== "function") {
+    return invalid("types", "types must have a getTypeParser function (node-postgres' types)")
   }
 
   const maxConnections = integer("maxConnections", config.maxConnections, 1, 10)
@@ -339,9 +355,9 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (config.pooling !== undefined && typeof config.pooling !== "boolean") {
     return invalid("pooling", "pooling must be a boolean")
   }
-  const urlConnectTimeout = params.has("connect_timeout") ? Number(params.get("connect_timeout")) * 1000 : undefined
-  if (urlConnectTimeout !== undefined && !(urlConnectTimeout > 0)) {
-    return invalid("url", "connect_timeout must be a positive number of seconds")
+  const urlConnectTimeout = params.has("connect_timeout") ? libpqSeconds(params.get("connect_timeout")!) : undefined
+  if (urlConnectTimeout !== undefined && Number.isNaN(urlConnectTimeout)) {
+    return invalid("url", "connect_timeout must be a number of seconds (0 for no limit)")
   }
   const connectTimeout = millis("connectTimeout", config.connectTimeout ?? urlConnectTimeout, 10_000, {
     allowZero: false
@@ -409,12 +425,15 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (isError(roleCheckInterval)) return roleCheckInterval
 
   return {
+    url,
     hosts,
     database,
     user,
     password,
     ssl,
     applicationName,
+    options,
+    types: config.types,
     minConnections,
     maxConnections,
     maxIdle,
@@ -473,12 +492,210 @@ const knownUrlParams = new Set([
   "user",
   "password",
   "sslmode",
+  "sslrootcert",
+  "sslcert",
+  "sslkey",
+  "sslpassword",
   "application_name",
+  "fallback_application_name",
+  "options",
   "connect_timeout",
   "target_session_attrs",
-  "load_balance_hosts",
-  "options"
+  "load_balance_hosts"
 ])
+
+/** The fields of `PgPool.Config`: any other key is a mistake worth a `ConfigError`. */
+const configFields: ReadonlyArray<keyof Config> = [
+  "url",
+  "host",
+  "port",
+  "hosts",
+  "database",
+  "user",
+  "password",
+  "ssl",
+  "sslMode",
+  "sslRootCert",
+  "sslCert",
+  "sslKey",
+  "sslPassword",
+  "applicationName",
+  "options",
+  "types",
+  "minConnections",
+  "maxIdle",
+  "maxConnections",
+  "blocking",
+  "acquireTimeout",
+  "maxWaiting",
+  "maxUsage",
+  "prepareThreshold",
+  "statementCacheSize",
+  "setSession",
+  "reset",
+  "idleTimeout",
+  "maxLifetime",
+  "maxLifetimeJitter",
+  "pooling",
+  "connectTimeout",
+  "drainTimeout",
+  "maintenanceInterval",
+  "reconnect",
+  "lazy",
+  "healthCheck",
+  "retryLostQueries",
+  "statementTimeout",
+  "queryTimeout",
+  "leakDetectionThreshold",
+  "name",
+  "metrics",
+  "targetSessionAttrs",
+  "loadBalanceHosts",
+  "readRouting",
+  "readBalancing",
+  "readFallback",
+  "roleCheckInterval"
+]
+const knownConfigFields = new Set<string>(configFields)
+
+/** Names users bring from other clients, and ours. */
+const otherSpellings: Readonly<Record<string, string>> = {
+  username: "user",
+  dbname: "database",
+  sslmode: "sslMode",
+  sslrootcert: "sslRootCert",
+  sslcert: "sslCert",
+  sslkey: "sslKey",
+  sslpassword: "sslPassword",
+  application_name: "applicationName",
+  max: "maxConnections",
+  min: "minConnections",
+  connectionString: "url",
+  connectionTimeoutMillis: "connectTimeout",
+  idleTimeoutMillis: "idleTimeout",
+  connectionTTL: "maxLifetime",
+  maxLifetimeSeconds: "maxLifetime",
+  statement_timeout: "statementTimeout",
+  query_timeout: "queryTimeout",
+  target_session_attrs: "targetSessionAttrs"
+}
+
+const editDistance = (a: string, b: string): number => {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    let diagonal = row[0]!
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const above = row[j]!
+      row[j] = Math.min(above + 1, row[j - 1]! + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1))
+      diagonal = above
+    }
+  }
+  return row[b.length]!
+}
+
+/** The closest of `names` to `name`, when it is close enough to be a likely typo. @internal */
+export const closest = (name: string, names: Iterable<string>): string | undefined => {
+  let best: string | undefined
+  let bestDistance = Infinity
+  for (const candidate of names) {
+    const distance = editDistance(name.toLowerCase(), candidate.toLowerCase())
+    if (distance < bestDistance) {
+      best = candidate
+      bestDistance = distance
+    }
+  }
+  return best !== undefined && bestDistance <= Math.max(2, Math.floor(name.length / 4)) ? best : undefined
+}
+
+/** A key of the configuration object that is not a field of `PgPool.Config`, as a `ConfigError` naming it. */
+const unknownField = (config: object): ConfigError.ConfigError | undefined => {
+  for (const key of Object.keys(config)) {
+    if (knownConfigFields.has(key) || (config as Record<string, unknown>)[key] === undefined) continue
+    const suggestion = otherSpellings[key] ?? closest(key, knownConfigFields)
+    return invalid(
+      key,
+      `PgPool.Config has no field "${key}"${suggestion === undefined ? "" : `: did you mean "${suggestion}"?`}${
+        key === "username" ? " (PgPoolSql.layerClient takes @effect/sql-pg's configuration, username included)" : ""
+      }`
+    )
+  }
+  return undefined
+}
+
+const readableFile = (field: string, path: unknown): string | undefined | ConfigError.ConfigError => {
+  if (path === undefined) return undefined
+  if (typeof path !== "string" || path === "") return invalid(field, `${field} must be a file path`)
+  return path
+}
+
+/**
+ * TLS from `ssl`, `sslMode` and the `ssl*` file fields, with the URL's `sslmode`, `sslrootcert`, `sslcert`,
+ * `sslkey`, `sslpassword` filling in what the fields leave out. `undefined` means no TLS.
+ */
+const resolveSsl = (
+  config: Config,
+  params: ReadonlyMap<string, string>
+): Connector.SslOptions | undefined | ConfigError.ConfigError => {
+  const ssl = config.ssl
+  if (ssl !== undefined && typeof ssl !== "boolean" && (typeof ssl !== "object" || ssl === null)) {
+    return invalid("ssl", "ssl must be a boolean or an object of TLS options")
+  }
+  const options: Connector.SslOptions = typeof ssl === "object" ? ssl : {}
+  if (options.key !== undefined && !Redacted.isRedacted(options.key)) {
+    return invalid("ssl", "ssl.key must be a Redacted value")
+  }
+  if (options.passphrase !== undefined && !Redacted.isRedacted(options.passphrase)) {
+    return invalid("ssl", "ssl.passphrase must be a Redacted value")
+  }
+  if (options.mode !== undefined && !isSslMode(options.mode)) {
+    return invalid("ssl", `ssl.mode must be one of ${sslModes.join(", ")}, got ${JSON.stringify(options.mode)}`)
+  }
+  if (config.sslMode !== undefined && !isSslMode(config.sslMode)) {
+    return invalid("sslMode", `sslMode must be one of ${sslModes.join(", ")}, got ${JSON.stringify(config.sslMode)}`)
+  }
+  const urlMode = params.get("sslmode")
+  if (urlMode !== undefined && !isSslMode(urlMode)) {
+    return invalid("url", `sslmode must be one of ${sslModes.join(", ")}`)
+  }
+  const fromSsl: Connector.SslMode | undefined = ssl === undefined
+    ? undefined
+    : ssl === false
+    ? "disable"
+    : ssl === true
+    ? "require"
+    : options.mode ?? (options.rejectUnauthorized === false ? "require" : "verify-full")
+  if (config.sslMode !== undefined && fromSsl !== undefined && config.sslMode !== fromSsl) {
+    if (ssl === false || ssl === true || options.mode !== undefined) {
+      return invalid("sslMode", `sslMode "${config.sslMode}" contradicts ssl (${fromSsl})`)
+    }
+  }
+  const mode = config.sslMode ?? fromSsl ?? urlMode ?? "disable"
+  if (mode === "disable") return undefined
+  const caFile = readableFile("sslRootCert", config.sslRootCert ?? options.caFile ?? params.get("sslrootcert"))
+  if (isError(caFile)) return caFile
+  const certFile = readableFile("sslCert", config.sslCert ?? options.certFile ?? params.get("sslcert"))
+  if (isError(certFile)) return certFile
+  const keyFile = readableFile("sslKey", config.sslKey ?? options.keyFile ?? params.get("sslkey"))
+  if (isError(keyFile)) return keyFile
+  if (config.sslPassword !== undefined && !Redacted.isRedacted(config.sslPassword)) {
+    return invalid("sslPassword", "sslPassword must be a Redacted value")
+  }
+  const passphrase = config.sslPassword ?? options.passphrase ??
+    (params.has("sslpassword") ? Redacted.make(params.get("sslpassword")!) : undefined)
+  const hasCa = options.ca !== undefined || (caFile !== undefined && caFile !== "system")
+  return {
+    mode: mode === "require" && hasCa ? "verify-ca" : mode,
+    ...(options.ca === undefined ? {} : { ca: options.ca }),
+    ...(caFile === undefined || caFile === "system" ? {} : { caFile }),
+    ...(options.cert === undefined ? {} : { cert: options.cert }),
+    ...(certFile === undefined ? {} : { certFile }),
+    ...(options.key === undefined ? {} : { key: options.key }),
+    ...(keyFile === undefined ? {} : { keyFile }),
+    ...(passphrase === undefined ? {} : { passphrase }),
+    ...(options.servername === undefined ? {} : { servername: options.servername })
+  }
+}
 
 /**
  * The connect options for one host.
@@ -496,6 +713,8 @@ export const connectOptions = (config: ResolvedConfig, host: HostPort): Connecto
     password: config.password,
     ssl: config.ssl,
     applicationName: config.applicationName,
+    options: config.options,
+    types: config.types,
     connectTimeout: config.connectTimeout,
     parameters,
     statementCache: { threshold: config.prepareThreshold, capacity: config.statementCacheSize }
@@ -503,6 +722,23 @@ export const connectOptions = (config: ResolvedConfig, host: HostPort): Connecto
 }
 
 const optional = <A>(config: EffectConfig.Config<A>) => EffectConfig.option(config)
+
+/** A duration in an environment variable: a number of milliseconds (`5000`) or a duration (`"5 seconds"`). */
+const durationVariable = (name: string): EffectConfig.Config<Duration.Duration> =>
+  EffectConfig.mapOrFail(EffectConfig.string(name), (text) => {
+    const trimmed = text.trim()
+    if (/^\d+(\.\d+)?$/.test(trimmed)) return Either.right(Duration.millis(Number(trimmed)))
+    const decoded = Duration.decodeUnknown(trimmed)
+    return Option.isSome(decoded)
+      ? Either.right(decoded.value)
+      : Either.left(
+        ConfigError.InvalidData(
+          [],
+          `${name} must be a number of milliseconds (5000) or a duration such as "5 seconds", got ${JSON.stringify(text)}`
+        )
+      )
+  })
+
 
 /** `PGPOOL_MAX_CONNECTIONS` for `maxConnections`: the knob's name in screaming snake case. @internal */
 export const envName = (knob: string): string => `PGPOOL_${knob.replace(/([A-Z])/g, "_$1").toUpperCase()}`
@@ -531,6 +767,59 @@ const durationKnobs = [
 ] as const
 const booleanKnobs = ["blocking", "pooling", "lazy", "retryLostQueries", "metrics", "readFallback"] as const
 const stringKnobs = ["name", "readRouting", "readBalancing"] as const
+
+/** Every `PGPOOL_` variable this pool reads. @internal */
+export const knownPoolVariables: ReadonlySet<string> = new Set([
+  ...[...integerKnobs, ...durationKnobs, ...booleanKnobs, ...stringKnobs, "setSession", "reset"].map((k) => envName(k))
+])
+
+const walkPoolVariables = (
+  flat: ConfigProvider.ConfigProvider.Flat,
+  path: ReadonlyArray<string>,
+  found: Array<string>,
+  depth: number
+): Effect.Effect<void> =>
+  Effect.flatMap(
+    Effect.orElseSucceed(flat.enumerateChildren(path), () => HashSet.empty<string>()),
+    (children) => {
+      const name = path.join("_")
+      if (HashSet.size(children) === 0 || depth > 8) {
+        if (name.startsWith("PGPOOL_")) found.push(name)
+        return Effect.void
+      }
+      if (name !== "PGPOOL" && name.startsWith("PGPOOL_") && knownPoolVariables.has(name)) found.push(name)
+      const next = [...children].filter((child) => {
+        const full = [...path, child].join("_")
+        return path.length > 0 || full === "PGPOOL" || full.startsWith("PGPOOL_")
+      })
+      return Effect.forEach(next, (child) => walkPoolVariables(flat, [...path, child], found, depth + 1), {
+        discard: true
+      })
+    }
+  )
+
+/**
+ * Fails with a `ConfigError` naming a `PGPOOL_` variable of the configuration provider that this pool does
+ * not read (a typo such as `PGPOOL_MAX_CONECTIONS` would otherwise be ignored in silence).
+ *
+ * @internal
+ */
+export const checkPoolVariables: Effect.Effect<void, ConfigError.ConfigError> = Effect.configProviderWith((provider) =>
+  Effect.suspend(() => {
+    const found: Array<string> = []
+    return Effect.flatMap(walkPoolVariables(provider.flattened, [], found, 0), () => {
+      const unknown = found.map((name) => name.toUpperCase()).find((name) => !knownPoolVariables.has(name))
+      if (unknown === undefined) return Effect.void
+      const suggestion = closest(unknown, knownPoolVariables)
+      return Effect.fail(
+        ConfigError.InvalidData(
+          [unknown],
+          `${unknown} is not a variable of this pool${suggestion === undefined ? "" : `: did you mean ${suggestion}?`}`
+        )
+      )
+    })
+  })
+)
 
 /** Hosts with their ports: `ports` is one port for all, or a comma-separated list matching `names` (libpq). */
 const hostList = (
@@ -616,12 +905,16 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
   user: optional(EffectConfig.string("PGUSER")),
   password: optional(EffectConfig.redacted("PGPASSWORD")),
   sslmode: optional(EffectConfig.string("PGSSLMODE")),
+  sslrootcert: optional(EffectConfig.string("PGSSLROOTCERT")),
+  sslcert: optional(EffectConfig.string("PGSSLCERT")),
+  sslkey: optional(EffectConfig.string("PGSSLKEY")),
+  options: optional(EffectConfig.string("PGOPTIONS")),
   applicationName: optional(EffectConfig.string("PGAPPNAME")),
   connectTimeoutSeconds: optional(EffectConfig.number("PGCONNECT_TIMEOUT")),
   targetSessionAttrs: optional(EffectConfig.string("PGTARGETSESSIONATTRS")),
   loadBalanceHosts: optional(EffectConfig.string("PGLOADBALANCEHOSTS")),
   integers: EffectConfig.all(Object.fromEntries(integerKnobs.map((k) => [k, optional(EffectConfig.integer(envName(k)))]))),
-  durations: EffectConfig.all(Object.fromEntries(durationKnobs.map((k) => [k, optional(EffectConfig.duration(envName(k)))]))),
+  durations: EffectConfig.all(Object.fromEntries(durationKnobs.map((k) => [k, optional(durationVariable(envName(k)))]))),
   booleans: EffectConfig.all(Object.fromEntries(booleanKnobs.map((k) => [k, optional(EffectConfig.boolean(envName(k)))]))),
   strings: EffectConfig.all(Object.fromEntries(stringKnobs.map((k) => [k, optional(EffectConfig.string(envName(k)))]))),
   setSession: optional(EffectConfig.string(envName("setSession"))),
@@ -682,19 +975,20 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
       set("password", env.password.value, "PGPASSWORD")
     }
     if (Option.isSome(env.sslmode) && !urlHas("sslmode")) {
-      const ssl = sslFromMode(env.sslmode.value)
-      if (ssl === undefined) {
-        return Either.left(
-          ConfigError.InvalidData(["PGSSLMODE"], "must be one of disable, allow, prefer, require, verify-ca, verify-full")
-        )
+      if (!isSslMode(env.sslmode.value)) {
+        return Either.left(ConfigError.InvalidData(["PGSSLMODE"], `PGSSLMODE must be one of ${sslModes.join(", ")}`))
       }
-      set("ssl", ssl, "PGSSLMODE")
+      set("sslMode", env.sslmode.value, "PGSSLMODE")
     }
+    if (Option.isSome(env.sslrootcert) && !urlHas("sslrootcert")) set("sslRootCert", env.sslrootcert.value, "PGSSLROOTCERT")
+    if (Option.isSome(env.sslcert) && !urlHas("sslcert")) set("sslCert", env.sslcert.value, "PGSSLCERT")
+    if (Option.isSome(env.sslkey) && !urlHas("sslkey")) set("sslKey", env.sslkey.value, "PGSSLKEY")
+    if (Option.isSome(env.options) && !urlHas("options")) set("options", env.options.value, "PGOPTIONS")
     if (Option.isSome(env.applicationName) && !urlHas("application_name")) {
       set("applicationName", env.applicationName.value, "PGAPPNAME")
     }
     if (Option.isSome(env.connectTimeoutSeconds) && config.connectTimeout === undefined && !urlHas("connect_timeout")) {
-      set("connectTimeout", env.connectTimeoutSeconds.value * 1000, "PGCONNECT_TIMEOUT")
+      set("connectTimeout", libpqSeconds(String(env.connectTimeoutSeconds.value)), "PGCONNECT_TIMEOUT")
     }
     if (Option.isSome(env.targetSessionAttrs) && !urlHas("target_session_attrs")) {
       set("targetSessionAttrs", env.targetSessionAttrs.value, "PGTARGETSESSIONATTRS")

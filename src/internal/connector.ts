@@ -5,12 +5,15 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Redacted from "effect/Redacted"
+import * as Scope from "effect/Scope"
 import pg from "pg"
 import PgCursor from "pg-cursor"
 import type * as Connector from "../Connector.js"
 import { ConnectionError, QueryError } from "../PgPoolError.js"
 import { ClientSideError, makeStatementCache, Statement, typesOf } from "./statement.js"
+import * as tls from "./tls.js"
 
 const CLOSE_TIMEOUT = Duration.seconds(2)
 const DEFAULT_PREPARE_THRESHOLD = 5
@@ -80,6 +83,45 @@ export const toConnectionError = (target: Target, what: string, cause: unknown):
     code: isDatabaseError(cause) ? cause.code : undefined
   })
 
+/** What a connect failure means, in plain words, where the server's message alone does not say it. */
+const connectHint = (cause: unknown, user: string): string | undefined => {
+  if (cause instanceof MissingPasswordError) {
+    return "configure one: password, a password in the URL, or PGPASSWORD for PgPoolLive; not retried"
+  }
+  if (!isDatabaseError(cause)) return undefined
+  switch (cause.code) {
+    case "28P01":
+      return `the server rejected the password of user "${user}"; not retried`
+    case "28000":
+      return `the server does not let user "${user}" in (no such role, or refused by pg_hba.conf); not retried`
+    case "3D000":
+      return "no such database on this server; not retried"
+    default:
+      return undefined
+  }
+}
+
+/** A failed connect, saying what failed: TLS, authentication, the network. @internal */
+export const toConnectError = (
+  target: Target,
+  options: Connector.ConnectOptions,
+  cause: unknown
+): ConnectionError => {
+  const tlsFailure = tls.describeTlsFailure(cause, target.host, tls.modeOf(options.ssl))
+  const hint = tlsFailure === undefined ? connectHint(cause, options.user) : undefined
+  return new ConnectionError({
+    message: `Cannot connect (${target.host}:${target.port}/${target.database}): ${tlsFailure ?? describe(cause)}${
+      hint === undefined ? "" : ` (${hint})`
+    }`,
+    cause: tlsFailure === undefined ? cause : tls.plainTlsCause(cause),
+    host: target.host,
+    port: target.port,
+    database: target.database,
+    code: isDatabaseError(cause) ? cause.code : undefined,
+    ...(tlsFailure !== undefined || hint !== undefined ? { retryable: false } : {})
+  })
+}
+
 const toStatementError = (target: Target, cause: unknown): QueryError | ConnectionError =>
   cause instanceof ClientSideError
     ? new QueryError({ message: `${cause.message} (SQLSTATE ${cause.code})`, code: cause.code, cause: cause.cause })
@@ -87,28 +129,64 @@ const toStatementError = (target: Target, cause: unknown): QueryError | Connecti
     ? toConnectionError(target, "Connection lost", cause)
     : toQueryError(cause as pg.DatabaseError)
 
-const clientConfig = (options: Connector.ConnectOptions): pg.ClientConfig => {
+/** The server asked for a password and none was configured. @internal */
+export class MissingPasswordError extends Error {
+  constructor() {
+    super("the server asked for a password and none was configured")
+    this.name = "MissingPasswordError"
+  }
+}
+
+/** The startup `options`: libpq's `options` followed by `-c name=value` for each run-time parameter. */
+const startupOptions = (options: Connector.ConnectOptions): string | undefined => {
+  const parts: Array<string> = []
+  if (options.options !== undefined && options.options.trim() !== "") parts.push(options.options.trim())
+  for (const [name, value] of Object.entries(options.parameters)) {
+    parts.push(`-c ${name}=${value.replace(/([\\ ])/g, "\\$1")}`)
+  }
+  return parts.length === 0 ? undefined : parts.join(" ")
+}
+
+/**
+ * The driver's settings, every one given so that pg reads nothing from the environment behind the
+ * configuration (`PGPASSWORD`, `~/.pgpass`, `PGSSLMODE`, `PGAPPNAME`, `PGOPTIONS`, `PGCLIENTENCODING`,
+ * `PGSSLNEGOTIATION`; pg falls back to them for every value left out or falsy).
+ */
+const clientConfig = (options: Connector.ConnectOptions, ssl: tls.Attempt): pg.ClientConfig => {
+  const password = options.password
   const config: pg.ClientConfig & Record<string, unknown> = {
     host: options.host,
     port: options.port,
     database: options.database,
     user: options.user,
-    keepAlive: true
+    // a function, so that pg never looks for PGPASSWORD or ~/.pgpass; called only when the server asks
+    password: password === undefined
+      ? () => Promise.reject(new MissingPasswordError())
+      : () => Redacted.value(password),
+    ssl,
+    keepAlive: true,
+    binary: false,
+    ...(options.types === undefined ? {} : { types: options.types as pg.CustomTypesConfig }),
+    client_encoding: "utf8",
+    sslnegotiation: "postgres"
   }
-  if (options.password !== undefined) config.password = Redacted.value(options.password)
-  if (options.applicationName !== undefined) config.application_name = options.applicationName
-  if (options.ssl !== undefined && options.ssl !== false) {
-    config.ssl = options.ssl === true ? { rejectUnauthorized: false } : {
-      ...options.ssl,
-      key: options.ssl.key === undefined ? undefined : Redacted.value(options.ssl.key)
-    }
-  }
-  const extra: Array<string> = []
-  for (const [name, value] of Object.entries(options.parameters)) {
-    extra.push(`-c ${name}=${value.replace(/([\\ ])/g, "\\$1")}`)
-  }
-  if (extra.length > 0) config.options = extra.join(" ")
   return config
+}
+
+/** What pg took from the environment anyway (its falsy-means-unset rule): set back to exactly the options. */
+const pinStartup = (client: pg.Client, options: Connector.ConnectOptions): void => {
+  const internals = client as unknown as {
+    connectionParameters: Record<string, unknown>
+    replication: unknown
+    binary: boolean
+  }
+  const params = internals.connectionParameters
+  params.application_name = options.applicationName
+  params.fallback_application_name = undefined
+  params.options = startupOptions(options)
+  params.replication = undefined
+  internals.replication = undefined
+  internals.binary = false
 }
 
 const transactionStatus = (status: string): Connector.TransactionStatus =>
@@ -118,6 +196,7 @@ interface CancelConnection {
   readonly stream: { destroy(): void }
   connect(port: number, host: string): void
   cancel(pid: number, secretKey: number): void
+  requestSsl(): void
   on(event: string, listener: (...args: Array<unknown>) => void): void
 }
 
@@ -138,9 +217,18 @@ interface PgClientInternals {
   readonly secretKey: number | null
 }
 
-const sendCancel = (target: Target, pid: number, secretKey: number): Effect.Effect<void, ConnectionError> =>
+/**
+ * A CancelRequest on a new socket, over TLS with the session's settings when the session used TLS (libpq
+ * does the same since PostgreSQL 17; a cancel key is as good as a session's password).
+ */
+const sendCancel = (
+  target: Target,
+  ssl: tls.Attempt,
+  pid: number,
+  secretKey: number
+): Effect.Effect<void, ConnectionError> =>
   Effect.interruptible(Effect.async<void, ConnectionError>((resume) => {
-    const con = new pg.Connection() as unknown as CancelConnection
+    const con = new pg.Connection({ ssl } as pg.ConnectionConfig) as unknown as CancelConnection
     let done = false
     const finish = (error?: unknown) => {
       if (done) return
@@ -149,6 +237,10 @@ const sendCancel = (target: Target, pid: number, secretKey: number): Effect.Effe
       resume(error === undefined ? Effect.void : Effect.fail(toConnectionError(target, "Cancel request failed", error)))
     }
     con.on("connect", () => {
+      if (ssl === false) con.cancel(pid, secretKey)
+      else con.requestSsl()
+    })
+    con.on("sslconnect", () => {
       con.cancel(pid, secretKey)
     })
     con.on("end", () => finish())
@@ -166,7 +258,8 @@ const makeConnection = (
   client: pg.Client,
   target: Target,
   state: ClientState,
-  options: Connector.ConnectOptions
+  options: Connector.ConnectOptions,
+  ssl: tls.Attempt
 ): Connector.Connection => {
   const internals = client as unknown as PgClientInternals
   let inFlight = 0
@@ -297,7 +390,7 @@ const makeConnection = (
         close: Effect.suspend(() =>
           reading && open && !state.lost
             ? Effect.zipRight(
-              Effect.catchAllCause(sendCancel(target, backendPid, secretKey), () => Effect.void),
+              Effect.catchAllCause(sendCancel(target, ssl, backendPid, secretKey), () => Effect.void),
               closeCursor
             )
             : closeCursor
@@ -315,7 +408,7 @@ const makeConnection = (
       })
     }),
     isBroken: () => state.lost,
-    cancel: Effect.suspend(() => inFlight > 0 ? sendCancel(target, backendPid, secretKey) : Effect.void),
+    cancel: Effect.suspend(() => inFlight > 0 ? sendCancel(target, ssl, backendPid, secretKey) : Effect.void),
     onNotification: (handler) => {
       client.removeAllListeners("notification")
       client.on("notification", (message: pg.Notification) =>
@@ -342,51 +435,85 @@ const closeClient = (client: pg.Client, state: ClientState): Effect.Effect<void>
   )
 }
 
+/** One connect attempt, with or without TLS, whose client is closed when the given Scope closes. */
+const connectOnce = (
+  options: Connector.ConnectOptions,
+  ssl: tls.Attempt,
+  onLost: (error: ConnectionError) => void
+): Effect.Effect<Connector.Connection, { readonly raw: unknown; readonly error: ConnectionError }, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const state: ClientState = { connected: false, lost: false, closing: false }
+      const client = new pg.Client(clientConfig(options, ssl))
+      pinStartup(client, options)
+      const target: Target = { host: options.host, port: options.port, database: options.database }
+      const lost = (cause: unknown) => {
+        if (state.lost) return
+        state.lost = true
+        if (state.connected && !state.closing) onLost(toConnectionError(target, "Connection lost", cause))
+      }
+      client.on("error", lost)
+      client.on("end", () => lost(new Error("Connection ended")))
+      return { client, state, target }
+    }),
+    ({ client, state }) => closeClient(client, state)
+  ).pipe(
+    Effect.flatMap(({ client, state, target }) =>
+      Effect.async<Connector.Connection, { readonly raw: unknown; readonly error: ConnectionError }>((resume) => {
+        client.connect((error: Error | undefined) => {
+          if (error) {
+            state.lost = true
+            resume(Effect.fail({ raw: error, error: toConnectError(target, options, error) }))
+          } else {
+            state.connected = true
+            resume(Effect.succeed(makeConnection(client, target, state, options, ssl)))
+          }
+        })
+        return Effect.sync(() => {
+          state.lost = true
+          ;(client as unknown as PgClientInternals).connection.stream.destroy()
+        })
+      }).pipe(
+        Effect.timeoutFail({
+          duration: options.connectTimeout,
+          onTimeout: () => {
+            const raw = new Error(`connect timed out after ${Duration.format(options.connectTimeout)}`)
+            return { raw, error: toConnectionError(target, "Cannot connect", raw) }
+          }
+        })
+      )
+    )
+  )
+
+/** An attempt in a Scope of its own: closed at once when it fails, else when the caller's Scope closes. */
+const attempt = (
+  options: Connector.ConnectOptions,
+  ssl: tls.Attempt,
+  onLost: (error: ConnectionError) => void
+): Effect.Effect<Connector.Connection, { readonly raw: unknown; readonly error: ConnectionError }, Scope.Scope> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(Scope.make(), (inner) =>
+      restore(Scope.extend(connectOnce(options, ssl, onLost), inner)).pipe(
+        Effect.onExit((exit) => Exit.isFailure(exit) ? Scope.close(inner, exit) : Effect.void),
+        Effect.tap(() => Effect.addFinalizer((exit) => Scope.close(inner, exit)))
+      ))
+  )
+
 /** @internal */
 export const make: Connector.Connector = {
   connect: (options, onLost) =>
-    Effect.acquireRelease(
-      Effect.sync(() => {
-        const state: ClientState = { connected: false, lost: false, closing: false }
-        const client = new pg.Client(clientConfig(options))
-        const target: Target = { host: options.host, port: options.port, database: options.database }
-        const lost = (cause: unknown) => {
-          if (state.lost) return
-          state.lost = true
-          if (state.connected && !state.closing) onLost(toConnectionError(target, "Connection lost", cause))
-        }
-        client.on("error", lost)
-        client.on("end", () => lost(new Error("Connection ended")))
-        return { client, state, target }
-      }),
-      ({ client, state }) => closeClient(client, state)
-    ).pipe(
-      Effect.flatMap(({ client, state, target }) =>
-        Effect.async<Connector.Connection, ConnectionError>((resume) => {
-          client.connect((error: Error | undefined) => {
-            if (error) {
-              state.lost = true
-              resume(Effect.fail(toConnectionError(target, "Cannot connect", error)))
-            } else {
-              state.connected = true
-              resume(Effect.succeed(makeConnection(client, target, state, options)))
-            }
-          })
-          return Effect.sync(() => {
-            state.lost = true
-            ;(client as unknown as PgClientInternals).connection.stream.destroy()
-          })
-        }).pipe(
-          Effect.timeoutFail({
-            duration: options.connectTimeout,
-            onTimeout: () =>
-              toConnectionError(
-                target,
-                "Cannot connect",
-                new Error(`connect timed out after ${Duration.format(options.connectTimeout)}`)
-              )
-          })
+    Effect.flatMap(
+      Effect.mapError(tls.attempts(options.ssl), (cause) =>
+        toConnectError({ host: options.host, port: options.port, database: options.database }, options, cause)),
+      (attempts) => {
+        const [first, second] = attempts
+        const once = attempt(options, first!, onLost)
+        const both = second === undefined ? once : Effect.catchIf(
+          once,
+          (failure) => tls.fallsBack(failure.raw),
+          () => attempt(options, second, onLost)
         )
-      )
+        return Effect.mapError(both, (failure) => failure.error)
+      }
     )
 }

@@ -51,6 +51,32 @@ const commandOf = (text: string): string => {
 
 const quoted = (value: string) => value.replace(/^['"]|['"]$/g, "")
 
+/**
+ * The settings in libpq's `options` (`-c name=value`, `-cname=value`, `--name=value`; a backslash escapes a
+ * space), as the server reads them at startup.
+ */
+const optionSettings = (options: string): Array<[string, string]> => {
+  const words: Array<string> = []
+  let word = ""
+  for (let i = 0; i < options.length; i++) {
+    const c = options[i]!
+    if (c === "\\" && i + 1 < options.length) word += options[++i]
+    else if (c === " " || c === "\t") {
+      if (word !== "") words.push(word)
+      word = ""
+    } else word += c
+  }
+  if (word !== "") words.push(word)
+  const settings: Array<[string, string]> = []
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i]!
+    const setting = w === "-c" ? words[++i] : w.startsWith("-c") ? w.slice(2) : w.startsWith("--") ? w.slice(2) : undefined
+    const eq = setting?.indexOf("=") ?? -1
+    if (setting !== undefined && eq > 0) settings.push([setting.slice(0, eq).replace(/-/g, "_"), setting.slice(eq + 1)])
+  }
+  return settings
+}
+
 const defaultSettings: Readonly<Record<string, string>> = {
   statement_timeout: "0",
   lock_timeout: "0",
@@ -148,6 +174,7 @@ export class FakeBackend implements Connector.Connection {
   resetSettings(): void {
     this.settings.clear()
     for (const [name, value] of Object.entries(defaultSettings)) this.settings.set(name, value)
+    for (const [name, value] of optionSettings(this.options.options ?? "")) this.settings.set(name, value)
     for (const [name, value] of Object.entries(this.options.parameters)) this.settings.set(name, value)
     if (this.options.applicationName !== undefined) this.settings.set("application_name", this.options.applicationName)
   }

@@ -257,7 +257,10 @@ export class Statement {
     const statement = this.preparedName
     let bind: Buffer
     try {
-      bind = serialize.bind({ statement, values: (values ?? []) as Array<unknown>, valueMapper: pgUtils.prepareValue })
+      // the values are serialised first: a value whose serialiser throws must not reach pg-protocol's writer,
+      // whose shared buffer keeps the bytes of a message cut off by a throw (before pg-protocol 1.15)
+      const prepared = (values ?? []).map((value) => pgUtils.prepareValue(value))
+      bind = serialize.bind({ statement, values: prepared as Array<string> })
     } catch (error) {
       // the statement is not sent; what comes before it is, so that the answers end with a ReadyForQuery
       parts.push(SYNC)
