@@ -42,7 +42,7 @@ export const SETTINGS: Readonly<Record<Mode, Settings>> = {
   }
 }
 
-export const SUITE_IDS = ["select1", "transaction", "checkout", "oneshot", "memory"] as const
+export const SUITE_IDS = ["select1", "transaction", "checkout", "oneshot", "tracing", "memory"] as const
 export type SuiteId = typeof SUITE_IDS[number]
 
 export const isSuiteId = (name: string): name is SuiteId => (SUITE_IDS as ReadonlyArray<string>).includes(name)

@@ -11,7 +11,7 @@ export type Suite =
   | { readonly _tag: "Database"; readonly spec: SuiteSpec<Target> }
   | { readonly _tag: "PoolAlone"; readonly spec: SuiteSpec<void> }
 
-export type MeasuredSuiteId = "select1" | "transaction" | "checkout" | "oneshot"
+export type MeasuredSuiteId = "select1" | "transaction" | "checkout" | "oneshot" | "tracing"
 
 export const suite = (id: MeasuredSuiteId, settings: Settings): Suite => {
   const db = { durationMs: settings.dbDurationMs, warmupMs: settings.dbWarmupMs, repetitions: settings.repetitions }
@@ -72,6 +72,20 @@ export const suite = (id: MeasuredSuiteId, settings: Settings): Suite => {
           candidates: PoolCandidates.oneShot,
           latency: false,
           ...pool
+        }
+      }
+    case "tracing":
+      return {
+        _tag: "Database",
+        spec: {
+          id,
+          title: "SELECT 1 with a tracer installed",
+          description:
+            "`PgPool.query` with a tracer installed that keeps nothing, so each statement makes a `PgPool.query` span (the other suites run with no tracer, where the pool makes none); in a process of its own, since two tracers in one process slow every Effect candidate. Compare its ratio to pg.Pool with `PgPool.query`'s in the SELECT 1 suite.",
+          levels: [1, 32],
+          candidates: SqlCandidates.traced,
+          latency: true,
+          ...db
         }
       }
   }

@@ -83,17 +83,41 @@ export interface HealthCheckOptions {
  * @category models
  */
 export interface Config {
-  /** A libpq connection URI, `postgres://user:password@host:port/database?sslmode=require`. */
+  /**
+   * A libpq connection URI, `postgres://user:password@host:port/database?sslmode=require`. Its parameters:
+   * `host`, `port`, `dbname`, `user`, `password`, `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslpassword`,
+   * `application_name`, `fallback_application_name`, `options`, `connect_timeout`, `target_session_attrs`,
+   * `load_balance_hosts`; any other is a `ConfigError`. The fields below win over the URL's values.
+   */
   readonly url?: Redacted.Redacted | string | undefined
+  /** Default `localhost`. */
   readonly host?: string | undefined
+  /** Default 5432. */
   readonly port?: number | undefined
   /** Several servers, tried in order (see `targetSessionAttrs`). */
   readonly hosts?: ReadonlyArray<{ readonly host: string; readonly port?: number | undefined }> | undefined
+  /** Default: the user name. */
   readonly database?: string | undefined
+  /** Default `postgres`. */
   readonly user?: string | undefined
   readonly password?: Redacted.Redacted | undefined
+  /** TLS: `false`, `true` (`sslMode` `"require"`) or options with certificates; see `Connector.SslConfig`. */
   readonly ssl?: Connector.SslConfig | undefined
+  /** libpq's `sslmode` (see `Connector.SslMode`). Default `"disable"` unless `ssl` says otherwise. */
+  readonly sslMode?: Connector.SslMode | undefined
+  /** A file of trusted CA certificates (libpq's `sslrootcert`); `"system"` for Node's bundled roots. */
+  readonly sslRootCert?: string | undefined
+  /** A file holding the client certificate (libpq's `sslcert`). */
+  readonly sslCert?: string | undefined
+  /** A file holding the client certificate's private key (libpq's `sslkey`). */
+  readonly sslKey?: string | undefined
+  /** The passphrase of an encrypted client key (libpq's `sslpassword`). */
+  readonly sslPassword?: Redacted.Redacted | undefined
   readonly applicationName?: string | undefined
+  /** libpq's `options`: command-line options for the server at connect, e.g. `"-c search_path=app"`. */
+  readonly options?: string | undefined
+  /** Type parsers for result columns, as node-postgres' `types` (the live connector; the fake ignores them). */
+  readonly types?: Connector.TypeParsers | undefined
 
   /** Connections opened at start and kept open by the maintenance fiber (PooledPg `mincached`). Default 0. */
   readonly minConnections?: number | undefined
@@ -330,11 +354,13 @@ export const layerConfig = (
 /**
  * The configuration read from the environment, as libpq reads it: `DATABASE_URL`, whose values win, and libpq's
  * `PGHOST` and `PGPORT` (comma-separated for several hosts), `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`,
- * `PGAPPNAME`, `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS` for whatever the URL does not
- * give (a URL without a password takes `PGPASSWORD`); every pool knob from `PGPOOL_<KNOB>`, the knob's name in
- * screaming snake case (`PGPOOL_MAX_CONNECTIONS=20`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, `PGPOOL_SET_SESSION`
- * as statements separated by `;` or line breaks). An invalid value fails with a `ConfigError` naming the field
- * and the variable. Not from the environment: `healthCheck`, `reconnect`, `ssl` options beyond `PGSSLMODE`.
+ * `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGAPPNAME`, `PGOPTIONS`, `PGCONNECT_TIMEOUT` (seconds, 0 for no
+ * limit), `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS` for whatever the URL does not give (a URL without a
+ * password takes `PGPASSWORD`); every pool knob from `PGPOOL_<KNOB>`, the knob's name in screaming snake case
+ * (`PGPOOL_MAX_CONNECTIONS=20`, `PGPOOL_ACQUIRE_TIMEOUT=5000` or `"5 seconds"`, `PGPOOL_SET_SESSION` as
+ * statements separated by `;` or line breaks). An invalid value fails with a `ConfigError` naming the field and
+ * the variable. Not from the environment: `healthCheck`, `reconnect`, `types`, `ssl` beyond the `PGSSL*`
+ * variables. (`PgPoolLive` also refuses a `PGPOOL_` variable that is not a knob.)
  *
  * @since 0.1.0
  * @category constructors
@@ -342,14 +368,15 @@ export const layerConfig = (
 export const configFromEnv: Config_.Config<Config> = configInternal.configFromEnv
 
 /**
- * The pool configured from the environment (see {@link configFromEnv}).
+ * The pool configured from the environment (see {@link configFromEnv}). A `PGPOOL_` variable that is not one of
+ * the pool's knobs (a typo such as `PGPOOL_MAX_CONECTIONS`) fails the layer with a `ConfigError` naming it.
  *
  * @since 0.1.0
  * @category layers
  */
 export const PgPoolLive: Layer.Layer<PgPool, ConnectionError | ConfigError.ConfigError> = Layer.scoped(
   PgPool,
-  Effect.flatMap(configFromEnv, make)
+  Effect.zipRight(configInternal.checkPoolVariables, Effect.flatMap(configFromEnv, make))
 ).pipe(Layer.provide(Connector.layer))
 
 /**
@@ -365,7 +392,8 @@ export const connection: Effect.Effect<PooledConnection, PoolError, PgPool | Sco
 
 /**
  * Runs one statement on a connection checked out for just that statement (or on the pinned connection of
- * an enclosing `withConnection` / transaction).
+ * an enclosing `withConnection` / transaction). With a tracer installed it is a `PgPool.query` span (a child of
+ * the current span) with the statement's text and OpenTelemetry's `db.*` attributes; with none, no span is made.
  *
  * @since 0.1.0
  * @category accessors
@@ -377,6 +405,7 @@ export const query = (
 
 /**
  * Pins one connection for the whole effect: every `PgPool.query` and `PgPool.connection` inside reuses it.
+ * With a tracer installed it is a `PgPool.withConnection` span, the parent of the spans made inside.
  *
  * @since 0.1.0
  * @category accessors

@@ -30,9 +30,14 @@
  */
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import type * as SqlClient from "@effect/sql/SqlClient"
-import type * as Layer from "effect/Layer"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as internal from "./internal/sql.js"
-import type { PgPool } from "./PgPool.js"
+import type * as PgPool from "./PgPool.js"
+import type { ConnectionError } from "./PgPoolError.js"
 
 /**
  * Options of the client, as in @effect/sql-pg's `PgClientConfig`.
@@ -47,7 +52,7 @@ export interface Options {
   readonly transformQueryNames?: ((str: string) => string) | undefined
   /** Apply the name transforms inside JSON values too. Default true. */
   readonly transformJson?: boolean | undefined
-  /** Extra attributes of every statement span. */
+  /** Extra attributes of every statement span (`sql.execute`) and transaction span (`sql.transaction`). */
   readonly spanAttributes?: Record<string, unknown> | undefined
 }
 
@@ -57,7 +62,7 @@ export interface Options {
  * @since 0.1.0
  * @category layers
  */
-export const layer: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, never, PgPool> = internal.layerWith()
+export const layer: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, never, PgPool.PgPool> = internal.layerWith()
 
 /**
  * `SqlClient` and `PgClient` with name transforms.
@@ -65,5 +70,62 @@ export const layer: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, never, 
  * @since 0.1.0
  * @category layers
  */
-export const layerWith: (options: Options) => Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, never, PgPool> =
-  internal.layerWith
+export const layerWith: (
+  options: Options
+) => Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, never, PgPool.PgPool> = internal.layerWith
+
+/**
+ * @effect/sql-pg's `PgClientConfig` (the object `PgClient.layer` takes) plus the pool's own knobs: the fields
+ * of `PgPool.Config` except `user` and `ssl`, which come in @effect/sql-pg's spelling (`username`, and
+ * node-postgres' `ssl`: `true` is TLS verifying the server's certificate and host name, an object of Node TLS
+ * options may give `ca`, `cert`, `key`, `passphrase`, `servername` and `rejectUnauthorized: false`).
+ * `connectionTTL` is the pool's `maxLifetime`. A field neither knows (`path`, `stream`, a typo) is a
+ * `ConfigError` naming it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ClientConfig extends Omit<PgPool.Config, "user" | "ssl" | "types">, Options {
+  readonly username?: string | undefined
+  readonly ssl?: PgClient.PgClientConfig["ssl"]
+  readonly connectionTTL?: Duration.DurationInput | undefined
+  readonly types?: PgClient.PgClientConfig["types"]
+}
+
+/**
+ * The one-line swap for @effect/sql users: takes what `PgClient.layer` takes (and the pool's knobs) and
+ * provides `SqlClient`, `PgClient` and the `PgPool` under them. `PgClient.config` reports what stock
+ * @effect/sql-pg reports: the configuration given, with the URL's host, port, username, password and
+ * database filled in.
+ *
+ * ```ts
+ * // before: PgClient.layer({ url: Redacted.make(process.env.DATABASE_URL!), maxConnections: 20 })
+ * const SqlLive = PgPoolSql.layerClient({ url: Redacted.make(process.env.DATABASE_URL!), maxConnections: 20 })
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerClient: (
+  config: ClientConfig
+) => Layer.Layer<
+  PgPool.PgPool | SqlClient.SqlClient | PgClient.PgClient,
+  ConnectionError | ConfigError.ConfigError
+> = internal.layerClient
+
+/**
+ * {@link layerClient} with its configuration read with `Config`, as `PgClient.layerConfig`:
+ *
+ * ```ts
+ * PgPoolSql.layerClientConfig({ url: Config.redacted("DATABASE_URL"), maxConnections: Config.integer("POOL_SIZE") })
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerClientConfig = (
+  config: Config.Config.Wrap<ClientConfig>
+): Layer.Layer<
+  PgPool.PgPool | SqlClient.SqlClient | PgClient.PgClient,
+  ConnectionError | ConfigError.ConfigError
+> => Layer.unwrapEffect(Effect.map(Config.unwrap(config), internal.layerClient))

@@ -76,7 +76,9 @@ export const Transaction: Context.Tag<Transaction, Transaction> = internal.Trans
  * typed errors, not defects. A nested call whose RELEASE SAVEPOINT fails (a statement inside failed and its
  * error was swallowed, leaving the transaction aborted: SQLSTATE `25P02`) rolls back to the savepoint and fails
  * with the RELEASE error, so the outer transaction can go on. When ROLLBACK (or ROLLBACK TO) fails after a
- * failed body, the cause keeps both failures, the body's first.
+ * failed body, the cause keeps both failures, the body's first. With a tracer installed, each call (a nested one
+ * too) is a `Transaction.withTransaction` span, the parent of the body's spans, with `db.transaction.commit`,
+ * `db.transaction.savepoint` or `db.transaction.rollback` events; with none, no span is made.
  *
  * @since 0.1.0
  * @category transactions

@@ -1,7 +1,28 @@
+import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber, HashSet, Layer, Logger, LogLevel, Metric, MetricState, Option, Redacted, TestClock } from "effect"
+import {
+  type Context,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  HashSet,
+  Layer,
+  Logger,
+  LogLevel,
+  Metric,
+  MetricState,
+  Option,
+  Redacted,
+  Schedule,
+  TestClock,
+  Tracer
+} from "effect"
+import * as net from "node:net"
 import * as PgPool from "../src/PgPool.js"
-import { backends, eventually, testConfig } from "./support/db.js"
+import * as PgPoolSql from "../src/PgPoolSql.js"
+import * as Transaction from "../src/Transaction.js"
+import { backends, eventually, testConfig, testDatabase, testServer } from "./support/db.js"
 
 interface Captured {
   readonly level: string
@@ -179,18 +200,43 @@ describe("PgPool observability", () => {
       assert.deepStrictEqual([yield* used, yield* idle, yield* pending], [0, 1, 0])
     }).pipe(Effect.provide(poolLayer({ name: "gauges-pool", maxConnections: 1 }))))
 
-  it.effect("connections opened and closed are logged at Info level, seen by a default logger", () => {
-    const entries: Array<{ readonly level: string; readonly message: string }> = []
-    const logger = Logger.make<unknown, void>(({ logLevel, message }) => {
-      entries.push({ level: logLevel.label, message: (Array.isArray(message) ? message : [message]).map(String).join(" ") })
-    })
+  it.effect("connections opened and closed in normal operation are Debug, with the pool, host, port and backend", () => {
+    const { entries, layer } = capture()
     return Effect.gen(function*() {
       yield* PgPool.query("select 1")
       yield* PgPool.query("select 1")
       yield* eventually(Effect.sync(() => entries.filter((e) => e.message === "connection closed").length), (n) => n >= 1)
-      assert.isTrue(entries.some((e) => e.level === "INFO" && e.message === "connection opened"))
-      assert.isTrue(entries.some((e) => e.level === "INFO" && e.message === "connection closed"))
-    }).pipe(Effect.provide(poolLayer({ maxUsage: 1 }, Logger.replace(Logger.defaultLogger, logger))))
+      const loud = entries.filter((e) => e.level !== "DEBUG" && e.level !== "TRACE")
+      assert.deepStrictEqual(loud, [], "nothing at Info or above in normal operation")
+      const opened = entries.filter((e) => e.message === "connection opened")
+      const closed = entries.filter((e) => e.message === "connection closed")
+      assert.isAtLeast(opened.length, 1)
+      for (const entry of [...opened, ...closed]) {
+        assert.strictEqual(entry.level, "DEBUG", entry.message)
+        assert.isString(entry.annotations.host, entry.message)
+        assert.isNumber(entry.annotations.port, entry.message)
+        assert.isNumber(entry.annotations.backendPid, entry.message)
+        assert.strictEqual(entry.annotations.pool, "levels-pool", entry.message)
+      }
+    }).pipe(Effect.provide(poolLayer({ maxUsage: 1, name: "levels-pool" }, layer)))
+  })
+
+  it.live("a connect failure is a Warning that names the host and port", () => {
+    const { entries, layer } = capture()
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(poolLayer({
+        host: "127.0.0.1",
+        port: 1,
+        url: undefined,
+        connectTimeout: "300 millis",
+        reconnect: Schedule.spaced("50 millis")
+      }, layer)))
+      assert.strictEqual(error._tag, "ConnectionError")
+      const warning = entries.find((e) => e.level === "WARN" && e.message.includes("connect failed"))
+      assert.isDefined(warning, JSON.stringify(entries.map((e) => e.message)))
+      assert.strictEqual(warning!.annotations.host, "127.0.0.1")
+      assert.strictEqual(warning!.annotations.port, 1)
+    }).pipe(Effect.scoped)
   })
 
   it.effect("statementTimeout is the server's statement_timeout", () =>
@@ -217,4 +263,253 @@ describe("PgPool observability", () => {
       const scoped = yield* Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => Effect.flip(conn.query("select pg_sleep(10)"))))
       assert.strictEqual(scoped._tag, "QueryError")
     }).pipe(Effect.provide(poolLayer({ queryTimeout: "200 millis" }))))
+})
+
+/** A span kept by the recording tracer: what the pool put on it, its parent, its events and its exit. */
+class RecordedSpan implements Tracer.Span {
+  readonly _tag = "Span"
+  readonly traceId = "trace"
+  readonly sampled = true
+  status: Tracer.SpanStatus
+  readonly attributes = new Map<string, unknown>()
+  readonly events: Array<string> = []
+  exit: Exit.Exit<unknown, unknown> | undefined = undefined
+  constructor(
+    readonly name: string,
+    readonly spanId: string,
+    readonly parent: Option.Option<Tracer.AnySpan>,
+    readonly context: Context.Context<never>,
+    readonly links: ReadonlyArray<Tracer.SpanLink>,
+    startTime: bigint,
+    readonly kind: Tracer.SpanKind
+  ) {
+    this.status = { _tag: "Started", startTime }
+  }
+  end(endTime: bigint, exit: Exit.Exit<unknown, unknown>): void {
+    this.status = { _tag: "Ended", startTime: this.status.startTime, endTime, exit }
+    this.exit = exit
+  }
+  attribute(key: string, value: unknown): void {
+    this.attributes.set(key, value)
+  }
+  event(name: string): void {
+    this.events.push(name)
+  }
+  addLinks(): void {}
+}
+
+/** A tracer that keeps every span it makes (an installed tracer, as @effect/opentelemetry's would be). */
+const recording = () => {
+  const spans: Array<RecordedSpan> = []
+  const tracer = Tracer.make({
+    span: (name, parent, context, links, startTime, kind) => {
+      const span = new RecordedSpan(name, `span-${spans.length + 1}`, parent, context, links, startTime, kind)
+      spans.push(span)
+      return span
+    },
+    context: (f) => f()
+  })
+  const named = (name: string) => spans.filter((span) => span.name === name)
+  return { spans, tracer, named }
+}
+
+/** A port on which nothing listens (connects are refused at once). */
+const closedPort = Effect.async<number>((resume) => {
+  const server = net.createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const port = (server.address() as net.AddressInfo).port
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+const parentOf = (span: RecordedSpan): string | undefined => Option.getOrUndefined(Option.map(span.parent, (p) => p.spanId))
+
+describe("spans", () => {
+  const server = () => {
+    const { host, port } = testServer()
+    return { host, port }
+  }
+
+  it.effect("PgPool.query: a client span, child of the caller's, with OpenTelemetry's db attributes and no password", () => {
+    const { named, spans, tracer } = recording()
+    return Effect.gen(function*() {
+      yield* PgPool.query("select $1::int as x", [1]).pipe(Effect.withSpan("request"), Effect.withTracer(tracer))
+      const [request] = named("request")
+      const [query] = named("PgPool.query")
+      assert.isDefined(query)
+      assert.strictEqual(parentOf(query!), request!.spanId)
+      assert.strictEqual(query!.kind, "client")
+      const a = query!.attributes
+      assert.strictEqual(a.get("db.system.name"), "postgresql")
+      assert.strictEqual(a.get("db.system"), "postgresql")
+      assert.strictEqual(a.get("db.namespace"), testDatabase())
+      assert.strictEqual(a.get("server.address"), server().host)
+      assert.strictEqual(a.get("server.port"), server().port)
+      assert.strictEqual(a.get("db.client.connection.pool.name"), "span-pool")
+      assert.strictEqual(a.get("db.query.text"), "select $1::int as x")
+      assert.strictEqual(a.get("db.operation.name"), "SELECT")
+      assert.strictEqual(a.get("db.response.returned_rows"), 1)
+      assert.strictEqual(a.get("db.client.connection.wait_time"), 0)
+      assert.isTrue(query!.exit !== undefined && Exit.isSuccess(query!.exit))
+      const secret = password()
+      for (const span of spans) assert.notInclude(JSON.stringify([...span.attributes]), secret)
+    }).pipe(Effect.provide(poolLayer({ name: "span-pool" })))
+  })
+
+  it.effect("a failed statement's span ends with the failure, its SQLSTATE and error type", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(PgPool.query("select * from no_such_table")).pipe(Effect.withTracer(tracer))
+      assert.strictEqual(error._tag, "QueryError")
+      const [query] = named("PgPool.query")
+      assert.isTrue(query!.exit !== undefined && Exit.isFailure(query!.exit))
+      assert.strictEqual(query!.attributes.get("db.response.status_code"), "42P01")
+      assert.strictEqual(query!.attributes.get("error.type"), "QueryError")
+    }).pipe(Effect.provide(poolLayer({})))
+  })
+
+  it.effect("the wait for a connection is on the span (db.client.connection.wait_time, ms)", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(Effect.scoped(Effect.zipRight(PgPool.connection, Deferred.await(release))))
+      yield* eventually(PgPool.stats, (s) => s.inUse === 1)
+      const waiter = yield* Effect.fork(PgPool.query("select 1").pipe(Effect.withTracer(tracer)))
+      const pinned = yield* Effect.fork(PgPool.withConnection(Effect.void).pipe(Effect.withTracer(tracer)))
+      yield* eventually(PgPool.stats, (s) => s.waiting === 2)
+      yield* TestClock.adjust("40 millis")
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      yield* Fiber.join(waiter)
+      yield* Fiber.join(pinned)
+      assert.strictEqual(named("PgPool.query")[0]!.attributes.get("db.client.connection.wait_time"), 40)
+      assert.isAtLeast(named("PgPool.withConnection")[0]!.attributes.get("db.client.connection.wait_time") as number, 40)
+    }).pipe(Effect.provide(poolLayer({ maxConnections: 1 })))
+  })
+
+  it.effect("PgPool.withConnection: its span is the parent of the statements inside, which did not check out", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      const inside = yield* PgPool.withConnection(
+        Effect.zipRight(
+          Effect.zipRight(PgPool.query("select 1"), PgPool.query("select 2")),
+          Effect.currentSpan
+        )
+      ).pipe(Effect.withSpan("request"), Effect.withTracer(tracer))
+      const [request] = named("request")
+      const [pinned] = named("PgPool.withConnection")
+      assert.strictEqual(parentOf(pinned!), request!.spanId)
+      assert.strictEqual(inside.spanId, pinned!.spanId)
+      assert.strictEqual(pinned!.attributes.get("db.client.connection.wait_time"), 0)
+      assert.strictEqual(pinned!.attributes.get("db.namespace"), testDatabase())
+      const queries = named("PgPool.query")
+      assert.strictEqual(queries.length, 2)
+      for (const query of queries) {
+        assert.strictEqual(parentOf(query), pinned!.spanId)
+        assert.isFalse(query.attributes.has("db.client.connection.wait_time"))
+      }
+      // after the body, failed or interrupted, the caller's span is the current one again
+      const after = yield* Effect.gen(function*() {
+        yield* Effect.flip(PgPool.withConnection(Effect.fail("body failure")))
+        yield* Effect.exit(PgPool.withConnection(Effect.interrupt))
+        return [yield* Effect.currentSpan, named("after")[0]!] as const
+      }).pipe(Effect.withSpan("after"), Effect.withTracer(tracer))
+      assert.strictEqual(after[0].spanId, after[1].spanId)
+      assert.isTrue(Exit.isFailure(named("PgPool.withConnection")[1]!.exit!))
+    }).pipe(Effect.provide(poolLayer({})))
+  })
+
+  it.effect("Transaction.withTransaction: a span with commit, savepoint and rollback events, parent of the body's spans", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      yield* Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("select 1")
+        yield* Transaction.withTransaction(PgPool.query("select 2"))
+        yield* Effect.flip(Transaction.withTransaction(Effect.fail("inner failure")))
+      })).pipe(Effect.withSpan("request"), Effect.withTracer(tracer))
+      yield* Effect.flip(Transaction.withTransaction(Effect.fail("outer failure"))).pipe(Effect.withTracer(tracer))
+      const [request] = named("request")
+      const [outer, savepoint, failedSavepoint, failed] = named("Transaction.withTransaction")
+      assert.strictEqual(parentOf(outer!), request!.spanId)
+      assert.strictEqual(outer!.kind, "client")
+      assert.deepStrictEqual(outer!.events, ["db.transaction.commit"])
+      assert.strictEqual(outer!.attributes.get("db.system.name"), "postgresql")
+      assert.strictEqual(outer!.attributes.get("db.client.connection.wait_time"), 0)
+      assert.strictEqual(parentOf(savepoint!), outer!.spanId)
+      assert.deepStrictEqual(savepoint!.events, ["db.transaction.savepoint"])
+      assert.deepStrictEqual(failedSavepoint!.events, ["db.transaction.rollback"])
+      assert.isTrue(Exit.isFailure(failedSavepoint!.exit!))
+      assert.deepStrictEqual(failed!.events, ["db.transaction.rollback"])
+      assert.isTrue(Exit.isFailure(failed!.exit!))
+      const [first, second] = named("PgPool.query")
+      assert.strictEqual(parentOf(first!), outer!.spanId)
+      assert.strictEqual(parentOf(second!), savepoint!.spanId)
+    }).pipe(Effect.provide(poolLayer({})))
+  })
+
+  it.effect("sql.withTransaction: a sql.transaction span as @effect/sql-pg's, with the client's spanAttributes", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql.withTransaction(sql`select 1`).pipe(Effect.withSpan("request"), Effect.withTracer(tracer))
+      const [request] = named("request")
+      const [transaction] = named("sql.transaction")
+      assert.isDefined(transaction)
+      assert.strictEqual(parentOf(transaction!), request!.spanId)
+      assert.strictEqual(transaction!.kind, "client")
+      assert.deepStrictEqual(transaction!.events, ["db.transaction.commit"])
+      const a = transaction!.attributes
+      assert.strictEqual(a.get("db.system.name"), "postgresql")
+      assert.strictEqual(a.get("db.namespace"), testDatabase())
+      assert.strictEqual(a.get("server.address"), server().host)
+      assert.strictEqual(a.get("server.port"), server().port)
+      assert.strictEqual(a.get("app.tier"), "test")
+      const [execute] = named("sql.execute")
+      assert.strictEqual(parentOf(execute!), transaction!.spanId)
+      assert.strictEqual(execute!.attributes.get("app.tier"), "test")
+      assert.lengthOf(named("Transaction.withTransaction"), 0)
+    }).pipe(Effect.provide(Layer.provideMerge(PgPoolSql.layerWith({ spanAttributes: { "app.tier": "test" } }), poolLayer({}))))
+  })
+
+  it.effect("with several hosts, the server on the span is the one the statement ran on", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      const { host, password, port, user } = testServer()
+      const down = yield* closedPort
+      yield* PgPool.query("select 1").pipe(
+        Effect.withTracer(tracer),
+        Effect.provide(PgPool.layer({
+          hosts: [{ host: "127.0.0.1", port: down }, { host, port }],
+          user,
+          password: password!,
+          database: testDatabase(),
+          connectTimeout: "2 seconds"
+        }))
+      )
+      const [query] = named("PgPool.query")
+      assert.strictEqual(query!.attributes.get("server.address"), host)
+      assert.strictEqual(query!.attributes.get("server.port"), port)
+    })
+  })
+
+  it.effect("without a tracer no span is made: the body of withConnection and of a transaction sees the caller's span", () =>
+    Effect.gen(function*() {
+      const [pinned, inTransaction, request] = yield* Effect.all([
+        PgPool.withConnection(Effect.currentSpan),
+        Transaction.withTransaction(Effect.zipLeft(Effect.currentSpan, PgPool.query("select 1"))),
+        Effect.currentSpan
+      ]).pipe(Effect.withSpan("request"))
+      assert.strictEqual(pinned.spanId, request.spanId)
+      assert.strictEqual(inTransaction.spanId, request.spanId)
+    }).pipe(Effect.provide(poolLayer({}))))
+
+  it.effect("with tracing disabled (Effect.withTracerEnabled(false)) an installed tracer gets no span from the pool", () => {
+    const { spans, tracer } = recording()
+    return Effect.gen(function*() {
+      yield* PgPool.query("select 1")
+      yield* PgPool.withConnection(PgPool.query("select 1"))
+      yield* Transaction.withTransaction(PgPool.query("select 1"))
+      assert.lengthOf(spans, 0)
+    }).pipe(Effect.withTracerEnabled(false), Effect.withTracer(tracer), Effect.provide(poolLayer({})))
+  })
 })

@@ -237,6 +237,12 @@ describe("PgPool", () => {
         assert.strictEqual(error.reason, "maxConnections")
         assert.strictEqual(error.stats.inUse, 2)
         assert.include(error.message, "maxConnections")
+        // the message survives JSON.stringify, as the other errors' messages do (a log sink that serialises it)
+        const json = JSON.parse(JSON.stringify(error)) as { message?: string; _tag?: string; reason?: string }
+        assert.strictEqual(json.message, error.message)
+        assert.strictEqual(json._tag, "PoolExhaustedError")
+        assert.strictEqual(json.reason, "maxConnections")
+        assert.include(String(error), "maxConnections reached")
         const scoped = yield* Effect.flip(Effect.scoped(PgPool.connection))
         assert.strictEqual(scoped._tag, "PoolExhaustedError")
         yield* Deferred.succeed(release, undefined)
@@ -546,6 +552,44 @@ describe("PgPool", () => {
         assert.strictEqual((yield* PgPool.stats).size, 0)
         yield* serverBackends((r) => r.length === 0)
       }).pipe(Effect.provide(testLayer({ idleTimeout: "30 seconds", maintenanceInterval: "1 hour" }))))
+
+    it.effect("idleTimeout counts the time idle, not the age: a connection used recently stays", () =>
+      Effect.gen(function*() {
+        yield* PgPool.query("select 1")
+        yield* TestClock.adjust("50 seconds")
+        yield* PgPool.query("select 1")
+        yield* TestClock.adjust("20 seconds")
+        // 70 seconds old, 20 seconds idle
+        assert.strictEqual(yield* PgPool.purgeExpired, 0)
+        assert.strictEqual((yield* PgPool.stats).size, 1)
+        yield* TestClock.adjust("41 seconds")
+        assert.strictEqual(yield* PgPool.purgeExpired, 1)
+      }).pipe(Effect.provide(testLayer({
+        idleTimeout: "1 minute",
+        maxConnections: 1,
+        maintenanceInterval: "1 hour",
+        maxLifetime: "1 hour",
+        healthCheck: false
+      }))))
+
+    it.effect("idleTimeout: idle connections past it are closed when a connection comes back too", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const holders = yield* Effect.fork(Effect.all([hold(release), hold(release)], { concurrency: "unbounded" }))
+        yield* waitForStats((s) => s.inUse === 2)
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holders)
+        yield* TestClock.adjust("2 minutes")
+        // no maintenance run in between: the return of this query's connection closes the other, idle too long
+        yield* PgPool.query("select 1")
+        const stats = yield* waitForStats((s) => s.closedByReason.idle >= 1)
+        assert.strictEqual(stats.closedByReason.idle, 1)
+      }).pipe(Effect.provide(testLayer({
+        idleTimeout: "1 minute",
+        maintenanceInterval: "1 hour",
+        maxLifetime: "1 hour",
+        healthCheck: false
+      }))))
 
     it.effect("maxLifetime: connections are replaced at their age, spread by the jitter", () =>
       Effect.gen(function*() {

@@ -3,11 +3,25 @@ import { NodeContext } from "@effect/platform-node"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
 import { SqlClient, SqlError, Statement } from "@effect/sql"
-import { Chunk, Deferred, Effect, Fiber, Layer, Option, Stream, String as Str, Tracer } from "effect"
+import {
+  Chunk,
+  Config,
+  ConfigError,
+  ConfigProvider,
+  Deferred,
+  Effect,
+  Fiber,
+  Layer,
+  Option,
+  Redacted,
+  Stream,
+  String as Str,
+  Tracer
+} from "effect"
 import * as PgPool from "../src/PgPool.js"
 import * as PgPoolError from "../src/PgPoolError.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
-import { adminQuery, backends, eventually, testLayer } from "./support/db.js"
+import { adminQuery, backends, eventually, testConfig, testLayer } from "./support/db.js"
 
 const PoolLive = testLayer({ maxConnections: 4 })
 const Live = Layer.provideMerge(PgPoolSql.layer, PoolLive)
@@ -328,4 +342,108 @@ describe("PgPoolSql", () => {
       ]))
       assert.strictEqual(a[0]!.pid, b[0]!.pid)
     }).pipe(Effect.provide(Live)))
+})
+
+describe("PgPoolSql.layerClient: the one-line swap for PgClient.layer", () => {
+  const url = () => testConfig().url as Redacted.Redacted
+
+  it.effect("takes PgClient.layer's configuration and provides SqlClient, PgClient and the pool", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const pg = yield* PgClient.PgClient
+      assert.strictEqual(sql as unknown, pg as unknown)
+      const rows = yield* sql<{ userName: string }>`select current_user as user_name`
+      assert.deepStrictEqual(rows, [{ userName: new URL(Redacted.value(url())).username }])
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.maxConnections, 3)
+      const [setting] = yield* PgPool.query("select current_setting('application_name') as app")
+      assert.deepStrictEqual(setting, { app: "swap-app" })
+    }).pipe(Effect.provide(PgPoolSql.layerClient({
+      url: url(),
+      maxConnections: 3,
+      minConnections: 1,
+      idleTimeout: "1 minute",
+      connectionTTL: "10 minutes",
+      connectTimeout: "5 seconds",
+      applicationName: "swap-app",
+      transformResultNames: Str.snakeToCamel,
+      // and a knob of the pool's own
+      acquireTimeout: "2 seconds"
+    }))))
+
+  it.effect("PgClient.config reports what stock @effect/sql-pg reports, url included", () =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      assert.isDefined(pg.config.url)
+      const parsed = new URL(Redacted.value(pg.config.url!))
+      assert.strictEqual(pg.config.host, parsed.hostname)
+      assert.strictEqual(pg.config.port, Number(parsed.port))
+      assert.strictEqual(pg.config.username, decodeURIComponent(parsed.username))
+      assert.strictEqual(Redacted.value(pg.config.password!), decodeURIComponent(parsed.password))
+      assert.strictEqual(pg.config.database, parsed.pathname.slice(1))
+      assert.strictEqual(pg.config.maxConnections, 2)
+      assert.strictEqual(pg.config.applicationName, "reported")
+    }).pipe(Effect.provide(PgPoolSql.layerClient({ url: url(), maxConnections: 2, applicationName: "reported" }))))
+
+  it.effect("PgPoolSql.layer on an existing pool reports the pool's url too", () =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      assert.isDefined(pg.config.url)
+      const parsed = new URL(Redacted.value(pg.config.url!))
+      assert.strictEqual(pg.config.host, parsed.hostname)
+      assert.strictEqual(pg.config.port, Number(parsed.port))
+      assert.strictEqual(pg.config.database, parsed.pathname.slice(1))
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("username is the user it connects as; a field neither configuration knows is a ConfigError", () =>
+    Effect.gen(function*() {
+      const parsed = new URL(Redacted.value(url()))
+      const user = decodeURIComponent(parsed.username)
+      const asUser = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ u: string }>`select current_user as u`).pipe(
+        Effect.provide(PgPoolSql.layerClient({
+          host: parsed.hostname,
+          port: Number(parsed.port),
+          database: parsed.pathname.slice(1),
+          username: user,
+          password: Redacted.make(decodeURIComponent(parsed.password))
+        }))
+      )
+      assert.deepStrictEqual(asUser, [{ u: user }])
+      const unknown = yield* Effect.flip(Effect.scoped(Layer.build(
+        PgPoolSql.layerClient({ url: url(), path: "/var/run/postgresql" } as PgPoolSql.ClientConfig)
+      )))
+      assert.isTrue(ConfigError.isConfigError(unknown), String(unknown))
+      assert.include(String(unknown), "path")
+      const tls = yield* Effect.flip(Effect.scoped(Layer.build(
+        PgPoolSql.layerClient({ url: url(), ssl: { ciphers: "HIGH" } })
+      )))
+      assert.isTrue(ConfigError.isConfigError(tls), String(tls))
+      assert.include(String(tls), "ssl.ciphers")
+    }))
+
+  it.effect("node-postgres' ssl: true verifies the server (here: a server without TLS refuses at once)", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Effect.scoped(Layer.build(
+        PgPoolSql.layerClient({ url: url(), ssl: true, connectTimeout: "20 seconds" })
+      )))
+      assert.strictEqual(error._tag, "ConnectionError")
+      if (error._tag === "ConnectionError") {
+        assert.include(error.message, "does not accept TLS")
+        assert.strictEqual(error.retryable, false)
+      }
+    }))
+
+  it.effect("layerClientConfig reads the configuration with Config", () =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      assert.strictEqual(pg.config.maxConnections, 2)
+      const rows = yield* pg`select 1 as one`
+      assert.deepStrictEqual(rows, [{ one: 1 }])
+    }).pipe(Effect.provide(PgPoolSql.layerClientConfig({
+      url: Config.redacted("SWAP_URL"),
+      maxConnections: Config.integer("SWAP_MAX")
+    }).pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([
+      ["SWAP_URL", Redacted.value(url())],
+      ["SWAP_MAX", "2"]
+    ]))))))))
 })

@@ -58,6 +58,37 @@ describe("Transaction", () => {
       }).pipe(Effect.provide(Live)))
   }
 
+  // the pool's return reset would roll an open transaction back anyway: only work on the same pinned connection
+  // after the transaction shows that the transaction itself sent ROLLBACK when it ended
+  for (const [name, end] of [
+    ["a failure", (_: Deferred.Deferred<void>) => Effect.fail("boom")],
+    ["a defect", (_: Deferred.Deferred<void>) => Effect.die("defect")],
+    ["an interruption", (inserted: Deferred.Deferred<void>) => Effect.zipRight(Deferred.succeed(inserted, undefined), Effect.never)]
+  ] as const) {
+    it.effect(`ROLLBACK is sent when it ends on ${name}: a statement after it on the same connection commits`, () =>
+      Effect.gen(function*() {
+        yield* fresh("tx_after")
+        const inserted = yield* Deferred.make<void>()
+        const fiber = yield* Effect.fork(PgPool.withConnection(
+          Transaction.withTransaction(Effect.gen(function*() {
+            yield* PgPool.query("insert into tx_after (id) values (1)")
+            return yield* end(inserted)
+          })).pipe(
+            Effect.onExit(() => Effect.orDie(PgPool.query("insert into tx_after (id) values (2)")))
+          )
+        ))
+        if (name === "an interruption") {
+          yield* Deferred.await(inserted)
+          yield* Fiber.interrupt(fiber)
+        } else {
+          yield* Fiber.await(fiber)
+        }
+        const rows = yield* PgPool.query("select id from tx_after order by id")
+        assert.deepStrictEqual(rows, [{ id: 2 }])
+        assert.strictEqual((yield* PgPool.stats).inUse, 0)
+      }).pipe(Effect.provide(Live)))
+  }
+
   it.effect("rolls back on interruption", () =>
     Effect.gen(function*() {
       yield* fresh("tx_int")

@@ -31,6 +31,7 @@ import type { PoolError } from "../PgPoolError.js"
 import * as config_ from "./config.js"
 import * as Metrics from "./metrics.js"
 import { type ReadPool, Router } from "./router.js"
+import * as Tracing from "./tracing.js"
 import {
   type HostPolicy,
   type HostState,
@@ -49,7 +50,8 @@ export const CoreId: unique symbol = Symbol.for("effect-pg-pool/PgPool/core")
 export const tag: Context.Tag<PgPool.PgPool, PgPool.PgPool> = Context.GenericTag<PgPool.PgPool>("effect-pg-pool/PgPool")
 
 /**
- * `PgPool.query` as one step: find the pool in the context and the pinned connection, if any.
+ * `PgPool.query` as one step: find the pool in the context and the pinned connection, if any (and, only when a
+ * tracer is installed, make its span).
  *
  * @internal
  */
@@ -60,7 +62,7 @@ export const query = (
   Effect.withFiberRuntime((fiber) => {
     const service = Context.unsafeGet(fiber.currentContext, tag)
     const core = (service as { readonly [CoreId]?: PoolCore })[CoreId]
-    return core === undefined ? service.query(text, params) : core.statementOn(fiber, text, params, undefined, rowsOf)
+    return core === undefined ? service.query(text, params) : core.queryOn(fiber, text, params)
   })
 
 /**
@@ -186,7 +188,9 @@ export class QueryOp<A = unknown> implements Waiter {
     readonly rowMode: "array" | undefined,
     readonly project: (result: Connector.QueryResult) => A,
     readonly retry: boolean,
-    readonly restore: Restore
+    readonly restore: Restore,
+    /** The span of `PgPool.query`, when a tracer is installed. */
+    readonly span: Tracer.Span | undefined
   ) {}
   /** The handlers of the wait (the op is its own `matchCauseEffect` options, to save allocations). */
   readonly onFailure = (cause: Cause.Cause<PoolError>): Effect.Effect<never, PoolError> =>
@@ -203,6 +207,7 @@ export class QueryOp<A = unknown> implements Waiter {
   }
   deliver(conn: Physical): void {
     this.conn = conn
+    if (this.span !== undefined) this.core.traceCheckout(this.span, conn, conn.checkedOutAt - this.enqueuedAt)
     this.send(conn)
   }
   fail(error: PoolError): void {
@@ -285,9 +290,13 @@ const ownPins = (fiber: Fiber.RuntimeFiber<unknown, unknown>): PinBox => {
   const box = fiber.getFiberRef(currentPins)
   if (box !== undefined && box.owner === fiber) return box
   const own = new PinBox(fiber, undefined)
-  ;(fiber as unknown as { setFiberRef<A>(ref: FiberRef.FiberRef<A>, value: A): void }).setFiberRef(currentPins, own)
+  setRef(fiber, currentPins, own)
   return own
 }
+
+/** Sets a FiberRef of `fiber` in place: only from a step that `fiber` itself runs. */
+const setRef = <A>(fiber: Fiber.RuntimeFiber<unknown, unknown>, ref: FiberRef.FiberRef<A>, value: A): void =>
+  (fiber as unknown as { setFiberRef<A>(ref: FiberRef.FiberRef<A>, value: A): void }).setFiberRef(ref, value)
 
 /** The pins `fiber` set itself with `withConnection`. */
 const pinsSetBy = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined => {
@@ -374,7 +383,7 @@ const transientConnectCode = (code: string): boolean =>
  * @internal
  */
 export const isTransientConnectError = (error: ConnectionError): boolean => {
-  if (definitive.has(error)) return false
+  if (definitive.has(error) || error.retryable === false) return false
   if (error.code !== undefined) return transientConnectCode(error.code)
   const cause = error.cause as { readonly code?: unknown; readonly message?: unknown } | undefined
   const code = typeof cause?.code === "string" ? cause.code : ""
@@ -485,6 +494,8 @@ export class PoolCore {
   timerWake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
   drained: Deferred.Deferred<void> | undefined = undefined
   readonly metrics: PoolMetrics | undefined
+  /** The attributes of this pool's spans that never change (see `Tracing.poolAttributes`). */
+  readonly spanAttributes: Tracing.Attributes
 
   /** The pool this one belongs to: itself, or the pool for ordinary work when this one serves reads. */
   root: PoolCore = this
@@ -508,6 +519,7 @@ export class PoolCore {
     this.metrics = config.metrics
       ? Metrics.make(config.name, { max: config.maxConnections, idleMax: config.maxIdle, idleMin: config.minConnections })
       : undefined
+    this.spanAttributes = Tracing.poolAttributes(config)
   }
 
   /** False when the server of `conn` no longer fits this pool (roles changed at a failover). */
@@ -934,6 +946,21 @@ export class PoolCore {
   lastLimitLog = -Infinity
   suppressedLimitLogs = 0
 
+  /** The annotations of every log line about one connection: the pool, the server, the backend. */
+  connectionLog(conn: Physical): Record<string, unknown> {
+    return {
+      pool: this.config.name,
+      host: conn.server.host.host,
+      port: conn.server.host.port,
+      backendPid: conn.driver.backendPid
+    }
+  }
+
+  /** The annotations of a log line about a failed connect. */
+  failureLog(error: ConnectionError): Record<string, unknown> {
+    return { pool: this.config.name, host: error.host ?? "", port: error.port ?? 0, code: error.code ?? "" }
+  }
+
   /** Logs a limit that was hit, at most once a second (with the number of similar events left out). */
   logLimit(error: PoolExhaustedError | ConnectionError): Effect.Effect<void> {
     const now = this.clock.unsafeCurrentTimeMillis()
@@ -945,7 +972,11 @@ export class PoolCore {
     const suppressed = this.suppressedLimitLogs
     this.suppressedLimitLogs = 0
     return Effect.logWarning(error.message).pipe(
-      Effect.annotateLogs(suppressed > 0 ? { error: error._tag, suppressedSimilar: suppressed } : { error: error._tag })
+      Effect.annotateLogs(
+        suppressed > 0
+          ? { pool: this.config.name, error: error._tag, suppressedSimilar: suppressed }
+          : { pool: this.config.name, error: error._tag }
+      )
     )
   }
 
@@ -1137,8 +1168,8 @@ export class PoolCore {
     this.closedByReason[reason]++
     this.runCloser(
       Scope.close(conn.scope, Exit.void).pipe(
-        Effect.zipRight(Effect.logInfo("connection closed")),
-        Effect.annotateLogs({ backendPid: conn.driver.backendPid, reason, host: conn.server.label }),
+        Effect.zipRight(Effect.logDebug("connection closed")),
+        Effect.annotateLogs({ ...this.connectionLog(conn), reason }),
         Effect.ensuring(Effect.sync(() => {
           this.closing--
           this.all.delete(conn)
@@ -1367,9 +1398,7 @@ export class PoolCore {
       this.all.add(conn)
       this.created++
       this.consecutiveFailures = 0
-      yield* Effect.logInfo("connection opened").pipe(
-        Effect.annotateLogs({ backendPid: conn.driver.backendPid, host: state.host.host, port: state.host.port })
-      )
+      yield* Effect.logDebug("connection opened").pipe(Effect.annotateLogs(this.connectionLog(conn)))
       return conn
     })
   }
@@ -1388,7 +1417,7 @@ export class PoolCore {
         if (error === this.notNeeded) return Effect.void
         attempt++
         return Effect.logWarning(`connect failed (attempt ${attempt}): ${error.message}`).pipe(
-          Effect.annotateLogs({ attempt, host: error.host ?? "", code: error.code ?? "" })
+          Effect.annotateLogs({ ...this.failureLog(error), attempt })
         )
       }),
       Effect.retry({ schedule: this.config.reconnect, while: (error) => error !== this.notNeeded && retryWhile(error) })
@@ -1426,7 +1455,7 @@ export class PoolCore {
       this.closeDetached(conn, "broken")
       this.runBackground(
         Effect.logWarning(`idle connection lost: ${error.message}`).pipe(
-          Effect.annotateLogs({ backendPid: conn.driver.backendPid })
+          Effect.annotateLogs(this.connectionLog(conn))
         )
       )
     }
@@ -1479,6 +1508,7 @@ export class PoolCore {
         done: () => Effect.void,
         timedOut: () =>
           Effect.logWarning(`closing ${this.inUse} connections still checked out after drainTimeout`).pipe(
+            Effect.annotateLogs({ pool: this.config.name }),
             Effect.zipRight(closeCheckedOut("unbounded"))
           ),
         // the fiber closing the pool was interrupted: the connections still out are closed now, one by one (no
@@ -1489,7 +1519,7 @@ export class PoolCore {
     })
     return drain.pipe(
       Effect.zipRight(Effect.logDebug("pool closed")),
-      Effect.annotateLogs({ created: this.created, closed: this.closedTotal })
+      Effect.annotateLogs({ pool: this.config.name, created: this.created, closed: this.closedTotal })
     )
   })
 
@@ -1611,11 +1641,18 @@ export class PoolCore {
    * every exit. An idle connection that needs no ping is taken without leaving the fiber's step; the pin and
    * the return are done in the same step as the end of `effect`.
    */
-  withPinned<A, E, R>(fiber: Fiber.RuntimeFiber<unknown, unknown>, effect: Effect.Effect<A, E, R>) {
+  withPinned<A, E, R>(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    effect: Effect.Effect<A, E, R>,
+    span?: Tracer.Span | undefined
+  ) {
     return Effect.uninterruptibleMask((restore): Effect.Effect<A, E | PoolError, R> => {
-      const use = (conn: Physical) => this.usePinned(fiber, new Handle(this, conn), effect, restore)
       if (this.closed) return Effect.fail(this.closedError())
       const now = this.clock.unsafeCurrentTimeMillis()
+      const use = (conn: Physical) => {
+        if (span !== undefined) this.traceCheckout(span, conn, conn.checkedOutAt - now)
+        return this.usePinned(fiber, new Handle(this, conn), effect, restore, span)
+      }
       const conn = this.takeIdle(now)
       if (conn !== undefined) {
         if (!this.needsPing(conn, now)) {
@@ -1632,7 +1669,8 @@ export class PoolCore {
     fiber: Fiber.RuntimeFiber<unknown, unknown>,
     handle: Handle,
     effect: Effect.Effect<A, E, R>,
-    restore: Restore
+    restore: Restore,
+    span?: Tracer.Span | undefined
   ): Effect.Effect<A, E, R> {
     if (this.config.leakDetectionThreshold !== undefined && handle.conn.leakWatch === undefined) {
       this.watchLeak(handle.conn, Context.getOption(fiber.currentContext, Tracer.ParentSpan))
@@ -1640,8 +1678,13 @@ export class PoolCore {
     const box = ownPins(fiber)
     const previous = box.pins
     box.pins = { core: this, handle, next: previous }
+    // the span of withConnection is the parent of the body's spans: set in the fiber's context in place and put
+    // back in `done`, in the steps of this region (Effect.withParentSpan, a FiberRef.locally, costs 3 times more)
+    const context = span === undefined ? undefined : fiber.currentContext
+    if (span !== undefined) setRef(fiber, FiberRef.currentContext, Context.add(context!, Tracer.ParentSpan, span))
     const done = (): Effect.Effect<void> => {
       box.pins = previous
+      if (context !== undefined) setRef(fiber, FiberRef.currentContext, context)
       handle.released = true
       return this.counting ? this.release(handle.conn) : this.releaseWith(handle.conn, 0)
     }
@@ -1667,7 +1710,7 @@ export class PoolCore {
         Effect.zipRight(Effect.logWarning(
           `possible connection leak: backend ${conn.driver.backendPid} has been checked out for more than ${threshold} ms, in span "${spanName}"`
         )),
-        Effect.annotateLogs({ backendPid: conn.driver.backendPid, span: spanName, checkedOutAt: trace })
+        Effect.annotateLogs({ ...this.connectionLog(conn), span: spanName, checkedOutAt: trace })
       )
     )
   }
@@ -1681,23 +1724,26 @@ export class PoolCore {
     params: ReadonlyArray<unknown> | undefined,
     rowMode: "array" | undefined,
     project: (result: Connector.QueryResult) => A,
-    retry: boolean
+    retry: boolean,
+    span?: Tracer.Span | undefined
   ): Effect.Effect<A, PoolError | QueryError> {
-    if (this.config.queryTimeout !== undefined) return this.oneShotTimed(text, params, rowMode, project, retry)
+    if (this.config.queryTimeout !== undefined) return this.oneShotTimed(text, params, rowMode, project, retry, span)
     return Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
       if (this.closed) return Effect.fail(this.closedError())
-      const op = new QueryOp(this, text, params, rowMode, project, retry, restore)
+      const op = new QueryOp(this, text, params, rowMode, project, retry, restore, span)
       const now = this.clock.unsafeCurrentTimeMillis()
       const conn = this.takeIdle(now)
       if (conn !== undefined) {
         if (this.needsPing(conn, now)) {
           return Effect.flatMap(this.validate(conn), (alive) => {
-            if (!alive) return restore(this.oneShot(text, params, rowMode, project, retry))
+            if (!alive) return restore(this.oneShot(text, params, rowMode, project, retry, span))
+            if (span !== undefined) this.traceCheckout(span, conn, conn.checkedOutAt - now)
             op.conn = conn
             return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
           })
         }
         this.markBusy(conn, now, 0)
+        if (span !== undefined) this.traceCheckout(span, conn, 0)
         op.conn = conn
       } else {
         const refused = this.refusal()
@@ -1718,11 +1764,14 @@ export class PoolCore {
     params: ReadonlyArray<unknown> | undefined,
     rowMode: "array" | undefined,
     project: (result: Connector.QueryResult) => A,
-    retry: boolean
+    retry: boolean,
+    span?: Tracer.Span | undefined
   ): Effect.Effect<A, PoolError | QueryError> {
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(this.checkout(restore), (conn) =>
-        Effect.matchCauseEffect(
+    return Effect.uninterruptibleMask((restore) => {
+      const since = span === undefined ? 0 : this.clock.unsafeCurrentTimeMillis()
+      return Effect.flatMap(this.checkout(restore), (conn) => {
+        if (span !== undefined) this.traceCheckout(span, conn, conn.checkedOutAt - since)
+        return Effect.matchCauseEffect(
           restore(this.runThen(conn, text, params, rowMode, (result) => Effect.succeed(project(result)))),
           {
             onFailure: (cause) => {
@@ -1731,13 +1780,14 @@ export class PoolCore {
                 (conn.lost || conn.driver.isBroken()) && !this.closed
               return Effect.zipRight(
                 this.release(conn),
-                lost ? restore(this.oneShot(text, params, rowMode, project, false)) : Effect.failCause(cause)
+                lost ? restore(this.oneShot(text, params, rowMode, project, false, span)) : Effect.failCause(cause)
               )
             },
             onSuccess: (value) => Effect.as(this.release(conn), value)
           }
-        ))
-    )
+        )
+      })
+    })
   }
 
   /** The statement of a one-shot op has been answered: count it, return the connection, hand out the result. */
@@ -1758,7 +1808,10 @@ export class PoolCore {
     const error = op.error
     if (error === undefined) return handOut(op.project, op.result!, released)
     if (op.retry && error._tag === "ConnectionError" && (conn.lost || conn.driver.isBroken()) && !this.closed) {
-      return Effect.zipRight(released, op.restore(this.oneShot(op.text, op.params, op.rowMode, op.project, false)))
+      return Effect.zipRight(
+        released,
+        op.restore(this.oneShot(op.text, op.params, op.rowMode, op.project, false, op.span))
+      )
     }
     return Effect.zipRight(released, Effect.fail(error))
   }
@@ -1778,17 +1831,68 @@ export class PoolCore {
     text: string,
     params: ReadonlyArray<unknown> | undefined,
     rowMode: "array" | undefined,
-    project: (result: Connector.QueryResult) => A
+    project: (result: Connector.QueryResult) => A,
+    span?: Tracer.Span | undefined
   ): Effect.Effect<A, PoolError | QueryError> {
     const pin = pinOf(fiber, this)
     if (pin !== undefined) {
       const handle = pin.handle
       if (handle.released) return Effect.fail(this.usedAfterRelease(handle))
+      if (span !== undefined) handle.core.traceCheckout(span, handle.conn, undefined)
       return handle.core.runThen(handle.conn, text, params, rowMode, (result) => Effect.succeed(project(result)))
     }
     return this.router === undefined
-      ? this.oneShot(text, params, rowMode, project, this.config.retryLostQueries)
-      : this.routeOr(fiber, (target) => target.oneShot(text, params, rowMode, project, target.config.retryLostQueries))
+      ? this.oneShot(text, params, rowMode, project, this.config.retryLostQueries, span)
+      : this.routeOr(
+        fiber,
+        (target) => target.oneShot(text, params, rowMode, project, target.config.retryLostQueries, span)
+      )
+  }
+
+  /** `PgPool.query`: a statement in a span of its own when a tracer is installed (see `Tracing.traced`). */
+  queryOn(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+    return Tracing.traced(fiber)
+      ? this.tracedQuery(fiber, text, params)
+      : this.statementOn(fiber, text, params, undefined, rowsOf)
+  }
+
+  /**
+   * The `PgPool.query` span: a client span, child of the caller's span, with the statement's text, the command
+   * the server answered with, and how long the checkout waited.
+   */
+  tracedQuery(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> {
+    return Effect.useSpan("PgPool.query", Tracing.clientSpan, (span) => {
+      Tracing.annotate(span, this.spanAttributes)
+      span.attribute("db.query.text", text)
+      const project = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => {
+        Tracing.answered(span, result)
+        return result.rows
+      }
+      return Effect.tapError(this.statementOn(fiber, text, params, undefined, project, span), (error) =>
+        Tracing.failed(span, error))
+    })
+  }
+
+  /**
+   * Puts on `span` what the checkout of `conn` for its operation found (see `Tracing.checkedOut`): with several
+   * hosts, the server and the pool; and how long it waited, unless the connection was held already.
+   */
+  traceCheckout(span: Tracer.Span, conn: Physical, waited: number | undefined): void {
+    const several = this.topology !== undefined
+    Tracing.checkedOut(
+      span,
+      several ? conn.server.host : undefined,
+      several && this.forReads ? this.config.name : undefined,
+      waited
+    )
   }
 
   /**
@@ -1835,13 +1939,30 @@ export class PoolCore {
   readonly query = (
     text: string,
     params?: ReadonlyArray<unknown>
-  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> => this.statement(text, params, undefined, rowsOf)
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, PoolError | QueryError> =>
+    Effect.withFiberRuntime((fiber) => this.queryOn(fiber, text, params))
 
   readonly withConnection = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | PoolError, R> =>
     Effect.withFiberRuntime((fiber) => {
       if (pinOf(fiber, this) !== undefined) return effect
+      if (Tracing.traced(fiber)) return this.tracedWithConnection(fiber, effect)
       return this.routeOr(fiber, (target) => target.withPinned(fiber, effect))
     })
+
+  /**
+   * The `PgPool.withConnection` span: the parent of the spans made inside (the statements on the pinned
+   * connection), with how long the checkout waited. A nested `withConnection`, which reuses the connection
+   * and does nothing else, has none.
+   */
+  tracedWithConnection<A, E, R>(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    effect: Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | PoolError, R> {
+    return Effect.useSpan("PgPool.withConnection", Tracing.internalSpan, (span) => {
+      Tracing.annotate(span, this.spanAttributes)
+      return this.routeOr(fiber, (target) => target.withPinned(fiber, effect, span))
+    })
+  }
 
   readonly readOnly = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
     Effect.locally(effect, currentReadOnly, true)
@@ -1962,7 +2083,7 @@ const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
     Effect.suspend(() => {
       attempts++
       return Effect.logWarning(`connect failed at start (attempt ${attempts}): ${error.message}`).pipe(
-        Effect.annotateLogs({ attempt: attempts, host: error.host ?? "", code: error.code ?? "" })
+        Effect.annotateLogs({ ...core.failureLog(error), attempt: attempts })
       )
     })
   ))

@@ -11,9 +11,9 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
-import * as DefaultServices from "effect/DefaultServices"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Effectable from "effect/Effectable"
@@ -22,13 +22,13 @@ import { identity } from "effect/Function"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
-import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as RcRef from "effect/RcRef"
+import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as Tracer from "effect/Tracer"
+import * as ConnectorModule from "../Connector.js"
 import type * as Connector from "../Connector.js"
 import type * as PgPool from "../PgPool.js"
 import { ConnectionError, type PoolError, type QueryError } from "../PgPoolError.js"
@@ -38,12 +38,15 @@ import {
   currentReadOnly,
   type Handle,
   isTransientConnectError,
+  make as makePool,
   type Physical,
   pinOf,
   type PoolCore,
   tag as PgPoolTag
 } from "./pool.js"
+import { parseUrl } from "./config.js"
 import type { HostState } from "./topology.js"
+import { traced } from "./tracing.js"
 import * as transaction from "./transaction.js"
 
 type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
@@ -325,7 +328,7 @@ class Listener {
       this.demand = Deferred.unsafeMake<void>(FiberId.none)
       for (const subscriber of subscribers) subscriber.fail(error)
       return Effect.logWarning(`listen failed: ${failure.error.message}`).pipe(
-        Effect.annotateLogs({ streams: subscribers.length })
+        Effect.annotateLogs({ ...this.failureLog(failure), streams: subscribers.length })
       )
     }))
   }
@@ -354,10 +357,23 @@ class Listener {
       this.end = end
       yield* Deferred.succeed(this.up, undefined)
     }))
-    yield* Effect.logDebug("listen connection ready").pipe(Effect.annotateLogs({ backendPid: driver.backendPid }))
+    yield* Effect.logDebug("listen connection ready").pipe(
+      Effect.annotateLogs({ pool: this.core.config.name, backendPid: driver.backendPid })
+    )
     yield* Deferred.await(end)
-    yield* Effect.logWarning("listen connection lost; reconnecting")
+    yield* Effect.logWarning("listen connection lost; reconnecting").pipe(
+      Effect.annotateLogs({ pool: this.core.config.name, backendPid: driver.backendPid })
+    )
   }))
+
+  failureLog(failure: ListenFailure): Record<string, unknown> {
+    const error = failure.error
+    return {
+      pool: this.core.config.name,
+      host: error._tag === "ConnectionError" ? error.host ?? "" : "",
+      port: error._tag === "ConnectionError" ? error.port ?? 0 : 0
+    }
+  }
 
   /** Waits until some channel has a subscriber. */
   readonly wanted: Effect.Effect<void> = Effect.suspend(() =>
@@ -369,7 +385,7 @@ class Listener {
       Effect.zipRight(this.session.pipe(
         Effect.tapError((failure) =>
           Effect.logWarning(`listen connection failed: ${failure.error.message}`).pipe(
-            Effect.annotateLogs({ transient: failure.transient })
+            Effect.annotateLogs({ ...this.failureLog(failure), transient: failure.transient })
           )
         ),
         Effect.retry({ schedule: this.core.config.reconnect, while: (failure) => failure.transient }),
@@ -509,18 +525,6 @@ class PooledStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> im
 
 const spanOptions = { kind: "client", captureStackTrace: false } as const
 
-/** Effect's own tracer, which keeps spans in memory only (no tracer was installed). */
-const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
-
-/**
- * Whether a statement's span can be seen by anyone: tracing is on and a tracer other than Effect's in-memory
- * default is installed (e.g. @effect/opentelemetry's). A `sql.execute` span of the default tracer has no
- * child and reaches no exporter, so it is not made.
- */
-const traced = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean =>
-  fiber.getFiberRef(FiberRef.currentTracerEnabled) &&
-  Context.get(fiber.currentDefaultServices, Tracer.Tracer) !== nativeTracer
-
 const isStatement = (u: unknown): u is Statement.Statement<unknown> =>
   Effect.isEffect(u) && Statement.isFragment(u) && typeof (u as { compile?: unknown }).compile === "function"
 
@@ -541,7 +545,8 @@ const pooledConstructor = <C extends Client.SqlClient>(client: C, context: State
 
 /** @internal */
 export const make = (
-  options: PgPoolSql.Options = {}
+  options: PgPoolSql.Options = {},
+  reported?: PgClient.PgClientConfig
 ): Effect.Effect<PgClient.PgClient, never, PgPool.PgPool | Scope.Scope | Reactivity.Reactivity> =>
   Effect.gen(function*() {
     const service = yield* PgPoolTag
@@ -571,7 +576,11 @@ export const make = (
       spanAttributes,
       transformRows
     })
-    const withTransaction = transaction.make({ map: toSqlError }, () => core)
+    // @effect/sql-pg's span, with the same attributes as the statements' (`spanAttributes` included)
+    const withTransaction = transaction.make({ map: toSqlError }, () => core, {
+      name: "sql.transaction",
+      attributes: spanAttributes
+    })
     const listener = yield* RcRef.make({
       acquire: Effect.gen(function*() {
         const listener = new Listener(core)
@@ -583,14 +592,17 @@ export const make = (
     const pgClient: PgClient.PgClient = Object.assign(pooledConstructor(client, { unbound, spanAttributes, transformRows }), {
       [PgClient.TypeId]: PgClient.TypeId,
       withTransaction: <R, E, A>(effect: Effect.Effect<A, E, R>) => withTransaction(effect),
-      config: {
+      config: reported ?? {
+        url: config.url,
         host: host.host,
         port: host.port,
         database: config.database,
         username: config.user,
         password: config.password,
-        ssl: config.ssl !== undefined && config.ssl !== false,
-        applicationName: config.applicationName
+        ssl: config.ssl !== undefined,
+        applicationName: config.applicationName,
+        maxConnections: config.maxConnections,
+        minConnections: config.minConnections
       },
       json: (value: unknown) => PgJson(value, undefined, undefined),
       listen: (channel: string) =>
@@ -632,3 +644,131 @@ export const layerWith = (
     Effect.map(make(options), (client) =>
       Context.make(PgClient.PgClient, client).pipe(Context.add(Client.SqlClient, client)))
   ).pipe(Layer.provide(Reactivity.layer))
+
+/** @internal */
+export const pemText = (value: unknown): string | undefined => {
+  if (value === undefined || value === null) return undefined
+  if (typeof value === "string") return value
+  if (value instanceof Uint8Array) return Buffer.from(value).toString("utf8")
+  if (Array.isArray(value)) {
+    const parts = value.map(pemText)
+    return parts.every((p) => p !== undefined) ? parts.join("\n") : undefined
+  }
+  if (typeof value === "object" && "pem" in value) return pemText((value as { pem: unknown }).pem)
+  return undefined
+}
+
+const supportedTlsOptions = new Set(["ca", "cert", "key", "passphrase", "rejectUnauthorized", "servername"])
+
+/**
+ * node-postgres' `ssl` (as @effect/sql-pg takes it) in this pool's terms: `true` is TLS that verifies the
+ * server's certificate and host name, as node-postgres does; an object's `rejectUnauthorized: false` turns the
+ * verification off.
+ */
+const sslOf = (ssl: PgPoolSql.ClientConfig["ssl"]): Connector.SslConfig | undefined | ConfigError.ConfigError => {
+  if (ssl === undefined || ssl === false) return ssl
+  if (ssl === true) return { mode: "verify-full" }
+  if (typeof ssl !== "object" || ssl === null) {
+    return ConfigError.InvalidData(["ssl"], "ssl must be a boolean or node's TLS options")
+  }
+  for (const [key, value] of Object.entries(ssl)) {
+    if (value !== undefined && !supportedTlsOptions.has(key)) {
+      return ConfigError.InvalidData(
+        ["ssl"],
+        `ssl.${key} is not supported (supported: ${[...supportedTlsOptions].join(", ")}; or use sslMode and the ssl* fields)`
+      )
+    }
+  }
+  const field = (name: "ca" | "cert" | "key" | "passphrase") => {
+    const value = (ssl as Record<string, unknown>)[name]
+    const text = pemText(value)
+    return value !== undefined && text === undefined
+      ? ConfigError.InvalidData(["ssl"], `ssl.${name} must be PEM text or a Buffer`)
+      : text
+  }
+  const ca = field("ca")
+  const cert = field("cert")
+  const key = field("key")
+  const passphrase = field("passphrase")
+  for (const value of [ca, cert, key, passphrase]) if (ConfigError.isConfigError(value)) return value
+  return {
+    mode: ssl.rejectUnauthorized === false ? "require" : "verify-full",
+    ...(ca === undefined ? {} : { ca: ca as string }),
+    ...(cert === undefined ? {} : { cert: cert as string }),
+    ...(key === undefined ? {} : { key: Redacted.make(key as string) }),
+    ...(passphrase === undefined ? {} : { passphrase: Redacted.make(passphrase as string) }),
+    ...(typeof ssl.servername === "string" ? { servername: ssl.servername } : {})
+  }
+}
+
+/** The pool's configuration from @effect/sql-pg's (plus the pool's own knobs). */
+const poolConfigOf = (config: PgPoolSql.ClientConfig): Effect.Effect<PgPool.Config, ConfigError.ConfigError> =>
+  Effect.suspend(() => {
+    const {
+      connectionTTL,
+      spanAttributes: _spanAttributes,
+      ssl,
+      transformJson: _transformJson,
+      transformQueryNames: _transformQueryNames,
+      transformResultNames: _transformResultNames,
+      types,
+      username,
+      ...rest
+    } = config
+    const user = (rest as { readonly user?: unknown }).user
+    if (user !== undefined && username !== undefined && user !== username) {
+      return Effect.fail(ConfigError.InvalidData(["username"], "username and user name two different users"))
+    }
+    const mapped = sslOf(ssl)
+    if (ConfigError.isConfigError(mapped)) return Effect.fail(mapped)
+    const poolConfig: Record<string, unknown> = { ...rest }
+    if (username !== undefined) poolConfig.user = username
+    if (mapped !== undefined) poolConfig.ssl = mapped
+    if (connectionTTL !== undefined && rest.maxLifetime === undefined) poolConfig.maxLifetime = connectionTTL
+    if (types !== undefined) poolConfig.types = types
+    return Effect.succeed(poolConfig as PgPool.Config)
+  })
+
+/** What stock @effect/sql-pg reports as `PgClient.config`: the configuration given, with the URL's parts. */
+const reportedConfig = (config: PgPoolSql.ClientConfig): PgClient.PgClientConfig => {
+  const raw = config.url === undefined ? undefined : Redacted.isRedacted(config.url) ? Redacted.value(config.url) : config.url
+  const parsed = typeof raw === "string" ? parseUrl(raw) : undefined
+  const { ssl: _ssl, types: _types, ...rest } = config
+  return {
+    ...(rest as Omit<PgPoolSql.ClientConfig, "url" | "ssl" | "types">),
+    ...(config.ssl === undefined ? {} : { ssl: config.ssl }),
+    ...(config.types === undefined ? {} : { types: config.types }),
+    url: raw === undefined ? undefined : Redacted.isRedacted(config.url) ? config.url : Redacted.make(raw),
+    host: config.host ?? parsed?.hosts[0]?.host,
+    port: config.port ?? parsed?.hosts[0]?.port,
+    username: config.username ?? parsed?.user,
+    password: config.password ?? parsed?.password,
+    database: config.database ?? parsed?.database
+  }
+}
+
+/** @internal */
+export const layerClient = (
+  config: PgPoolSql.ClientConfig
+): Layer.Layer<
+  PgPool.PgPool | Client.SqlClient | PgClient.PgClient,
+  ConnectionError | ConfigError.ConfigError
+> =>
+  Layer.scopedContext(Effect.gen(function*() {
+    const poolConfig = yield* poolConfigOf(config)
+    const pool = yield* makePool(poolConfig)
+    const client = yield* Effect.provideService(
+      make({
+        transformResultNames: config.transformResultNames,
+        transformQueryNames: config.transformQueryNames,
+        transformJson: config.transformJson,
+        spanAttributes: config.spanAttributes
+      }, reportedConfig(config)),
+      PgPoolTag,
+      pool
+    )
+    return Context.make(PgPoolTag, pool).pipe(
+      Context.add(PgClient.PgClient, client),
+      Context.add(Client.SqlClient, client)
+    )
+  })).pipe(Layer.provide(Reactivity.layer), Layer.provide(ConnectorModule.layer))

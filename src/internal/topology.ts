@@ -125,7 +125,7 @@ export class Topology {
     if (changed) {
       this.runBackground(
         Effect.logWarning(`host ${state.label} is now a ${server.role}`).pipe(
-          Effect.annotateLogs({ host: state.host.host, port: state.host.port, role: server.role })
+          Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port, role: server.role })
         )
       )
     }
@@ -147,7 +147,7 @@ export class Topology {
     )
     this.runBackground(
       Effect.logWarning(`host ${state.label} is down: ${error.message}`).pipe(
-        Effect.annotateLogs({ host: state.host.host, port: state.host.port })
+        Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port })
       )
     )
   }

@@ -11,6 +11,7 @@ import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
+import * as Tracer from "effect/Tracer"
 import type { PgPool, PooledConnection } from "../PgPool.js"
 import type { ConnectionError, PoolError } from "../PgPoolError.js"
 import { QueryError } from "../PgPoolError.js"
@@ -27,6 +28,7 @@ import {
   tag as PgPoolTag
 } from "./pool.js"
 import { sqlConnection } from "./sql.js"
+import * as Tracing from "./tracing.js"
 
 /** @internal */
 export const TransactionTag: Context.Tag<Transaction.Transaction, Transaction.Transaction> = Context.GenericTag<
@@ -131,36 +133,53 @@ const runBody = <A, E, R, X>(
   restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
   onCommit: () => Effect.Effect<void, QueryError | ConnectionError>,
   onRollback: () => Effect.Effect<void, QueryError | ConnectionError>,
-  mapping: ErrorMapping<X>
+  mapping: ErrorMapping<X>,
+  trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
-  // one copy of the context's map for the three services (Context.add copies it each time)
+  // one copy of the context's map for the services (Context.add copies it each time)
   const services = new Map(context.unsafeMap)
   services.set(TransactionTag.key, tx)
   services.set(SqlClient.TransactionConnection.key, [sqlConnection(tx.handle), tx.depth] as const)
   services.set(InheritedPin.key, pin)
+  if (trace !== undefined) services.set(Tracer.ParentSpan.key, trace.span)
   const inside = Context.unsafeMake<never>(services)
   const back = FiberRef.set(FiberRef.currentContext, context)
   return Effect.zipRight(
     FiberRef.set(FiberRef.currentContext, inside),
     Effect.matchCauseEffect(restore(effect), {
-      onFailure: (cause) =>
-        Effect.zipRight(
+      onFailure: (cause) => {
+        trace?.event("db.transaction.rollback")
+        return Effect.zipRight(
           back,
           Effect.matchCauseEffect(onRollback(), {
             onFailure: (failure) => Effect.failCause(Cause.sequential(cause, Cause.map(failure, mapping.map))),
             onSuccess: () => Effect.failCause(cause)
           })
-        ),
-      onSuccess: (value) =>
-        Effect.zipRight(
+        )
+      },
+      onSuccess: (value) => {
+        trace?.event(tx.depth === 0 ? "db.transaction.commit" : "db.transaction.savepoint")
+        return Effect.zipRight(
           back,
           Effect.matchCauseEffect(onCommit(), {
             onFailure: (failure) => Effect.failCause(Cause.map(failure, mapping.map)),
             onSuccess: () => Effect.succeed(value)
           })
         )
+      }
     })
   )
+}
+
+/**
+ * The span of a transaction (made only when a tracer is installed, see `Tracing.traced`): its name, and its
+ * attributes when they are not the pool's own (the SqlClient's, for `sql.transaction`).
+ *
+ * @internal
+ */
+export interface SpanSpec {
+  readonly name: string
+  readonly attributes?: Tracing.Attributes | undefined
 }
 
 /**
@@ -171,7 +190,8 @@ const runBody = <A, E, R, X>(
  */
 export const make = <X, RP>(
   mapping: ErrorMapping<X>,
-  poolOf: (context: Context.Context<never>) => PoolCore | undefined
+  poolOf: (context: Context.Context<never>) => PoolCore | undefined,
+  spanSpec: SpanSpec
 ) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>,
@@ -186,21 +206,30 @@ export const make = <X, RP>(
       if (core === undefined) {
         return Effect.dieMessage("Transaction.withTransaction needs a PgPool built by this package (PgPool.layer)")
       }
-      const outer = Context.getOption(context, TransactionTag)
-      if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
-        return nested(outer.value as TransactionImpl, effect, context, pinsOf(fiber), restore, mapping)
+      const start = (trace: Tracing.TransactionTrace | undefined): Effect.Effect<A, E | X, R> => {
+        const outer = Context.getOption(context, TransactionTag)
+        if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
+          return nested(outer.value as TransactionImpl, effect, context, pinsOf(fiber), restore, mapping, trace)
+        }
+        const pins = pinsOf(fiber)
+        const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
+        const router = core.router
+        if (router === undefined || !readOnly || findPin(pins, core) !== undefined) {
+          return outermost(core, core, effect, options, context, pins, restore, mapping, trace)
+        }
+        return core.routeWith(
+          router.pick(),
+          (target) => outermost(core, target, effect, options, context, pins, restore, mapping, trace),
+          () => Effect.fail(mapping.map(router.noStandby()))
+        )
       }
-      const pins = pinsOf(fiber)
-      const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
-      const router = core.router
-      if (router === undefined || !readOnly || findPin(pins, core) !== undefined) {
-        return outermost(core, core, effect, options, context, pins, restore, mapping)
-      }
-      return core.routeWith(
-        router.pick(),
-        (target) => outermost(core, target, effect, options, context, pins, restore, mapping),
-        () => Effect.fail(mapping.map(router.noStandby()))
-      )
+      if (!Tracing.traced(fiber)) return start(undefined)
+      // as @effect/sql's `sql.transaction`: a client span, the parent of the body's spans, with commit,
+      // savepoint and rollback events
+      return Effect.useSpan(spanSpec.name, Tracing.clientSpan, (span) => {
+        Tracing.annotate(span, spanSpec.attributes ?? core.spanAttributes)
+        return start(new Tracing.TransactionTrace(span, Tracing.fiberClock(fiber)))
+      })
     })
   )
 
@@ -212,7 +241,8 @@ const outermost = <A, E, R, X>(
   context: Context.Context<never>,
   pins: Pin | undefined,
   restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
-  mapping: ErrorMapping<X>
+  mapping: ErrorMapping<X>,
+  trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
   const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
     const tx = new TransactionImpl(core, handle, 0, options)
@@ -227,19 +257,35 @@ const outermost = <A, E, R, X>(
       restore,
       () => commit(handle),
       () => Effect.asVoid(runOn(handle, "ROLLBACK")),
-      mapping
+      mapping,
+      trace
     )
   }
   const pinned = findPin(pins, core)?.handle
-  if (pinned !== undefined) return run(pinned)
+  if (pinned !== undefined) {
+    if (trace !== undefined) pinned.core.traceCheckout(trace.span, pinned.conn, undefined)
+    return run(pinned)
+  }
+  const since = trace === undefined ? 0 : target.clock.unsafeCurrentTimeMillis()
   return Effect.matchCauseEffect(target.checkoutHandle(restore), {
-    onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
-    onSuccess: (handle) =>
-      Effect.matchCauseEffect(run(handle), {
+    onFailure: (cause) => {
+      if (trace !== undefined) traceFailure(trace.span, cause)
+      return Effect.failCause(Cause.map(cause, mapping.map))
+    },
+    onSuccess: (handle) => {
+      if (trace !== undefined) target.traceCheckout(trace.span, handle.conn, handle.conn.checkedOutAt - since)
+      return Effect.matchCauseEffect(run(handle), {
         onFailure: (cause) => Effect.zipRight(target.releaseHandle(handle), Effect.failCause(cause)),
         onSuccess: (value) => Effect.as(target.releaseHandle(handle), value)
       })
+    }
   })
+}
+
+/** A checkout for a transaction failed: its error on the span (an acquire timeout says how long it waited). */
+const traceFailure = (span: Tracer.Span, cause: Cause.Cause<PoolError>): void => {
+  const failure = Cause.failureOption(cause)
+  if (failure._tag === "Some") Tracing.noteFailure(span, failure.value)
 }
 
 const nested = <A, E, R, X>(
@@ -248,9 +294,11 @@ const nested = <A, E, R, X>(
   context: Context.Context<never>,
   pins: Pin | undefined,
   restore: <A1, E1, R1>(effect: Effect.Effect<A1, E1, R1>) => Effect.Effect<A1, E1, R1>,
-  mapping: ErrorMapping<X>
+  mapping: ErrorMapping<X>,
+  trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
   const tx = new TransactionImpl(outer.core, outer.handle, outer.depth + 1, outer.options)
+  if (trace !== undefined) tx.handle.core.traceCheckout(trace.span, tx.handle.conn, undefined)
   const name = `effect_sql_${tx.depth}`
   const rollbackTo = () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`))
   return opening(tx.handle, `SAVEPOINT ${name}`, mapping, () =>
@@ -262,7 +310,8 @@ const nested = <A, E, R, X>(
       restore,
       () => release(tx.handle, name, rollbackTo),
       rollbackTo,
-      mapping
+      mapping,
+      trace
     ))
 }
 
@@ -296,4 +345,6 @@ const poolInContext = (context: Context.Context<never>): PoolCore | undefined =>
 export const withTransaction: <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   options?: Transaction.TransactionOptions
-) => Effect.Effect<A, E | PoolError | QueryError, R | PgPool> = make<TxError, PgPool>(identity, poolInContext)
+) => Effect.Effect<A, E | PoolError | QueryError, R | PgPool> = make<TxError, PgPool>(identity, poolInContext, {
+  name: "Transaction.withTransaction"
+})
