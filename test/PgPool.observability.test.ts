@@ -135,6 +135,7 @@ describe("PgPool observability", () => {
         Effect.sync(() => entries.find((e) => e.message.includes("possible connection leak"))),
         (found) => found !== undefined
       )
+      assert.strictEqual(leak!.level, "WARN", "a possible leak is a problem: a Warning")
       assert.include(leak!.message, "handle-order-request")
       assert.include(String(leak!.annotations.checkedOutAt), "connection checked out here")
       yield* Deferred.succeed(release, undefined)
