@@ -636,6 +636,20 @@ describe("configuration that means what it says", () => {
       }
     }))
 
+  it.effect("libpq's host and port parameters take comma-separated lists", () =>
+    Effect.gen(function*() {
+      const each = yield* resolve({ url: "postgresql:///app?host=h1,h2&port=5433,5434" })
+      assert.deepStrictEqual(each.hosts, [{ host: "h1", port: 5433 }, { host: "h2", port: 5434 }])
+      const one = yield* resolve({ url: "postgresql:///app?host=h1,h2&port=6000" })
+      assert.deepStrictEqual(one.hosts, [{ host: "h1", port: 6000 }, { host: "h2", port: 6000 }])
+      const single = yield* resolve({ url: "postgresql:///app?host=db.example&port=7000" })
+      assert.deepStrictEqual(single.hosts, [{ host: "db.example", port: 7000 }])
+      const mismatch = yield* Effect.flip(resolve({ url: "postgresql:///app?host=h1,h2,h3&port=1,2" }))
+      assertConfigError(mismatch, "url")
+      const bad = yield* Effect.flip(resolve({ url: "postgresql:///app?host=h1&port=fifty" }))
+      assertConfigError(bad, "url")
+    }))
+
   it.effect("libpq's connect_timeout: zero means no limit (URL and PGCONNECT_TIMEOUT)", () =>
     Effect.gen(function*() {
       const fromUrl = yield* resolve({ url: withParams({ connect_timeout: "0" }) })

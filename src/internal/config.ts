@@ -241,7 +241,13 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   }
   const params = parsed?.params ?? new Map<string, string>()
 
-  const port = config.port ?? (params.has("port") ? Number(params.get("port")) : undefined)
+  // libpq: the host and port parameters may be comma-separated lists (one port for all, or one per host)
+  const portList = params.get("port")?.split(",").map((p) => p.trim())
+  if (portList !== undefined && portList.some((p) => !/^\d*$/.test(p))) {
+    return invalid("url", "the port parameter must be a port number or a comma-separated list of them")
+  }
+  const paramPort = portList?.length === 1 && portList[0] !== "" ? Number(portList[0]) : undefined
+  const port = config.port ?? paramPort
   if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) {
     return invalid("port", `port must be an integer between 1 and 65535, got ${String(port)}`)
   }
@@ -270,7 +276,17 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   } else if (parsed !== undefined && parsed.hosts.length > 0) {
     hosts = parsed.hosts.map((h) => ({ host: h.host || "localhost", port: config.port ?? h.port ?? port ?? 5432 }))
   } else {
-    hosts = [{ host: params.get("host") ?? "localhost", port: port ?? 5432 }]
+    const names = (params.get("host") ?? "localhost").split(",").map((h) => h.trim())
+    if (portList !== undefined && portList.length > 1 && portList.length !== names.length) {
+      return invalid("url", `the port parameter lists ${portList.length} ports for ${names.length} hosts`)
+    }
+    hosts = []
+    for (const [i, name] of names.entries()) {
+      const listed = portList === undefined ? "" : portList.length === names.length ? portList[i]! : portList[0]!
+      const p = config.port ?? (listed === "" ? undefined : Number(listed)) ?? 5432
+      if (!Number.isInteger(p) || p < 1 || p > 65535) return invalid("url", "url has a port outside 1..65535")
+      hosts.push({ host: name || "localhost", port: p })
+    }
   }
 
   const user = config.user ?? parsed?.user ?? params.get("user") ?? "postgres"
