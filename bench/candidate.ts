@@ -41,6 +41,11 @@ export const ready = <Ctx>(name: string, role: Role, open: (ctx: Ctx) => Promise
   open
 })
 
+/**
+ * A candidate not yet available, which keeps its slot in the report (none today: see the header).
+ *
+ * @public
+ */
 export const pending = <Ctx>(name: string, role: Role, reason: string): Candidate<Ctx> => ({
   _tag: "Pending",
   name,

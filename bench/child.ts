@@ -3,9 +3,9 @@
  * shapes and garbage do not slow the next, and a process's RSS is one candidate's). A child prints its
  * progress to stderr (passed through) and its result as the last line of stdout, in JSON.
  */
+import * as Redacted from "effect/Redacted"
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import * as Redacted from "effect/Redacted"
 
 /** The environment variable a child reads the database URL from (never the command line, which `ps` shows). */
 export const URL_VARIABLE = "BENCH_DATABASE_URL"

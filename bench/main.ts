@@ -40,7 +40,9 @@ const log = (line: string): void => {
 const checkNames = (options: Options): void => {
   if (options.candidates === undefined) return
   const known = new Set(
-    options.only.flatMap((id) => id === "memory" ? select1.map((c) => c.name) : suite(id, options.settings).spec.candidates.map((c) => c.name))
+    options.only.flatMap((id) =>
+      id === "memory" ? select1.map((c) => c.name) : suite(id, options.settings).spec.candidates.map((c) => c.name)
+    )
   )
   const unknown = options.candidates.filter((name) => !known.has(name))
   if (unknown.length > 0) {
@@ -64,7 +66,7 @@ const main = async (): Promise<void> => {
   const database = await Database.open()
   const stop = (signal: NodeJS.Signals) => {
     log(`\n${signal}: stopping the database and exiting`)
-    database.close().finally(() => process.exit(130))
+    void database.close().finally(() => process.exit(130))
   }
   process.once("SIGINT", stop)
   process.once("SIGTERM", stop)

@@ -30,7 +30,9 @@ const ourFakeLayer: Layer.Layer<PgPool.PgPool, unknown> = Layer.scoped(
 const fakePgPool = (): pg.Pool =>
   new pg.Pool({ Client: Fake.pgClientClass, max: POOL_SIZE, idleTimeoutMillis: 10 * 60_000 })
 
-const effectPool = async (): Promise<{ readonly pool: Pool.Pool<Fake.FakeResource>; readonly scope: Scope.CloseableScope }> => {
+const effectPool = async (): Promise<
+  { readonly pool: Pool.Pool<Fake.FakeResource>; readonly scope: Scope.CloseableScope }
+> => {
   const scope = Effect.runSync(Scope.make())
   const pool = await Effect.runPromise(
     Scope.extend(Pool.make({ acquire: Effect.sync(Fake.makeResource), size: POOL_SIZE }), scope)
@@ -39,10 +41,16 @@ const effectPool = async (): Promise<{ readonly pool: Pool.Pool<Fake.FakeResourc
 }
 
 export const checkout: ReadonlyArray<Candidate<void>> = [
-  ready("PgPool.withConnection", "ours", () =>
-    fromRuntime(ManagedRuntime.make(ourFakeLayer), PgPool.withConnection(Effect.void))),
-  ready("PgPool.connection (scoped)", "ours", () =>
-    fromRuntime(ManagedRuntime.make(ourFakeLayer), Effect.scoped(PgPool.connection))),
+  ready(
+    "PgPool.withConnection",
+    "ours",
+    () => fromRuntime(ManagedRuntime.make(ourFakeLayer), PgPool.withConnection(Effect.void))
+  ),
+  ready(
+    "PgPool.connection (scoped)",
+    "ours",
+    () => fromRuntime(ManagedRuntime.make(ourFakeLayer), Effect.scoped(PgPool.connection))
+  ),
   ready("pg.Pool connect/release", "alternative", async () => {
     const pool = fakePgPool()
     const op = async () => {
@@ -101,13 +109,19 @@ const bareEffect = Effect.async<number>((resume) => {
 const barePromise = () => new Promise<number>((resolve) => queueMicrotask(() => resolve(1)))
 
 export const oneShot: ReadonlyArray<Candidate<void>> = [
-  ready("PgPool.query", "ours", () =>
-    fromRuntime(ManagedRuntime.make(ourFakeLayer), Effect.suspend(() => PgPool.query("SELECT 1")))),
+  ready(
+    "PgPool.query",
+    "ours",
+    () => fromRuntime(ManagedRuntime.make(ourFakeLayer), Effect.suspend(() => PgPool.query("SELECT 1")))
+  ),
   ready("pg.Pool pool.query", "alternative", async () => {
     const pool = fakePgPool()
     return fromPromise(() => pool.query("SELECT 1"), () => pool.end())
   }),
-  ready("no pool: Effect.async + microtask", "reference", () =>
-    fromRuntime(ManagedRuntime.make(Layer.empty), bareEffect)),
+  ready(
+    "no pool: Effect.async + microtask",
+    "reference",
+    () => fromRuntime(ManagedRuntime.make(Layer.empty), bareEffect)
+  ),
   ready("no pool: Promise + microtask", "reference", async () => fromPromise(barePromise, async () => {}))
 ]

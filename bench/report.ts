@@ -32,8 +32,22 @@ interface Target {
 }
 
 export const TARGETS: ReadonlyArray<Target> = [
-  { suite: "select1", ours: "PgPool.query", alternative: "pg.Pool", level: 32, factor: 1, label: "SELECT 1, 32 workers" },
-  { suite: "select1", ours: "PgPool.query", alternative: "pg.Pool", level: 128, factor: 1, label: "SELECT 1, 128 workers" },
+  {
+    suite: "select1",
+    ours: "PgPool.query",
+    alternative: "pg.Pool",
+    level: 32,
+    factor: 1,
+    label: "SELECT 1, 32 workers"
+  },
+  {
+    suite: "select1",
+    ours: "PgPool.query",
+    alternative: "pg.Pool",
+    level: 128,
+    factor: 1,
+    label: "SELECT 1, 128 workers"
+  },
   {
     suite: "select1",
     ours: "PgPoolSql (SqlClient)",
@@ -97,10 +111,10 @@ const ratio = (ours: Row, alternative: Row, level: number): Ratio | undefined =>
 // formatting
 // ---------------------------------------------------------------------------------------------------------
 
-const integer = (n: number): string =>
-  Number.isFinite(n) ? Math.round(n).toLocaleString("en-US") : "–"
+const integer = (n: number): string => Number.isFinite(n) ? Math.round(n).toLocaleString("en-US") : "–"
 
-const micros = (n: number): string => !Number.isFinite(n) ? "–" : n < 10 ? n.toFixed(2) : n < 100 ? n.toFixed(1) : n.toFixed(0)
+const micros = (n: number): string =>
+  !Number.isFinite(n) ? "–" : n < 10 ? n.toFixed(2) : n < 100 ? n.toFixed(1) : n.toFixed(0)
 
 const mebibytes = (bytes: number): string => Number.isFinite(bytes) ? (bytes / 2 ** 20).toFixed(0) : "–"
 
@@ -120,7 +134,11 @@ const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<
 }
 
 const statusNote = (row: Row): string | undefined =>
-  row.status === "pending" ? `not yet available (${row.note})` : row.status === "failed" ? `failed: ${row.note}` : undefined
+  row.status === "pending"
+    ? `not yet available (${row.note})`
+    : row.status === "failed"
+    ? `failed: ${row.note}`
+    : undefined
 
 // ---------------------------------------------------------------------------------------------------------
 // sections
@@ -143,7 +161,9 @@ const targetsSection = (suites: ReadonlyArray<SuiteResult>): string | undefined 
     if (r === undefined) return [goal, "–", "no data"]
     return [goal, formatRatio(r), r.ofMedians >= target.factor ? "**met**" : "**missed**"]
   })
-  return `## Targets (issue 6)\n\n${table(["target", "measured (per-round range)", "status"], rows, "--- | ---: | ---")}`
+  return `## Targets (issue 6)\n\n${
+    table(["target", "measured (per-round range)", "status"], rows, "--- | ---: | ---")
+  }`
 }
 
 const suiteSection = (index: number, suite: SuiteResult): string => {
@@ -157,11 +177,22 @@ const suiteSection = (index: number, suite: SuiteResult): string => {
     for (const row of suite.rows) {
       const note = statusNote(row)
       if (note !== undefined) {
-        if (level === spec.levels[0]) rows.push([String(level), `${row.name} (${row.role})`, note, ...header.slice(3).map(() => "")])
+        if (level === spec.levels[0]) {
+          rows.push([
+            String(level),
+            `${row.name} (${row.role})`,
+            note,
+            ...header.slice(3).map(() => "")
+          ])
+        }
         continue
       }
       const qps = metric(row, level, rate)
-      const name = row.role === "ours" ? `**${row.name}**` : row.role === "reference" ? `${row.name} (reference)` : row.name
+      const name = row.role === "ours"
+        ? `**${row.name}**`
+        : row.role === "reference"
+        ? `${row.name} (reference)`
+        : row.name
       const cells = [String(level), name, integer(qps.median), `${integer(qps.min)}–${integer(qps.max)}`]
       if (spec.latency) {
         cells.push(micros(metric(row, level, (c) => c.p50Us).median), micros(metric(row, level, (c) => c.p99Us).median))
@@ -180,9 +211,10 @@ const suiteSection = (index: number, suite: SuiteResult): string => {
     : `\n\nRatios, ours ÷ alternative (${unit}, ratio of medians; in brackets the range of the per-round ratios):\n\n${
       table(["ours", "workers", ...alternatives.map((a) => `÷ ${a.name}`)], ratioRows)
     }`
-  const timing = `${spec.repetitions} rounds of ${spec.durationMs} ms per cell after a ${spec.warmupMs} ms warm-up; suite took ${
-    (suite.wallMs / 1000).toFixed(0)
-  } s.`
+  const timing =
+    `${spec.repetitions} rounds of ${spec.durationMs} ms per cell after a ${spec.warmupMs} ms warm-up; suite took ${
+      (suite.wallMs / 1000).toFixed(0)
+    } s.`
   return `## ${index}. ${spec.title}\n\n${spec.description} ${timing}\n\n${table(header, rows)}${ratios}`
 }
 
@@ -210,7 +242,15 @@ const memorySection = (index: number, memory: MemoryResult, select1: SuiteResult
     `run(s) of ${spec.durationMs} ms after ${spec.warmupMs} ms warm-up, medians), so each process holds only that ` +
     `candidate's pool (plus the harness and every library's code, loaded but unused: the idle RSS).\n\n` +
     table(
-      ["candidate", "CPU µs/query (in the run)", "CPU µs/query (alone)", "queries/s (alone)", "RSS idle MiB", "RSS peak MiB", "peak − idle MiB"],
+      [
+        "candidate",
+        "CPU µs/query (in the run)",
+        "CPU µs/query (alone)",
+        "queries/s (alone)",
+        "RSS idle MiB",
+        "RSS peak MiB",
+        "peak − idle MiB"
+      ],
       rows,
       "--- | ---: | ---: | ---: | ---: | ---: | ---:"
     )
@@ -219,7 +259,9 @@ const memorySection = (index: number, memory: MemoryResult, select1: SuiteResult
 export const render = (input: ReportInput): string => {
   const { machine } = input
   const header = [
-    `# effect-pg-pool benchmark, ${input.startedAt.toISOString().replace("T", " ").slice(0, 16)} UTC (${input.mode} mode)`,
+    `# effect-pg-pool benchmark, ${
+      input.startedAt.toISOString().replace("T", " ").slice(0, 16)
+    } UTC (${input.mode} mode)`,
     "",
     `- Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB.toFixed(1)} GiB RAM, ${machine.os}`,
     `- Node ${machine.node}; PostgreSQL ${input.database.serverVersion} (${input.database.source}), on the same machine as the client`,

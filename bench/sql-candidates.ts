@@ -7,13 +7,13 @@
  * `ourTransaction`, `sqlClientTransaction`, or `ready`); a slot for something not written yet is a
  * `pending(name, role, reason)` line, shown in the report as "not yet available".
  */
-import * as SqlClient from "@effect/sql/SqlClient"
-import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
-import type { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Redacted from "effect/Redacted"
 import pg from "pg"
@@ -99,8 +99,11 @@ export const sqlClientSelect1 = (
   })
 
 export const select1: ReadonlyArray<Candidate<Target>> = [
-  ready("PgPool.query", "ours", (db) =>
-    fromRuntime(ManagedRuntime.make(ourLayer(db)), Effect.suspend(() => PgPool.query("SELECT 1")))),
+  ready(
+    "PgPool.query",
+    "ours",
+    (db) => fromRuntime(ManagedRuntime.make(ourLayer(db)), Effect.suspend(() => PgPool.query("SELECT 1")))
+  ),
   ready("PgPool.connection + conn.query", "ours", (db) =>
     fromRuntime(
       ManagedRuntime.make(ourLayer(db)),

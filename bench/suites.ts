@@ -15,7 +15,11 @@ export type MeasuredSuiteId = "select1" | "transaction" | "checkout" | "oneshot"
 
 export const suite = (id: MeasuredSuiteId, settings: Settings): Suite => {
   const db = { durationMs: settings.dbDurationMs, warmupMs: settings.dbWarmupMs, repetitions: settings.repetitions }
-  const pool = { durationMs: settings.poolDurationMs, warmupMs: settings.poolWarmupMs, repetitions: settings.repetitions }
+  const pool = {
+    durationMs: settings.poolDurationMs,
+    warmupMs: settings.poolWarmupMs,
+    repetitions: settings.repetitions
+  }
   switch (id) {
     case "select1":
       return {

@@ -3,11 +3,11 @@
  * candidate run under it shows what the spans cost, apart from any exporter's own cost. The default
  * candidates run with no tracer installed, where the pool makes no span at all.
  */
-import * as Layer from "effect/Layer"
-import * as Tracer from "effect/Tracer"
 import type * as Context from "effect/Context"
 import type * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import type * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
 
 class NoopSpan implements Tracer.Span {
   readonly _tag = "Span"

@@ -94,9 +94,11 @@ export const runDemo = (options: DemoOptions) =>
       poolLog.set(key, (poolLog.get(key) ?? 0) + 1)
     })
     const result = yield* workload(options, embedded).pipe(
-      Effect.provide(Layer.provideMerge(PgPoolSql.layer, database).pipe(
-        Layer.provide(Logger.replace(Logger.defaultLogger, logger))
-      ))
+      Effect.provide(
+        Layer.provideMerge(PgPoolSql.layer, database).pipe(
+          Layer.provide(Logger.replace(Logger.defaultLogger, logger))
+        )
+      )
     )
     if (poolLog.size > 0) {
       yield* Console.log("\nwhat the pool logged:")

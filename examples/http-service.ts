@@ -61,7 +61,9 @@ const ServerLive = HttpServer.serve(router).pipe(HttpServer.withLogAddress)
 const once = Effect.gen(function*() {
   const address = yield* HttpServer.addressWith((a) => Effect.succeed(a))
   const base = address._tag === "TcpAddress" ? `http://127.0.0.1:${address.port}` : ""
-  for (const [method, path] of [["GET", "/accounts/1"], ["POST", "/transfer?from=1&to=2&amount=5"], ["GET", "/stats"]]) {
+  for (
+    const [method, path] of [["GET", "/accounts/1"], ["POST", "/transfer?from=1&to=2&amount=5"], ["GET", "/stats"]]
+  ) {
     const response = yield* Effect.promise(() => fetch(`${base}${path}`, { method }))
     const body = yield* Effect.promise(() => response.text())
     yield* Console.log(`${method} ${path} -> ${response.status} ${body}`)

@@ -30,7 +30,9 @@ const program = Effect.gen(function*() {
   const before1910 = yield* sql<{ name: string }>`select name from people where born < ${1910} order by born`
   yield* Console.log("born before 1910:", before1910.map((p) => p.name))
 
-  const chosen = yield* sql<{ name: string }>`select name from people where ${sql.in("name", ["Ada Lovelace", "Nobody"])}`
+  const chosen = yield* sql<{ name: string }>`select name from people where ${
+    sql.in("name", ["Ada Lovelace", "Nobody"])
+  }`
   yield* Console.log("sql.in:", chosen)
 
   const pg = yield* PgClient.PgClient

@@ -13,14 +13,17 @@ const balances = PgPool.query("select id, balance from ledger order by id")
 
 /** Moves money between two accounts; fails (and rolls back) when the balance would go negative. */
 const transfer = (from: number, to: number, amount: number) =>
-  Transaction.withTransaction(Effect.gen(function*() {
-    const [row] = yield* PgPool.query("update ledger set balance = balance - $2 where id = $1 returning balance", [
-      from,
-      amount
-    ])
-    if (Number(row!.balance) < 0) return yield* Effect.fail(`account ${from} cannot pay ${amount}`)
-    yield* PgPool.query("update ledger set balance = balance + $2 where id = $1", [to, amount])
-  }), { isolation: "serializable" }).pipe(
+  Transaction.withTransaction(
+    Effect.gen(function*() {
+      const [row] = yield* PgPool.query("update ledger set balance = balance - $2 where id = $1 returning balance", [
+        from,
+        amount
+      ])
+      if (Number(row!.balance) < 0) return yield* Effect.fail(`account ${from} cannot pay ${amount}`)
+      yield* PgPool.query("update ledger set balance = balance + $2 where id = $1", [to, amount])
+    }),
+    { isolation: "serializable" }
+  ).pipe(
     // serialization failures (SQLSTATE 40001) are expected under serializable isolation: run it again
     Effect.retry({
       while: (error) => typeof error === "object" && error._tag === "QueryError" && error.code === "40001",
@@ -61,7 +64,9 @@ const program = Effect.gen(function*() {
   yield* Console.log("total after concurrent transfers:", total)
 
   const [row] = yield* Transaction.withTransaction(
-    PgPool.query("select current_setting('transaction_isolation') as isolation, current_setting('transaction_read_only') as read_only"),
+    PgPool.query(
+      "select current_setting('transaction_isolation') as isolation, current_setting('transaction_read_only') as read_only"
+    ),
     { isolation: "repeatable read", readOnly: true }
   )
   yield* Console.log("a read-only report transaction:", row)

@@ -6,7 +6,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { PgPoolTest } from "effect-pg-pool"
+import { PgPool, PgPoolTest } from "effect-pg-pool"
 import { EmailTaken, UserNotFound, UserRepository, UserRepositoryLive } from "./user-repository.js"
 
 const TestLive = Layer.provideMerge(UserRepositoryLive, PgPoolTest.layer())
@@ -40,8 +40,17 @@ describe("UserRepository (unit, fake server)", () => {
       const server = yield* PgPoolTest.Controller
       yield* server.when("update users", { rows: [] })
       const users = yield* UserRepository
-      yield* Effect.flip(users.rename(9, "x@example.com"))
-      const log = (yield* server.statements).map((s) => s.text.split(" ")[0])
-      assert.deepStrictEqual(log, ["BEGIN", "update", "ROLLBACK"])
+      const commands = Effect.map(server.statements, (log) => log.map((s) => s.text.split(" ")[0]))
+      // on a connection of its own (withConnection), so that the log can be read before the connection goes back
+      // to the pool: the pool's return would roll an open transaction back by itself, the ROLLBACK must be the
+      // transaction's own
+      const error = yield* PgPool.withConnection(Effect.gen(function*() {
+        const error = yield* Effect.flip(users.rename(9, "x@example.com"))
+        assert.deepStrictEqual(yield* commands, ["BEGIN", "update", "ROLLBACK"])
+        assert.deepStrictEqual((yield* server.backends).map((b) => b.transactionStatus), ["idle"])
+        return error
+      }))
+      assert.deepStrictEqual(error, new UserNotFound({ id: 9 }))
+      assert.deepStrictEqual(yield* commands, ["BEGIN", "update", "ROLLBACK"])
     }).pipe(Effect.provide(TestLive)))
 })

@@ -22,7 +22,6 @@ export class UserRepository extends Context.Tag("examples/UserRepository")<UserR
   readonly rename: (id: number, email: string) => Effect.Effect<User, UserNotFound | EmailTaken | PgPoolError>
 }>() {}
 
-
 const toUser = (row: PgPool.Row): User => ({ id: Number(row.id), email: String(row.email) })
 
 /** A unique violation on the email column means the email is taken; every other error stays as it is. */
@@ -44,13 +43,18 @@ export const UserRepositoryLive = Layer.effect(
       rename: (id, email) =>
         Transaction.withTransaction(Effect.gen(function*() {
           const rows = yield* PgPool.query("update users set email = $2 where id = $1 returning id, email", [id, email])
-          if (rows.length === 0) return yield* Effect.fail(new UserNotFound({ id }))
+          if (rows.length === 0) {
+            return yield* Effect.fail(new UserNotFound({ id }))
+          }
           return toUser(rows[0]!)
         })).pipe(
-          Effect.catchIf((e): e is PgPoolError => e._tag === "QueryError", emailTaken(email)),
+          Effect.catchIf((e): e is PgPoolError =>
+            e._tag === "QueryError", emailTaken(email)),
           Effect.provideService(PgPool.PgPool, pool)
         )
     }))
 )
 
-export const createTable = PgPool.query("create table if not exists users (id serial primary key, email text unique not null)")
+export const createTable = PgPool.query(
+  "create table if not exists users (id serial primary key, email text unique not null)"
+)

@@ -188,7 +188,9 @@ export interface Notification {
  * @category models
  */
 export interface Cursor {
-  readonly read: (rows: number) => Effect.Effect<ReadonlyArray<Row> | ReadonlyArray<ReadonlyArray<unknown>>, QueryError | ConnectionError>
+  readonly read: (
+    rows: number
+  ) => Effect.Effect<ReadonlyArray<Row> | ReadonlyArray<ReadonlyArray<unknown>>, QueryError | ConnectionError>
   readonly close: Effect.Effect<void>
 }
 

@@ -187,7 +187,14 @@ export interface Config {
    * Default `"read-write"` with several hosts and `readRouting: "standby"` (so writes never land on a standby),
    * else `"any"`; a `target_session_attrs` in `url` (or `PGTARGETSESSIONATTRS` for `PgPoolLive`) counts as given.
    */
-  readonly targetSessionAttrs?: "any" | "read-write" | "read-only" | "primary" | "standby" | "prefer-standby" | undefined
+  readonly targetSessionAttrs?:
+    | "any"
+    | "read-write"
+    | "read-only"
+    | "primary"
+    | "standby"
+    | "prefer-standby"
+    | undefined
   /** `"random"`: try the hosts in a random order for each connection (libpq's `load_balance_hosts`). Default `"disable"`. */
   readonly loadBalanceHosts?: "disable" | "random" | undefined
   /**
@@ -324,8 +331,7 @@ export const PgPool: Context.Tag<PgPool, PgPool> = internal.tag
  */
 export const make: (
   config: Config
-) => Effect.Effect<PgPool, ConnectionError | ConfigError.ConfigError, Scope.Scope | Connector.Connector> =
-  internal.make
+) => Effect.Effect<PgPool, ConnectionError | ConfigError.ConfigError, Scope.Scope | Connector.Connector> = internal.make
 
 /**
  * The pool as a Layer, over node-postgres.

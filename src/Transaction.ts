@@ -94,7 +94,11 @@ export const withTransaction: {
 } = dual(
   (args) => Effect.isEffect(args[0]),
   <A, E, R>(effect: Effect.Effect<A, E, R>, options?: TransactionOptions) =>
-    internal.withTransaction(effect, options) as Effect.Effect<A, E | PoolError | QueryError, Exclude<R, Transaction> | PgPool>
+    internal.withTransaction(effect, options) as Effect.Effect<
+      A,
+      E | PoolError | QueryError,
+      Exclude<R, Transaction> | PgPool
+    >
 )
 
 /**

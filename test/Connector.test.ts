@@ -72,7 +72,9 @@ describe("Connector (live, over pg)", () => {
         })
       yield* Connector.query(conn, "create temporary table p_t (x int)")
       // the prefix opens a transaction that the statement runs in; only the statement's result comes back
-      const inserted = yield* run(["BEGIN ISOLATION LEVEL SERIALIZABLE"], "insert into p_t values ($1) returning x", [1])
+      const inserted = yield* run(["BEGIN ISOLATION LEVEL SERIALIZABLE"], "insert into p_t values ($1) returning x", [
+        1
+      ])
       assert.deepStrictEqual([inserted.command, inserted.rows], ["INSERT", [{ x: 1 }]])
       assert.strictEqual(conn.transactionStatus(), "transaction")
       const level = yield* Connector.query(conn, "select current_setting('transaction_isolation') as level")
@@ -145,7 +147,11 @@ describe("Connector (live, over pg)", () => {
   it.scoped("a parameter that cannot be sent is a QueryError and the connection stays usable", () =>
     Effect.gen(function*() {
       const conn = yield* open
-      const bad = { toPostgres: () => { throw new Error("not serialisable") } }
+      const bad = {
+        toPostgres: () => {
+          throw new Error("not serialisable")
+        }
+      }
       const error = yield* Effect.flip(Connector.query(conn, "select $1::text as t", [bad]))
       assert.strictEqual(error._tag, "QueryError")
       if (error._tag === "QueryError") assert.strictEqual(error.code, "22023")
@@ -257,7 +263,11 @@ describe("Connector (live, over pg)", () => {
         assert.strictEqual(error._tag === "QueryError" ? error.code : error._tag, "22012")
         assert.deepStrictEqual((yield* Connector.query(conn, text, [5])).rows, [{ q: 2 }])
         assert.deepStrictEqual((yield* Connector.query(conn, text, [10])).rows, [{ q: 1 }])
-        const names = yield* Connector.query(conn, "select count(*)::int as n from pg_prepared_statements where statement = $1", [text])
+        const names = yield* Connector.query(
+          conn,
+          "select count(*)::int as n from pg_prepared_statements where statement = $1",
+          [text]
+        )
         assert.deepStrictEqual(names.rows, [{ n: 1 }])
       }))
 
@@ -301,7 +311,9 @@ describe("Connector (live, over pg)", () => {
           assert.deepStrictEqual(yield* preparedOn(conn), [text])
         }
         // a statement dropped behind the cache's back (26000) is sent again, then prepared afresh
-        const name = yield* Connector.query(conn, "select name from pg_prepared_statements where statement = $1", [text])
+        const name = yield* Connector.query(conn, "select name from pg_prepared_statements where statement = $1", [
+          text
+        ])
         yield* Connector.query(conn, `deallocate ${name.rows[0]!.name as string}`)
         assert.deepStrictEqual(yield* run(4), [{ y: 5 }])
         assert.deepStrictEqual(yield* run(5), [{ y: 6 }])
@@ -406,10 +418,16 @@ describe("Connector (live, over pg)", () => {
         const a = yield* openWith({ threshold: 1, capacity: 10 })
         const b = yield* openWith({ threshold: 1, capacity: 10 })
         const texts = ["select $1::int + 10 as p", "select $1::int + 20 as p", "select $1::int + 30 as p"]
-        for (const conn of [a, b]) for (const text of texts) for (let i = 0; i < 2; i++) yield* Connector.query(conn, text, [1])
+        for (const conn of [a, b]) {
+          for (const text of texts) for (let i = 0; i < 2; i++) yield* Connector.query(conn, text, [1])
+        }
         const names = (conn: Connector.Connection) =>
           Effect.map(
-            Connector.query(conn, "select name from pg_prepared_statements where statement = any($1) order by statement", [texts]),
+            Connector.query(
+              conn,
+              "select name from pg_prepared_statements where statement = any($1) order by statement",
+              [texts]
+            ),
             (r) => r.rows.map((row) => row.name as string)
           )
         const onA = yield* names(a)

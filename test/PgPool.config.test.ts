@@ -1,14 +1,28 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Config, ConfigError, ConfigProvider, Duration, Effect, Layer, Redacted, Schedule } from "effect"
+import {
+  Chunk,
+  Clock,
+  Config,
+  ConfigError,
+  ConfigProvider,
+  Duration,
+  Effect,
+  Fiber,
+  Layer,
+  Option,
+  Redacted,
+  Schedule,
+  TestClock
+} from "effect"
 import * as net from "node:net"
-import { defaultReconnect, resolve, splitStatements } from "../src/internal/config.js"
 import * as Connector from "../src/Connector.js"
-import * as PgPool from "../src/PgPool.js"
 import { PgPoolLive } from "../src/index.js"
-import { testConfig, testServer } from "./support/db.js"
+import { defaultReconnect, resolve, splitStatements } from "../src/internal/config.js"
+import * as PgPool from "../src/PgPool.js"
+import { ConnectionError } from "../src/PgPoolError.js"
+import { eventually, testConfig, testServer } from "./support/db.js"
 
-const buildError = (config: PgPool.Config) =>
-  Effect.flip(Effect.scoped(Layer.build(PgPool.layer(config))))
+const buildError = (config: PgPool.Config) => Effect.flip(Effect.scoped(Layer.build(PgPool.layer(config))))
 
 const assertConfigError = (error: unknown, field: string) => {
   assert.isTrue(ConfigError.isConfigError(error), `expected a ConfigError for ${field}, got ${String(error)}`)
@@ -144,7 +158,9 @@ describe("PgPool configuration", () => {
       const error = yield* buildError({ ...testConfig(), ssl: true })
       assert.strictEqual(error._tag, "ConnectionError")
       assert.include(error.message, "SSL")
-      const rows = yield* PgPool.query("select 1 as one").pipe(Effect.provide(PgPool.layer({ ...testConfig(), ssl: false })))
+      const rows = yield* PgPool.query("select 1 as one").pipe(
+        Effect.provide(PgPool.layer({ ...testConfig(), ssl: false }))
+      )
       assert.deepStrictEqual(rows, [{ one: 1 }])
     }))
 
@@ -205,16 +221,41 @@ describe("PgPool configuration", () => {
   const withEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
     Layer.provide(PgPoolLive, Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries))))
 
+  /** The configuration `PgPoolLive` reads from `entries`, resolved (defaults filled in). */
+  const fromEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
+    PgPool.configFromEnv.pipe(
+      Effect.flatMap(resolve),
+      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(entries)))
+    )
+
   it.effect("PgPoolLive reads DATABASE_URL and PGPOOL_* knobs", () =>
     Effect.gen(function*() {
-      const stats = yield* PgPool.stats.pipe(Effect.provide(withEnv([
+      const entries: ReadonlyArray<readonly [string, string]> = [
         ["DATABASE_URL", Redacted.value(testConfig().url as Redacted.Redacted)],
         ["PGPOOL_MAX_CONNECTIONS", "4"],
         ["PGPOOL_MIN_CONNECTIONS", "2"],
         ["PGPOOL_ACQUIRE_TIMEOUT", "5 seconds"]
-      ])))
-      assert.strictEqual(stats.maxConnections, 4)
-      assert.strictEqual(stats.size, 2)
+      ]
+      const resolved = yield* fromEnv(entries)
+      assert.deepStrictEqual([resolved.maxConnections, resolved.minConnections, resolved.acquireTimeout], [4, 2, 5000])
+      yield* Effect.gen(function*() {
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.maxConnections, 4)
+        assert.strictEqual(stats.size, 2)
+        // PGPOOL_ACQUIRE_TIMEOUT: with the 4 connections busy, a checkout gives up after 5 seconds (TestClock)
+        const error = yield* Effect.scoped(Effect.gen(function*() {
+          yield* Effect.all([PgPool.connection, PgPool.connection, PgPool.connection, PgPool.connection])
+          const waiter = yield* Effect.fork(Effect.flip(PgPool.query("select 1")))
+          yield* eventually(PgPool.stats, (s) => s.waiting === 1)
+          yield* TestClock.adjust("4999 millis")
+          yield* Effect.repeatN(Effect.yieldNow(), 50)
+          assert.isTrue(Option.isNone(yield* Fiber.poll(waiter)), "gave up before PGPOOL_ACQUIRE_TIMEOUT")
+          yield* TestClock.adjust("1 milli")
+          return yield* Fiber.join(waiter)
+        }))
+        assert.strictEqual(error._tag === "PoolExhaustedError" ? error.reason : error._tag, "acquireTimeout")
+        assert.strictEqual(error._tag === "PoolExhaustedError" ? error.waitedMillis : 0, 5000)
+      }).pipe(Effect.provide(withEnv(entries)))
     }))
 
   it.effect("PgPoolLive: PGPOOL_PREPARE_THRESHOLD and PGPOOL_STATEMENT_CACHE_SIZE", () =>
@@ -264,11 +305,7 @@ describe("PgPool configuration", () => {
           probe.close(() => resume(Effect.succeed(port)))
         })
       })
-      const stats = yield* Effect.gen(function*() {
-        const rows = yield* PgPool.query("select current_setting('application_name') as app")
-        assert.deepStrictEqual(rows, [{ app: "env-hosts" }])
-        return yield* PgPool.stats
-      }).pipe(Effect.provide(withEnv([
+      const entries: ReadonlyArray<readonly [string, string]> = [
         ["PGHOST", `127.0.0.1,${server.host}`],
         ["PGPORT", `${down},${server.port}`],
         ["PGDATABASE", server.database],
@@ -278,9 +315,28 @@ describe("PgPool configuration", () => {
         ["PGTARGETSESSIONATTRS", "read-write"],
         ["PGPOOL_READ_BALANCING", "round-robin"],
         ["PGPOOL_MAX_LIFETIME_JITTER", "1 second"],
-        ["PGPOOL_SET_SESSION", "set time zone 'UTC'; set search_path to public"]
-      ])))
+        ["PGPOOL_SET_SESSION", "set time zone 'Asia/Tokyo'; set search_path to public"]
+      ]
+      const stats = yield* Effect.gen(function*() {
+        const rows = yield* PgPool.query(
+          "select current_setting('application_name') as app, current_setting('TimeZone') as tz, current_setting('search_path') as path"
+        )
+        // PGPOOL_SET_SESSION ran on the connection
+        assert.deepStrictEqual(rows, [{ app: "env-hosts", tz: "Asia/Tokyo", path: "public" }])
+        return yield* PgPool.stats
+      }).pipe(Effect.provide(withEnv(entries)))
       assert.deepStrictEqual(stats.hosts.map((h) => [h.port, h.up]), [[down, false], [server.port, true]])
+      // every variable took effect in the resolved configuration
+      const resolved = yield* fromEnv(entries)
+      assert.deepStrictEqual(resolved.hosts, [{ host: "127.0.0.1", port: down }, {
+        host: server.host,
+        port: server.port
+      }])
+      assert.strictEqual(resolved.targetSessionAttrs, "read-write")
+      assert.strictEqual(resolved.readBalancing, "round-robin")
+      assert.strictEqual(resolved.maxLifetimeJitter, 1000)
+      assert.deepStrictEqual(resolved.setSession, ["set time zone 'Asia/Tokyo'", "set search_path to public"])
+      assert.strictEqual(resolved.applicationName, "env-hosts")
     }))
 
   it.effect("PgPoolLive rejects a bad knob with a ConfigError naming the variable", () =>
@@ -292,13 +348,6 @@ describe("PgPool configuration", () => {
       assert.isTrue(ConfigError.isConfigError(error))
       assert.include(String(error), "PGPOOL_MAX_CONNECTIONS")
     }))
-
-  /** The configuration `PgPoolLive` reads from `entries`, resolved (defaults filled in). */
-  const fromEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
-    PgPool.configFromEnv.pipe(
-      Effect.flatMap(resolve),
-      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(entries)))
-    )
 
   /** This file's database as a URL, with the password only when `password` is given. */
   const urlWith = (password: string | undefined, query = "") => {
@@ -365,10 +414,12 @@ describe("PgPool configuration", () => {
       assert.deepStrictEqual(hostless.hosts, [{ host: "h1", port: 5433 }, { host: "h2", port: 5434 }])
       assert.strictEqual(hostless.database, "appdb")
       // the password stays Redacted in the configuration
-      const config = yield* PgPool.configFromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map([
-        ["DATABASE_URL", "postgres://u@db.example/db"],
-        ["PGPASSWORD", "from-env"]
-      ]))))
+      const config = yield* PgPool.configFromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(
+        new Map([
+          ["DATABASE_URL", "postgres://u@db.example/db"],
+          ["PGPASSWORD", "from-env"]
+        ])
+      )))
       assert.isTrue(Redacted.isRedacted(config.password))
       assert.notInclude(JSON.stringify(config), "from-env")
     }))
@@ -437,9 +488,14 @@ describe("PgPool configuration", () => {
   it.effect("PgPoolLive: a value that parses but is invalid fails with a ConfigError naming the field and the variable", () =>
     Effect.gen(function*() {
       const url = Redacted.value(testConfig().url as Redacted.Redacted)
-      const cases: ReadonlyArray<readonly [field: string, variable: string, entries: ReadonlyArray<readonly [string, string]>]> = [
+      const cases: ReadonlyArray<
+        readonly [field: string, variable: string, entries: ReadonlyArray<readonly [string, string]>]
+      > = [
         ["maxConnections", "PGPOOL_MAX_CONNECTIONS", [["PGPOOL_MAX_CONNECTIONS", "0"]]],
-        ["minConnections", "PGPOOL_MIN_CONNECTIONS", [["PGPOOL_MIN_CONNECTIONS", "5"], ["PGPOOL_MAX_CONNECTIONS", "2"]]],
+        ["minConnections", "PGPOOL_MIN_CONNECTIONS", [["PGPOOL_MIN_CONNECTIONS", "5"], [
+          "PGPOOL_MAX_CONNECTIONS",
+          "2"
+        ]]],
         ["idleTimeout", "PGPOOL_IDLE_TIMEOUT", [["PGPOOL_IDLE_TIMEOUT", "0 seconds"]]],
         ["readRouting", "PGPOOL_READ_ROUTING", [["PGPOOL_READ_ROUTING", "primary"]]],
         ["targetSessionAttrs", "PGTARGETSESSIONATTRS", [["PGTARGETSESSIONATTRS", "writable"]]],
@@ -479,8 +535,16 @@ describe("PgPool configuration", () => {
       const env = (entries: ReadonlyArray<readonly [string, string]>) =>
         Effect.map(fromEnv(entries), (resolved) => resolved.targetSessionAttrs)
       assert.strictEqual(yield* env([["PGHOST", "h1,h2"]]), "read-write", "PGHOST with several hosts")
-      assert.strictEqual(yield* env([["PGHOST", "h1,h2"], ["PGTARGETSESSIONATTRS", "any"]]), "any", "PGTARGETSESSIONATTRS")
-      assert.strictEqual(yield* env([["PGHOST", "h1,h2"], ["PGPOOL_READ_ROUTING", "off"]]), "any", "PGPOOL_READ_ROUTING")
+      assert.strictEqual(
+        yield* env([["PGHOST", "h1,h2"], ["PGTARGETSESSIONATTRS", "any"]]),
+        "any",
+        "PGTARGETSESSIONATTRS"
+      )
+      assert.strictEqual(
+        yield* env([["PGHOST", "h1,h2"], ["PGPOOL_READ_ROUTING", "off"]]),
+        "any",
+        "PGPOOL_READ_ROUTING"
+      )
       assert.strictEqual(yield* env([["DATABASE_URL", "postgres://u@h1,h2/db"]]), "read-write", "DATABASE_URL")
       assert.strictEqual(
         yield* env([["DATABASE_URL", "postgres://u@h1,h2/db"], ["PGTARGETSESSIONATTRS", "any"]]),
@@ -492,10 +556,59 @@ describe("PgPool configuration", () => {
 
   it.effect("reconnect accepts any Schedule", () =>
     Effect.gen(function*() {
-      const rows = yield* PgPool.query("select 1 as one").pipe(
-        Effect.provide(PgPool.layer({ ...testConfig(), reconnect: Schedule.spaced("1 second") }))
-      )
-      assert.deepStrictEqual(rows, [{ one: 1 }])
+      /** The live connector, its first `failures` connects refused as a server starting up does (transient). */
+      const flaky = (failures: number) => {
+        const attempts: Array<number> = [] // the Clock time of each connect
+        const connector: Connector.Connector = {
+          connect: (options, onLost) =>
+            Effect.flatMap(Clock.currentTimeMillis, (now) => {
+              attempts.push(now)
+              return attempts.length <= failures
+                ? Effect.fail(
+                  new ConnectionError({
+                    message: "the database system is starting up (SQLSTATE 57P03)",
+                    code: "57P03",
+                    host: options.host,
+                    port: options.port,
+                    database: options.database
+                  })
+                )
+                : Connector.make.connect(options, onLost)
+            })
+        }
+        const layer = (reconnect: Schedule.Schedule<unknown, unknown>) =>
+          Layer.scoped(PgPool.PgPool, PgPool.make(testConfig({ reconnect }))).pipe(
+            Layer.provide(Layer.succeed(Connector.Connector, connector))
+          )
+        return { attempts, layer }
+      }
+      const one = PgPool.query("select 1 as one")
+
+      // Schedule.recurs(2): three attempts, then the layer fails with the last error
+      const never = flaky(Infinity)
+      const error = yield* Effect.flip(Effect.scoped(Layer.build(never.layer(Schedule.recurs(2)))))
+      assert.strictEqual(error._tag, "ConnectionError")
+      assert.strictEqual(error._tag === "ConnectionError" ? error.code : "", "57P03")
+      assert.strictEqual(never.attempts.length, 3)
+      // the same schedule, with two failures: the third attempt connects
+      const third = flaky(2)
+      assert.deepStrictEqual(yield* one.pipe(Effect.provide(third.layer(Schedule.recurs(2)))), [{ one: 1 }])
+      assert.strictEqual(third.attempts.length, 3)
+
+      // Schedule.spaced("1 second") under TestClock: one attempt a second, until one connects
+      const spaced = flaky(3)
+      const attempts = Effect.sync(() => spaced.attempts.length)
+      const building = yield* Effect.fork(one.pipe(Effect.provide(spaced.layer(Schedule.spaced("1 second")))))
+      yield* eventually(attempts, (n) => n === 1)
+      yield* TestClock.adjust("999 millis")
+      yield* Effect.repeatN(Effect.yieldNow(), 50)
+      assert.strictEqual(yield* attempts, 1)
+      for (const n of [2, 3, 4]) {
+        yield* TestClock.adjust(n === 2 ? "1 milli" : "1 second")
+        yield* eventually(attempts, (a) => a === n)
+      }
+      assert.deepStrictEqual(yield* Fiber.join(building), [{ one: 1 }])
+      assert.deepStrictEqual(spaced.attempts, [0, 1000, 2000, 3000])
     }))
 })
 
@@ -583,9 +696,11 @@ describe("configuration that means what it says", () => {
         () =>
           Effect.flip(Effect.scoped(Layer.build(Layer.provide(
             PgPoolLive,
-            Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_URL", url()]])).pipe(
-              ConfigProvider.orElse(() => ConfigProvider.fromEnv())
-            ))
+            Layer.setConfigProvider(
+              ConfigProvider.fromMap(new Map([["DATABASE_URL", url()]])).pipe(
+                ConfigProvider.orElse(() => ConfigProvider.fromEnv())
+              )
+            )
           )))),
         () =>
           Effect.sync(() => {
@@ -626,7 +741,9 @@ describe("configuration that means what it says", () => {
         yield* first.query("select 1")
         return yield* Effect.flip(PgPool.query("select 1"))
       })).pipe(
-        Effect.provide(withEnv([["DATABASE_URL", url()], ["PGPOOL_MAX_CONNECTIONS", "1"], ["PGPOOL_ACQUIRE_TIMEOUT", "250"]]))
+        Effect.provide(
+          withEnv([["DATABASE_URL", url()], ["PGPOOL_MAX_CONNECTIONS", "1"], ["PGPOOL_ACQUIRE_TIMEOUT", "250"]])
+        )
       )
       assert.strictEqual(exhausted._tag, "PoolExhaustedError")
       if (exhausted._tag === "PoolExhaustedError") {

@@ -11,8 +11,8 @@ import { assert, describe, layer } from "@effect/vitest"
 import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError, PoolError, QueryError } from "../src/PgPoolError.js"
-import { now, timedExit, failureOf, valueOf } from "./support/exits.js"
 import { eventually } from "./support/db.js"
+import { failureOf, now, timedExit, valueOf } from "./support/exits.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
 import * as PrivateServer from "./support/server.js"
@@ -37,10 +37,6 @@ const Servers = Layer.mergeAll(
 // ---------------------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------------------
-
-
-
-
 
 const pidOf = (rows: ReadonlyArray<PgPool.Row>): number => Number(rows[0]!.pid)
 const backendPid = (pool: PgPool.PgPool) => Effect.map(pool.query("select pg_backend_pid() as pid"), pidOf)
@@ -83,7 +79,13 @@ const startLoad = (pool: PgPool.PgPool, workers: number) =>
           const endedAt = yield* now
           if (Exit.isSuccess(exit)) {
             const ok = exit.value.length === 1 && exit.value[0]!.worker === index
-            outcomes.push({ worker: index, startedAt, endedAt, error: ok ? undefined : "wrong result", message: undefined })
+            outcomes.push({
+              worker: index,
+              startedAt,
+              endedAt,
+              error: ok ? undefined : "wrong result",
+              message: undefined
+            })
           } else {
             const failure = Cause.failureOption(exit.cause)
             outcomes.push({
@@ -144,15 +146,17 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("PgPool und
         const load = yield* startLoad(pool, workers)
         // warm: every worker has had a few statements answered
         yield* eventually(load.outcomes, (outcomes) =>
-          Array.from({ length: workers }, (_, w) => w).every((w) =>
-            outcomes.filter((o) => o.worker === w && o.error === undefined).length >= 3
-          ), { attempts: 200, interval: "25 millis" })
+          Array.from({ length: workers }, (_, w) =>
+            w).every((w) =>
+              outcomes.filter((o) => o.worker === w && o.error === undefined).length >= 3
+            ), { attempts: 200, interval: "25 millis" })
         const stopBegan = yield* now
         yield* server.stop
         const stopped = yield* now
         // down for a moment: statements issued now wait for a connection (their acquire timeout is 20 s)
         const probes = yield* Effect.forkScoped(Effect.all(
-          Array.from({ length: 3 }, () => timedExit(pool.query("select 1 as one"))),
+          Array.from({ length: 3 }, () =>
+            timedExit(pool.query("select 1 as one"))),
           { concurrency: "unbounded" }
         ))
         yield* Effect.sleep("500 millis")
@@ -162,7 +166,8 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("PgPool und
         // queries succeed again: every worker gets statements answered that it issued after the restart
         yield* eventually(
           load.outcomes,
-          (outcomes) => workersWithSuccessAfter(outcomes, started).size === workers,
+          (outcomes) =>
+            workersWithSuccessAfter(outcomes, started).size === workers,
           { attempts: 300, interval: "50 millis" }
         )
         const outcomes = yield* load.stop
@@ -230,7 +235,10 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("PgPool und
           (rows) => rows.length === 3 && rows.every((row) => !terminated.includes(row.pid))
         )
         const pids = yield* Effect.all(
-          Array.from({ length: 3 }, () => pool.query("select pg_backend_pid() as pid, pg_sleep(0.1)").pipe(Effect.map(pidOf))),
+          Array.from(
+            { length: 3 },
+            () => pool.query("select pg_backend_pid() as pid, pg_sleep(0.1)").pipe(Effect.map(pidOf))
+          ),
           { concurrency: "unbounded" }
         )
         assert.deepStrictEqual([...pids].sort(), after.map((b) => b.pid).sort())
@@ -279,7 +287,9 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("PgPool und
         const app = "terminate-busy-no-retry"
         yield* server.query("drop sequence if exists busy_no_retry_seq")
         yield* server.query("create sequence busy_no_retry_seq")
-        const pool = yield* PrivateServer.makePool(configFor(server, app, { healthCheck: false, retryLostQueries: false }))
+        const pool = yield* PrivateServer.makePool(
+          configFor(server, app, { healthCheck: false, retryLostQueries: false })
+        )
         const running = yield* Effect.fork(Effect.exit(pool.query(sleepOnce("busy_no_retry_seq"))))
         const [victim] = yield* eventually(
           server.backends(app),
@@ -430,10 +440,19 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("PgPool und
         assert.strictEqual(proxy.acceptTimes().length, later.length, `attempts: ${JSON.stringify(proxy.acceptTimes())}`)
         // the error counts the failed attempts (one may still have been in flight when the waiter gave up)
         const counted = (error as ConnectionError).attempts ?? 0
-        assert.isTrue(counted === attempts.length || counted === attempts.length - 1, `${counted} vs ${attempts.length}`)
+        assert.isTrue(
+          counted === attempts.length || counted === attempts.length - 1,
+          `${counted} vs ${attempts.length}`
+        )
         assert.deepStrictEqual(errors.describe(), [])
         const gaps = attempts.slice(1).map((t, i) => t - attempts[i]!)
-        return { attempts, gaps, millis, error: error as ConnectionError, context: `attempts at ${JSON.stringify(attempts)}` }
+        return {
+          attempts,
+          gaps,
+          millis,
+          error: error as ConnectionError,
+          context: `attempts at ${JSON.stringify(attempts)}`
+        }
       })
 
     it.scoped("spaced 200 ms: one attempt every 200 ms, no busy loop", () =>
@@ -607,7 +626,9 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("PgPool und
         const server = yield* BackendServer
         const errors = yield* watchProcessErrors
         const app = "drain-returned"
-        const { pool, scope } = yield* buildPool(configFor(server, app, { minConnections: 2, drainTimeout: "10 seconds" }))
+        const { pool, scope } = yield* buildPool(
+          configFor(server, app, { minConnections: 2, drainTimeout: "10 seconds" })
+        )
         const release = yield* Deferred.make<void>()
         const held = yield* holdConnection(pool, release)
         const closing = yield* Effect.fork(timedExit(Scope.close(scope, Exit.void)))

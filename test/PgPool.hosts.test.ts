@@ -43,7 +43,8 @@ describe("PgPool with several hosts (one server)", () => {
       const server = testServer()
       const down = yield* closedPort
       const password = encodeURIComponent(Redacted.value(server.password!))
-      const url = `postgres://${server.user}:${password}@127.0.0.1:${down},${server.host}:${server.port}/${server.database}?target_session_attrs=read-write`
+      const url =
+        `postgres://${server.user}:${password}@127.0.0.1:${down},${server.host}:${server.port}/${server.database}?target_session_attrs=read-write`
       const rows = yield* PgPool.query("select current_setting('transaction_read_only') as ro").pipe(
         Effect.provide(PgPool.layer({ url: Redacted.make(url) }))
       )
@@ -86,9 +87,11 @@ describe("PgPool with several hosts (one server)", () => {
         Effect.provide(PgPool.layer({ ...base(), hosts }))
       )
       assert.deepStrictEqual(rows, [{ standby: false }])
-      const error = yield* Effect.flip(PgPool.readOnly(PgPool.query("select 1")).pipe(
-        Effect.provide(PgPool.layer({ ...base(), hosts, readFallback: false }))
-      ))
+      const error = yield* Effect.flip(
+        PgPool.readOnly(PgPool.query("select 1")).pipe(
+          Effect.provide(PgPool.layer({ ...base(), hosts, readFallback: false }))
+        )
+      )
       assert.strictEqual(error._tag, "ConnectionError")
       assert.include(error.message, "No healthy standby")
     }))

@@ -8,16 +8,13 @@ import { assert, layer } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Fiber, Layer, Schedule, Scope } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError, QueryError } from "../src/PgPoolError.js"
-import { failureOf, timedExit } from "./support/exits.js"
 import { eventually } from "./support/db.js"
+import { failureOf, timedExit } from "./support/exits.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
 import * as PrivateServer from "./support/server.js"
 
 class Server extends Context.Tag("test/network/Server")<Server, PrivateServer.PrivateServer>() {}
-
-
-
 
 /** A proxy to the server and a pool config going through it (each test has its own application name). */
 const throughProxy = (applicationName: string, mode: Proxy.Mode = "pass") =>
@@ -43,7 +40,9 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
         const errors = yield* watchProcessErrors
         const { config, proxy } = yield* throughProxy("blackhole-acquire", "drop")
         // the connect hangs (accepted, then silence) and connectTimeout is longer than acquireTimeout
-        const pool = yield* PrivateServer.makePool(config({ lazy: true, acquireTimeout: "1 second", connectTimeout: "10 seconds" }))
+        const pool = yield* PrivateServer.makePool(
+          config({ lazy: true, acquireTimeout: "1 second", connectTimeout: "10 seconds" })
+        )
         const { exit, millis } = yield* timedExit(pool.query("select 1"))
         const error = failureOf(exit)
         // not PoolExhaustedError: nothing is busy, the database cannot be reached
@@ -105,7 +104,10 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
         }))
         yield* resetBeforeClose(proxy)
         assert.deepStrictEqual(
-          yield* Effect.all([pool.query("select 1 as one, pg_sleep(0.1)"), pool.query("select 1 as one, pg_sleep(0.1)")], {
+          yield* Effect.all([
+            pool.query("select 1 as one, pg_sleep(0.1)"),
+            pool.query("select 1 as one, pg_sleep(0.1)")
+          ], {
             concurrency: 2
           }).pipe(Effect.map((results) => results.map((rows) => rows[0]!.one))),
           [1, 1]
@@ -121,7 +123,8 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
         // a statement on a scoped connection (the network is reset before the connection goes back, so that
         // its return does not wait for the cancel request lost in the blackhole)
         const scoped = yield* Effect.scoped(
-          Effect.flatMap(pool.connection, (conn) => Effect.zipLeft(timedExit(conn.query("select 1")), proxy.setMode("reset")))
+          Effect.flatMap(pool.connection, (conn) =>
+            Effect.zipLeft(timedExit(conn.query("select 1")), proxy.setMode("reset")))
         )
         assert.strictEqual((failureOf(scoped.exit) as QueryError).code, "57014")
         assert.isAtLeast(scoped.millis, 450)
@@ -133,7 +136,9 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
       Effect.gen(function*() {
         const errors = yield* watchProcessErrors
         const { config, proxy } = yield* throughProxy("blackhole-waiter")
-        const pool = yield* PrivateServer.makePool(config({ maxConnections: 1, acquireTimeout: "1 second", healthCheck: false }))
+        const pool = yield* PrivateServer.makePool(
+          config({ maxConnections: 1, acquireTimeout: "1 second", healthCheck: false })
+        )
         yield* resetBeforeClose(proxy)
         assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
         yield* proxy.setMode("drop")
@@ -260,7 +265,10 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
           (s) => s.inUse === 0 && s.pending === 0 && s.waiting === 0 && s.size >= 2,
           { attempts: 150, interval: "100 millis" }
         )
-        yield* eventually(server.backends(app), (rows) => rows.length === stats.size, { attempts: 150, interval: "100 millis" })
+        yield* eventually(server.backends(app), (rows) => rows.length === stats.size, {
+          attempts: 150,
+          interval: "100 millis"
+        })
         assert.deepStrictEqual(errors.describe(), [])
       }))
   }

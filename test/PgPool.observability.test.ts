@@ -95,7 +95,10 @@ describe("PgPool observability", () => {
       yield* PgPool.query("select 1")
       const opened = entries.filter((e) => e.message === "connection opened")
       assert.isAtLeast(opened.length, 2)
-      yield* eventually(Effect.sync(() => entries.filter((e) => e.message === "connection closed").length), (n) => n >= 1)
+      yield* eventually(
+        Effect.sync(() => entries.filter((e) => e.message === "connection closed").length),
+        (n) => n >= 1
+      )
       assert.isTrue(entries.some((e) => e.message === "connection closed" && e.annotations.reason === "maxUsage"))
       assert.isNumber(opened[0]!.annotations.backendPid)
       const secret = password()
@@ -153,8 +156,14 @@ describe("PgPool observability", () => {
       const release = yield* Deferred.make<void>()
       const holder = yield* Effect.fork(Effect.scoped(Effect.zipRight(PgPool.connection, Deferred.await(release))))
       yield* eventually(PgPool.stats, (s) => s.inUse === 1)
-      assert.strictEqual(yield* gaugeValue("db.client.connection.count", pool, { "db.client.connection.state": "used" }), 1)
-      assert.strictEqual(yield* gaugeValue("db.client.connection.count", pool, { "db.client.connection.state": "idle" }), 1)
+      assert.strictEqual(
+        yield* gaugeValue("db.client.connection.count", pool, { "db.client.connection.state": "used" }),
+        1
+      )
+      assert.strictEqual(
+        yield* gaugeValue("db.client.connection.count", pool, { "db.client.connection.state": "idle" }),
+        1
+      )
       assert.strictEqual(yield* gaugeValue("db.client.connection.max", pool), 2)
       const waiter = yield* Effect.fork(PgPool.query("select 1"))
       const other = yield* Effect.fork(PgPool.query("select 1"))
@@ -177,7 +186,19 @@ describe("PgPool observability", () => {
       assert.strictEqual(yield* histogramCount("db.client.connection.wait_time", pool), stats.acquired)
       assert.strictEqual(yield* histogramCount("db.client.connection.use_time", pool), stats.acquired)
       const names = HashSet.fromIterable((yield* Metric.snapshot).map((pair) => pair.metricKey.name))
-      for (const name of ["count", "max", "idle.max", "idle.min", "pending_requests", "timeouts", "create_time", "wait_time", "use_time"]) {
+      for (
+        const name of [
+          "count",
+          "max",
+          "idle.max",
+          "idle.min",
+          "pending_requests",
+          "timeouts",
+          "create_time",
+          "wait_time",
+          "use_time"
+        ]
+      ) {
         assert.isTrue(HashSet.has(names, `db.client.connection.${name}`), name)
       }
     }).pipe(Effect.provide(poolLayer({ name: "metrics-pool", maxConnections: 2, minConnections: 2 }))))
@@ -206,7 +227,10 @@ describe("PgPool observability", () => {
     return Effect.gen(function*() {
       yield* PgPool.query("select 1")
       yield* PgPool.query("select 1")
-      yield* eventually(Effect.sync(() => entries.filter((e) => e.message === "connection closed").length), (n) => n >= 1)
+      yield* eventually(
+        Effect.sync(() => entries.filter((e) => e.message === "connection closed").length),
+        (n) => n >= 1
+      )
       const loud = entries.filter((e) => e.level !== "DEBUG" && e.level !== "TRACE")
       assert.deepStrictEqual(loud, [], "nothing at Info or above in normal operation")
       const opened = entries.filter((e) => e.message === "connection opened")
@@ -261,7 +285,9 @@ describe("PgPool observability", () => {
       const rows = yield* backends()
       assert.isTrue(rows.every((row) => row.state !== "active"))
       assert.strictEqual(Number((yield* PgPool.query("select pg_backend_pid() as pid"))[0]!.pid), pid)
-      const scoped = yield* Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => Effect.flip(conn.query("select pg_sleep(10)"))))
+      const scoped = yield* Effect.scoped(
+        Effect.flatMap(PgPool.connection, (conn) => Effect.flip(conn.query("select pg_sleep(10)")))
+      )
       assert.strictEqual(scoped._tag, "QueryError")
     }).pipe(Effect.provide(poolLayer({ queryTimeout: "200 millis" }))))
 })
@@ -323,7 +349,8 @@ const closedPort = Effect.async<number>((resume) => {
   })
 })
 
-const parentOf = (span: RecordedSpan): string | undefined => Option.getOrUndefined(Option.map(span.parent, (p) => p.spanId))
+const parentOf = (span: RecordedSpan): string | undefined =>
+  Option.getOrUndefined(Option.map(span.parent, (p) => p.spanId))
 
 describe("spans", () => {
   const server = () => {
@@ -384,7 +411,10 @@ describe("spans", () => {
       yield* Fiber.join(waiter)
       yield* Fiber.join(pinned)
       assert.strictEqual(named("PgPool.query")[0]!.attributes.get("db.client.connection.wait_time"), 40)
-      assert.isAtLeast(named("PgPool.withConnection")[0]!.attributes.get("db.client.connection.wait_time") as number, 40)
+      assert.isAtLeast(
+        named("PgPool.withConnection")[0]!.attributes.get("db.client.connection.wait_time") as number,
+        40
+      )
     }).pipe(Effect.provide(poolLayer({ maxConnections: 1 })))
   })
 
@@ -469,7 +499,9 @@ describe("spans", () => {
       assert.strictEqual(parentOf(execute!), transaction!.spanId)
       assert.strictEqual(execute!.attributes.get("app.tier"), "test")
       assert.lengthOf(named("Transaction.withTransaction"), 0)
-    }).pipe(Effect.provide(Layer.provideMerge(PgPoolSql.layerWith({ spanAttributes: { "app.tier": "test" } }), poolLayer({}))))
+    }).pipe(
+      Effect.provide(Layer.provideMerge(PgPoolSql.layerWith({ spanAttributes: { "app.tier": "test" } }), poolLayer({})))
+    )
   })
 
   it.effect("with several hosts, the server on the span is the one the statement ran on", () => {

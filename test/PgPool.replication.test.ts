@@ -13,7 +13,7 @@ import { Context, Deferred, Effect, Either, Fiber, Layer, Redacted, Ref, Schedul
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError } from "../src/PgPoolError.js"
 import * as Transaction from "../src/Transaction.js"
-import { now, timedExit, failureOf, valueOf } from "./support/exits.js"
+import { failureOf, now, timedExit, valueOf } from "./support/exits.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
 import * as Replication from "./support/replication.js"
@@ -49,10 +49,6 @@ const toWhere = (rows: ReadonlyArray<PgPool.Row>): Where => ({
 
 /** `PgPool.query` of where it ran. */
 const where = Effect.map(PgPool.query(whereSql), toWhere)
-
-
-
-
 
 /**
  * Polls `effect` until it succeeds with a value satisfying `done` (a failure counts as "not yet"), every
@@ -98,7 +94,9 @@ const stoppedStandby = (pair: Replication.Replication) =>
 
 // ---------------------------------------------------------------------------------------------------------
 
-layer(Pairs, { excludeTestServices: true, timeout: "60 seconds" })("PgPool on a primary and a streaming standby", (it) => {
+const pairs = layer(Pairs, { excludeTestServices: true, timeout: "60 seconds" })
+
+pairs("PgPool on a primary and a streaming standby", (it) => {
   // ---------------------------------------------------------------------------------------------------
   // 1. targetSessionAttrs
   // ---------------------------------------------------------------------------------------------------
@@ -187,7 +185,9 @@ layer(Pairs, { excludeTestServices: true, timeout: "60 seconds" })("PgPool on a 
           assert.deepStrictEqual(toWhere(written), onPrimary, "a write through PgPool.query")
           assert.deepStrictEqual(yield* where, onPrimary, "PgPool.query")
           assert.deepStrictEqual(
-            yield* Transaction.withTransaction(Effect.zipLeft(where, PgPool.query("insert into default_rw values (2)"))),
+            yield* Transaction.withTransaction(
+              Effect.zipLeft(where, PgPool.query("insert into default_rw values (2)"))
+            ),
             onPrimary,
             "a write in a transaction"
           )
@@ -200,7 +200,10 @@ layer(Pairs, { excludeTestServices: true, timeout: "60 seconds" })("PgPool on a 
       )
       // readRouting "off" keeps libpq's default "any": the first host that answers, here the standby
       assert.deepStrictEqual(
-        yield* onPool(pair.config({ hosts: standbyFirst, readRouting: "off", applicationName: "tsa-default-off" }), where),
+        yield* onPool(
+          pair.config({ hosts: standbyFirst, readRouting: "off", applicationName: "tsa-default-off" }),
+          where
+        ),
         onStandby
       )
       // with the primary unreachable (behind a proxy that resets every connection), writes fail fast with a
@@ -662,8 +665,7 @@ layer(Pairs, { excludeTestServices: true, timeout: "60 seconds" })("PgPool on a 
         applicationName: "failover"
       }))
       const run = <A, E>(effect: Effect.Effect<A, E, PgPool.PgPool>) => Effect.provide(effect, context)
-      const write = (id: number) =>
-        Effect.zipLeft(where, PgPool.query("insert into accounts values ($1)", [id]))
+      const write = (id: number) => Effect.zipLeft(where, PgPool.query("insert into accounts values ($1)", [id]))
 
       yield* run(PgPool.query("create table accounts (id int primary key)"))
       assert.deepStrictEqual(yield* run(write(1)), { standby: false, port: oldPrimary })

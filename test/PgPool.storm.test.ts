@@ -27,11 +27,14 @@ describe("PgPool under an interruption storm", () => {
       () => PgPool.query(`select pg_sleep(${sleepMs() / 1000})`).pipe(Effect.timeout(timeoutMs())),
       () => PgPool.query("select 1/0"),
       () =>
-        Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
-          Effect.zipRight(conn.query(`select pg_sleep(${sleepMs() / 1000})`), Effect.fail("user failure")))),
+        Effect.scoped(
+          Effect.flatMap(PgPool.connection, (conn) =>
+            Effect.zipRight(conn.query(`select pg_sleep(${sleepMs() / 1000})`), Effect.fail("user failure")))
+        ),
       () =>
-        Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
-          Effect.zipRight(conn.query("select 1"), Effect.die("defect")))),
+        Effect.scoped(
+          Effect.flatMap(PgPool.connection, (conn) => Effect.zipRight(conn.query("select 1"), Effect.die("defect")))
+        ),
       () =>
         PgPool.withConnection(Effect.gen(function*() {
           yield* PgPool.query("begin")
@@ -56,11 +59,14 @@ describe("PgPool under an interruption storm", () => {
         if (i % 50 === 0) yield* Effect.yieldNow()
       }
       const doomed = fibers.filter(() => random() < 0.3)
-      yield* Effect.forEach(doomed, (fiber) =>
-        Effect.zipRight(Effect.sleep(Math.floor(random() * 30)), Fiber.interrupt(fiber)), {
-        concurrency: "unbounded",
-        discard: true
-      })
+      yield* Effect.forEach(
+        doomed,
+        (fiber) => Effect.zipRight(Effect.sleep(Math.floor(random() * 30)), Fiber.interrupt(fiber)),
+        {
+          concurrency: "unbounded",
+          discard: true
+        }
+      )
       yield* Fiber.awaitAll(fibers)
 
       const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0 && s.waiting === 0 && s.pending === 0)

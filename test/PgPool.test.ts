@@ -11,13 +11,11 @@ const backendPid = PgPool.query("select pg_backend_pid() as pid").pipe(Effect.ma
 const hold = (release: Deferred.Deferred<void>) =>
   Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => Effect.as(Deferred.await(release), conn.backendPid)))
 
-const waitForStats = (predicate: (stats: PgPool.PoolStats) => boolean) =>
-  eventually(PgPool.stats, predicate)
+const waitForStats = (predicate: (stats: PgPool.PoolStats) => boolean) => eventually(PgPool.stats, predicate)
 
 const serverBackends = (
   predicate: (rows: ReadonlyArray<{ pid: number; state: string | null; query: string }>) => boolean
-) =>
-  eventually(backends(), predicate)
+) => eventually(backends(), predicate)
 
 describe("PgPool", () => {
   describe("queries", () => {
@@ -64,10 +62,18 @@ describe("PgPool", () => {
     it.effect("a scoped connection is used by one fiber at a time and returns when its scope closes", () =>
       Effect.gen(function*() {
         const [a, b] = yield* Effect.all([
-          Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
-            Effect.zipRight(conn.query("select pg_sleep(0.05)"), Effect.succeed(conn.backendPid)))),
-          Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
-            Effect.zipRight(conn.query("select pg_sleep(0.05)"), Effect.succeed(conn.backendPid))))
+          Effect.scoped(
+            Effect.flatMap(
+              PgPool.connection,
+              (conn) => Effect.zipRight(conn.query("select pg_sleep(0.05)"), Effect.succeed(conn.backendPid))
+            )
+          ),
+          Effect.scoped(
+            Effect.flatMap(
+              PgPool.connection,
+              (conn) => Effect.zipRight(conn.query("select pg_sleep(0.05)"), Effect.succeed(conn.backendPid))
+            )
+          )
         ], { concurrency: 2 })
         assert.notStrictEqual(a, b)
         const stats = yield* PgPool.stats
@@ -77,7 +83,8 @@ describe("PgPool", () => {
     it.effect("backendPid is the server's process id of the connection", () =>
       Effect.gen(function*() {
         const [reported, actual] = yield* Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
-          Effect.map(conn.query("select pg_backend_pid() as pid"), (rows) => [conn.backendPid, pid(rows)] as const)))
+          Effect.map(conn.query("select pg_backend_pid() as pid"), (rows) =>
+            [conn.backendPid, pid(rows)] as const)))
         assert.strictEqual(reported, actual)
       }).pipe(Effect.provide(testLayer())))
 
@@ -108,8 +115,9 @@ describe("PgPool", () => {
 
     it.effect("invalidate closes the physical connection instead of returning it", () =>
       Effect.gen(function*() {
-        const first = yield* Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
-          Effect.as(conn.invalidate, conn.backendPid)))
+        const first = yield* Effect.scoped(
+          Effect.flatMap(PgPool.connection, (conn) => Effect.as(conn.invalidate, conn.backendPid))
+        )
         yield* serverBackends((rows) => !rows.some((row) => row.pid === first))
         const stats = yield* PgPool.stats
         assert.strictEqual(stats.closedByReason.invalidated, 1)
@@ -196,7 +204,9 @@ describe("PgPool", () => {
             ))
           ))
         )
-        const other = yield* Effect.fork(Transaction.withTransaction(PgPool.query("insert into outlived_tx values (3)")))
+        const other = yield* Effect.fork(
+          Transaction.withTransaction(PgPool.query("insert into outlived_tx values (3)"))
+        )
         yield* Deferred.succeed(go, undefined)
         yield* Fiber.join(child)
         yield* Fiber.join(other)
@@ -292,7 +302,9 @@ describe("PgPool", () => {
         assert.isNull(yield* Fiber.poll(waiter).pipe(Effect.map(Option.getOrNull)))
         yield* Deferred.succeed(release, undefined)
         assert.deepStrictEqual(yield* Fiber.join(waiter), [{ seven: 7 }])
-      }).pipe(Effect.provide(testLayer({ maxConnections: 1, queryTimeout: "200 millis", acquireTimeout: "3 seconds" }))))
+      }).pipe(
+        Effect.provide(testLayer({ maxConnections: 1, queryTimeout: "200 millis", acquireTimeout: "3 seconds" }))
+      ))
 
     it.effect("acquireTimeout: a waiter fails with PoolExhaustedError(acquireTimeout) and leaves the queue", () =>
       Effect.gen(function*() {
@@ -399,7 +411,8 @@ describe("PgPool", () => {
         assert.notStrictEqual(after, pids[0])
       }).pipe(Effect.provide(testLayer({ maxUsage: 2 }))))
 
-    const ownPrepared = "select statement from pg_prepared_statements where name like 'effect_pg_pool_%' order by statement"
+    const ownPrepared =
+      "select statement from pg_prepared_statements where name like 'effect_pg_pool_%' order by statement"
 
     it.effect("prepareThreshold: a statement is prepared on a connection after that many runs there; results are unchanged", () =>
       Effect.gen(function*() {
@@ -447,7 +460,9 @@ describe("PgPool", () => {
         // every return runs DISCARD ALL: one-shot statements are never prepared only to be dropped again
         for (let i = 0; i < 3; i++) assert.deepStrictEqual(yield* PgPool.query(text, ["b"]), [{ echoed: "b" }])
         assert.deepStrictEqual(yield* PgPool.query(ownPrepared), [])
-      }).pipe(Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2, statementCacheSize: 100, reset: "full" }))))
+      }).pipe(
+        Effect.provide(testLayer({ maxConnections: 1, prepareThreshold: 2, statementCacheSize: 100, reset: "full" }))
+      ))
 
     it.effect("setSession runs on every new connection", () =>
       Effect.gen(function*() {
@@ -705,7 +720,9 @@ describe("PgPool", () => {
         yield* serverBackends((r) => r.length === stats.size)
         assert.deepStrictEqual(yield* PgPool.query("select 2 as n"), [{ n: 2 }])
       }).pipe(
-        Effect.provide(testLayer({ maxConnections: 1, reset: "full", setSession: ["select pg_sleep(0.5) as reset_sleep"] }))
+        Effect.provide(
+          testLayer({ maxConnections: 1, reset: "full", setSession: ["select pg_sleep(0.5) as reset_sleep"] })
+        )
       ))
 
     it.live("a fiber interrupted while it waits for the cancel of its statement still gives the connection back", () =>
@@ -714,7 +731,9 @@ describe("PgPool", () => {
         const stubborn = `do $$ begin perform pg_sleep(30); exception when query_canceled then
           perform set_config('application_name', 'cancel-seen', false); perform pg_sleep(1); end $$`
         const fiber = yield* Effect.fork(
-          Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => conn.query(stubborn).pipe(Effect.timeout("50 millis"))))
+          Effect.scoped(
+            Effect.flatMap(PgPool.connection, (conn) => conn.query(stubborn).pipe(Effect.timeout("50 millis")))
+          )
         )
         // the cancel has reached the server: the fiber is in the return, waiting (briefly) for it to settle
         yield* eventually(backends("cancel-seen"), (r) => r.some((row) => row.state === "active"))
@@ -771,4 +790,3 @@ describe("PgPool", () => {
 
 const portOf = (url: PgPool.Config["url"]): number =>
   Number(/:(\d+)\//.exec(Redacted.isRedacted(url) ? Redacted.value(url) : String(url))![1])
-

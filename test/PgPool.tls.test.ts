@@ -133,7 +133,10 @@ const failsAtOnce = (config: PgPool.Config, servers: ReadonlyArray<Tls.TlsServer
     const connectionError = error as ConnectionError
     assert.strictEqual(connects, 1, `connects: ${connects}; ${connectionError.message}`)
     assert.isBelow(millis, 5_000, connectionError.message)
-    assert.isTrue(connectionError.attempts === undefined || connectionError.attempts === 1, String(connectionError.attempts))
+    assert.isTrue(
+      connectionError.attempts === undefined || connectionError.attempts === 1,
+      String(connectionError.attempts)
+    )
     assert.strictEqual(connectionError.retryable, false, connectionError.message)
     assertNoSecret(connectionError, servers, logs)
     return connectionError
@@ -157,7 +160,14 @@ const cancelRequestCode = 80877102
  */
 const recordingProxy = (target: { readonly host: string; readonly port: number }) =>
   Effect.acquireRelease(
-    Effect.async<{ readonly server: net.Server; readonly port: number; readonly codes: Array<number>; readonly sockets: Set<net.Socket> }>(
+    Effect.async<
+      {
+        readonly server: net.Server
+        readonly port: number
+        readonly codes: Array<number>
+        readonly sockets: Set<net.Socket>
+      }
+    >(
       (resume) => {
         const codes: Array<number> = []
         const sockets = new Set<net.Socket>()
@@ -190,8 +200,12 @@ const recordingProxy = (target: { readonly host: string; readonly port: number }
     ),
     ({ server, sockets }) =>
       Effect.async<void>((resume) => {
-        for (const socket of sockets) socket.destroy()
-        server.close(() => resume(Effect.void))
+        for (const socket of sockets) {
+          socket.destroy()
+        }
+        server.close(() =>
+          resume(Effect.void)
+        )
       })
   )
 
@@ -275,14 +289,18 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
     it.effect("verify-full: the right name connects; the wrong name fails at once; verify-ca accepts the wrong name", () =>
       Effect.gen(function*() {
         const [right, wrong, certs] = [yield* Right, yield* Wrong, yield* Certs]
-        const ok = yield* session({ url: right.url(Tls.tlsOnlyRole, { sslmode: "verify-full", sslrootcert: certs.ca }) })
+        const ok = yield* session({
+          url: right.url(Tls.tlsOnlyRole, { sslmode: "verify-full", sslrootcert: certs.ca })
+        })
         assert.isTrue(ok.ssl)
         const error = yield* failsAtOnce(
           { url: wrong.url(Tls.tlsOnlyRole, { sslmode: "verify-full", sslrootcert: certs.ca }) },
           [wrong]
         )
         assert.include(error.message, wrongName)
-        const caOnly = yield* session({ url: wrong.url(Tls.tlsOnlyRole, { sslmode: "verify-ca", sslrootcert: certs.ca }) })
+        const caOnly = yield* session({
+          url: wrong.url(Tls.tlsOnlyRole, { sslmode: "verify-ca", sslrootcert: certs.ca })
+        })
         assert.isTrue(caOnly.ssl)
       }))
 
@@ -308,9 +326,12 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
         const error = yield* failsAtOnce({ url: right.url(Tls.tlsOnlyRole, { sslmode: "verify-full" }) }, [right])
         assert.include(error.message, untrusted)
         // sslRootCert "system" is the same
-        const system = yield* failsAtOnce(right.config(Tls.tlsOnlyRole, { sslMode: "verify-full", sslRootCert: "system" }), [
-          right
-        ])
+        const system = yield* failsAtOnce(
+          right.config(Tls.tlsOnlyRole, { sslMode: "verify-full", sslRootCert: "system" }),
+          [
+            right
+          ]
+        )
         assert.include(system.message, untrusted)
         // and require without a root certificate does not verify
         assert.isTrue((yield* session({ url: right.url(Tls.tlsOnlyRole, { sslmode: "require" }) })).ssl)
@@ -325,7 +346,9 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
         )
         assert.include(error.message, untrusted)
         assert.include(error.message, "sslmode=verify-ca")
-        assert.isTrue((yield* session({ url: wrong.url(Tls.tlsOnlyRole, { sslmode: "require", sslrootcert: certs.ca }) })).ssl)
+        assert.isTrue(
+          (yield* session({ url: wrong.url(Tls.tlsOnlyRole, { sslmode: "require", sslrootcert: certs.ca }) })).ssl
+        )
       }))
   })
 
@@ -366,21 +389,27 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
           })
         })
         assert.strictEqual(fromUrl.user, Tls.certRole)
-        const error = yield* failsAtOnce(right.config(Tls.certRole, {
-          sslMode: "verify-full",
-          sslRootCert: certs.ca,
-          sslCert: certs.clientCert,
-          sslKey: certs.clientKeyEncrypted,
-          sslPassword: Redacted.make(`wrong-${Tls.secretMarker}`)
-        }), [right])
+        const error = yield* failsAtOnce(
+          right.config(Tls.certRole, {
+            sslMode: "verify-full",
+            sslRootCert: certs.ca,
+            sslCert: certs.clientCert,
+            sslKey: certs.clientKeyEncrypted,
+            sslPassword: Redacted.make(`wrong-${Tls.secretMarker}`)
+          }),
+          [right]
+        )
         assert.include(error.message, keyUnreadable)
         // and without sslpassword
-        const none = yield* failsAtOnce(right.config(Tls.certRole, {
-          sslMode: "verify-full",
-          sslRootCert: certs.ca,
-          sslCert: certs.clientCert,
-          sslKey: certs.clientKeyEncrypted
-        }), [right])
+        const none = yield* failsAtOnce(
+          right.config(Tls.certRole, {
+            sslMode: "verify-full",
+            sslRootCert: certs.ca,
+            sslCert: certs.clientCert,
+            sslKey: certs.clientKeyEncrypted
+          }),
+          [right]
+        )
         assert.include(none.message, keyUnreadable)
       }))
 
@@ -398,12 +427,15 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
     it.effect("a client certificate from an unrelated CA: the server rejects it, at once", () =>
       Effect.gen(function*() {
         const [right, certs] = [yield* Right, yield* Certs]
-        const error = yield* failsAtOnce(right.config(Tls.certRole, {
-          sslMode: "verify-full",
-          sslRootCert: certs.ca,
-          sslCert: certs.strangerCert,
-          sslKey: certs.strangerKey
-        }), [right])
+        const error = yield* failsAtOnce(
+          right.config(Tls.certRole, {
+            sslMode: "verify-full",
+            sslRootCert: certs.ca,
+            sslCert: certs.strangerCert,
+            sslKey: certs.strangerKey
+          }),
+          [right]
+        )
         assert.include(error.message, "the server rejected the client certificate")
       }))
 
@@ -434,9 +466,12 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
           sslKey: certs.clientKey
         }))
         assert.strictEqual(cert.clientDn, `/CN=${Tls.certRole}`)
-        const error = yield* failsAtOnce(right.config(Tls.tlsOnlyRole, { sslMode: "verify-ca", sslRootCert: certs.otherCa }), [
-          right
-        ])
+        const error = yield* failsAtOnce(
+          right.config(Tls.tlsOnlyRole, { sslMode: "verify-ca", sslRootCert: certs.otherCa }),
+          [
+            right
+          ]
+        )
         assert.include(error.message, untrusted)
         // a field wins over the URL's parameter
         const overridden = yield* session({
@@ -529,9 +564,12 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
     it.effect("a certificate file that does not exist fails the layer at once, naming the file", () =>
       Effect.gen(function*() {
         const [right, certs] = [yield* Right, yield* Certs]
-        const ca = yield* failsAtOnce(right.config(Tls.tlsOnlyRole, { sslMode: "verify-full", sslRootCert: certs.missing }), [
-          right
-        ])
+        const ca = yield* failsAtOnce(
+          right.config(Tls.tlsOnlyRole, { sslMode: "verify-full", sslRootCert: certs.missing }),
+          [
+            right
+          ]
+        )
         assert.include(ca.message, certs.missing)
         assert.include(ca.message, "sslrootcert")
         const cert = yield* failsAtOnce(
@@ -572,7 +610,9 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
           const before = toSession(yield* PgPool.query(sessionQuery))
           assert.isTrue(before.ssl)
           const first = (yield* PgPool.query(pid))[0]!.pid
-          const { exit, millis } = yield* timedExit(PgPool.query("select pg_sleep(30)").pipe(Effect.timeout("200 millis")))
+          const { exit, millis } = yield* timedExit(
+            PgPool.query("select pg_sleep(30)").pipe(Effect.timeout("200 millis"))
+          )
           assert.strictEqual(failureOf(exit)._tag, "TimeoutException")
           assert.isBelow(millis, 5_000)
           yield* eventually(running, (rows) => rows.length === 0, { attempts: 100, interval: "50 millis" })

@@ -9,9 +9,9 @@
  * builds its own pool with its own `applicationName`; waiting for a condition is polling with a bound, on
  * live clocks.
  */
-import { assert, layer } from "@effect/vitest"
-import * as PgClient from "@effect/sql-pg/PgClient"
 import { SqlClient, SqlError } from "@effect/sql"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { assert, layer } from "@effect/vitest"
 import { Chunk, Effect, Either, Fiber, Layer, Schedule, Stream } from "effect"
 import * as net from "node:net"
 import * as PgPool from "../src/PgPool.js"
@@ -100,9 +100,14 @@ const streamWhere = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   ))
 
 /** Where a connection of `sql.reserve` is. */
-const reserveWhere = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  Effect.scoped(Effect.flatMap(sql.reserve, (conn) =>
-    Effect.map(conn.execute(whereSql, [], undefined), (rows) => toWhere(rows[0]!)))))
+const reserveWhere = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) =>
+    Effect.scoped(
+      Effect.flatMap(sql.reserve, (conn) =>
+        Effect.map(conn.execute(whereSql, [], undefined), (rows) => toWhere(rows[0]!)))
+    )
+)
 
 /** A port on which nothing listens (connects are refused at once). */
 const closedPort = Effect.async<number>((resume) => {
@@ -176,7 +181,9 @@ layer(Replication.layer(), { excludeTestServices: true, timeout: "60 seconds" })
           PgPool.readOnly(reserveWhere),
           reserveWhere,
           PgPool.stats
-        ]).pipe(Effect.provide(sqlOn(pair.config({ targetSessionAttrs: "read-write", applicationName: "sql-routing" }))))
+        ]).pipe(
+          Effect.provide(sqlOn(pair.config({ targetSessionAttrs: "read-write", applicationName: "sql-routing" })))
+        )
         assert.deepStrictEqual(seen.slice(0, 4), [standby, primary, standby, primary])
         assert.strictEqual(seen[4].inUse, 0)
         // no standby up: read-only streams fall back to the primary, as PgPool.connection does

@@ -1,8 +1,8 @@
-import { assert, describe, it } from "@effect/vitest"
 import { NodeContext } from "@effect/platform-node"
+import { SqlClient, SqlError, Statement } from "@effect/sql"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
-import { SqlClient, SqlError, Statement } from "@effect/sql"
+import { assert, describe, it } from "@effect/vitest"
 import {
   Chunk,
   Config,
@@ -116,7 +116,9 @@ describe("PgPoolSql", () => {
   it.live("interrupting a stream while the server runs its statement cancels the statement", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      const consumer = yield* Effect.fork(Stream.runDrain(sql`select pg_sleep(30), g from generate_series(1, 3) g`.stream))
+      const consumer = yield* Effect.fork(
+        Stream.runDrain(sql`select pg_sleep(30), g from generate_series(1, 3) g`.stream)
+      )
       const sleeping = (row: { readonly query: string; readonly state: string | null }) =>
         row.query.includes("pg_sleep(30)") && row.state === "active"
       const busy = (yield* eventually(backends(), (rows) => rows.some(sleeping))).find(sleeping)
@@ -160,13 +162,21 @@ describe("PgPoolSql", () => {
       const sql = yield* SqlClient.SqlClient
       yield* sql`create table sql_tx (id int primary key)`
       yield* sql.withTransaction(sql`insert into sql_tx values (1)`)
-      const failed = yield* Effect.exit(sql.withTransaction(Effect.zipRight(
-        sql`insert into sql_tx values (2)`,
-        Effect.fail("no")
-      )))
+      // on a pinned connection, with work of its own after the transaction and before the connection goes back
+      // to the pool (whose return reset would roll an open transaction back by itself): the transaction's own
+      // ROLLBACK must have ended it, so the insert after it commits and the failed one is gone
+      const [failed, seen] = yield* PgPool.withConnection(Effect.gen(function*() {
+        const failed = yield* Effect.exit(sql.withTransaction(Effect.zipRight(
+          sql`insert into sql_tx values (2)`,
+          Effect.fail("no")
+        )))
+        yield* sql`insert into sql_tx values (3)`
+        return [failed, yield* sql<{ id: number }>`select id from sql_tx order by id`] as const
+      }))
       assert.strictEqual(failed._tag, "Failure")
-      const rows = yield* sql<{ id: number }>`select id from sql_tx`
-      assert.deepStrictEqual(rows, [{ id: 1 }])
+      assert.deepStrictEqual(seen, [{ id: 1 }, { id: 3 }])
+      const rows = yield* sql<{ id: number }>`select id from sql_tx order by id`
+      assert.deepStrictEqual(rows, [{ id: 1 }, { id: 3 }])
     }).pipe(Effect.provide(Live)))
 
   it.effect("interrupting a statement cancels it on the server, on its own backend only", () =>
@@ -203,7 +213,8 @@ describe("PgPoolSql", () => {
         )))
       yield* eventually(
         Effect.zipRight(sql.notify("events", "hello"), Deferred.isDone(first)),
-        (done) => done
+        (done) =>
+          done
       )
       assert.include(received, "hello")
       const listeners = yield* adminQuery(
@@ -220,38 +231,42 @@ describe("PgPoolSql", () => {
       yield* Fiber.interrupt(fiber)
     }).pipe(Effect.provide(Live)), 60_000)
 
-  it.live("a LISTEN the server rejects fails the stream with a SqlError (not silence); other channels go on", () =>
-    Effect.gen(function*() {
-      const sql = yield* PgClient.PgClient
-      // an empty channel name is a zero-length quoted identifier: the server answers 42601
-      const rejected = Effect.flip(Stream.runDrain(sql.listen(""))).pipe(
-        Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => "listen(\"\") neither failed nor ended" })
-      )
-      const assertRejected = (error: SqlError.SqlError) => {
-        assert.instanceOf(error, SqlError.SqlError)
-        assert.instanceOf(error.cause, PgPoolError.QueryError)
-        assert.strictEqual((error.cause as PgPoolError.QueryError).code, "42601")
-        assert.include(error.message, "LISTEN \"\" failed")
-      }
-      // the first listen of the client: rejected when the listen connection comes up
-      assertRejected(yield* rejected)
-      // with the listen connection up: rejected at the subscription; the connection keeps serving other channels
-      const received: Array<string> = []
-      const fiber = yield* Effect.fork(Stream.runForEach(sql.listen("fine"), (payload) =>
-        Effect.sync(() => {
-          received.push(payload)
-        })))
-      yield* eventually(
-        Effect.zipRight(sql.notify("fine", "one"), Effect.sync(() => received.includes("one"))),
-        (done) => done
-      )
-      assertRejected(yield* rejected)
-      yield* eventually(
-        Effect.zipRight(sql.notify("fine", "two"), Effect.sync(() => received.includes("two"))),
-        (done) => done
-      )
-      yield* Fiber.interrupt(fiber)
-    }).pipe(Effect.provide(Live)), 30_000)
+  it.live(
+    "a LISTEN the server rejects fails the stream with a SqlError (not silence); other channels go on",
+    () =>
+      Effect.gen(function*() {
+        const sql = yield* PgClient.PgClient
+        // an empty channel name is a zero-length quoted identifier: the server answers 42601
+        const rejected = Effect.flip(Stream.runDrain(sql.listen(""))).pipe(
+          Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => "listen(\"\") neither failed nor ended" })
+        )
+        const assertRejected = (error: SqlError.SqlError) => {
+          assert.instanceOf(error, SqlError.SqlError)
+          assert.instanceOf(error.cause, PgPoolError.QueryError)
+          assert.strictEqual((error.cause as PgPoolError.QueryError).code, "42601")
+          assert.include(error.message, "LISTEN \"\" failed")
+        }
+        // the first listen of the client: rejected when the listen connection comes up
+        assertRejected(yield* rejected)
+        // with the listen connection up: rejected at the subscription; the connection keeps serving other channels
+        const received: Array<string> = []
+        const fiber = yield* Effect.fork(Stream.runForEach(sql.listen("fine"), (payload) =>
+          Effect.sync(() => {
+            received.push(payload)
+          })))
+        yield* eventually(
+          Effect.zipRight(sql.notify("fine", "one"), Effect.sync(() => received.includes("one"))),
+          (done) => done
+        )
+        assertRejected(yield* rejected)
+        yield* eventually(
+          Effect.zipRight(sql.notify("fine", "two"), Effect.sync(() => received.includes("two"))),
+          (done) => done
+        )
+        yield* Fiber.interrupt(fiber)
+      }).pipe(Effect.provide(Live)),
+    30_000
+  )
 
   it.effect("PgMigrator runs migrations on the pool", () =>
     Effect.gen(function*() {
@@ -399,15 +414,16 @@ describe("PgPoolSql.layerClient: the one-line swap for PgClient.layer", () => {
     Effect.gen(function*() {
       const parsed = new URL(Redacted.value(url()))
       const user = decodeURIComponent(parsed.username)
-      const asUser = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ u: string }>`select current_user as u`).pipe(
-        Effect.provide(PgPoolSql.layerClient({
-          host: parsed.hostname,
-          port: Number(parsed.port),
-          database: parsed.pathname.slice(1),
-          username: user,
-          password: Redacted.make(decodeURIComponent(parsed.password))
-        }))
-      )
+      const asUser = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ u: string }>`select current_user as u`)
+        .pipe(
+          Effect.provide(PgPoolSql.layerClient({
+            host: parsed.hostname,
+            port: Number(parsed.port),
+            database: parsed.pathname.slice(1),
+            username: user,
+            password: Redacted.make(decodeURIComponent(parsed.password))
+          }))
+        )
       assert.deepStrictEqual(asUser, [{ u: user }])
       const unknown = yield* Effect.flip(Effect.scoped(Layer.build(
         PgPoolSql.layerClient({ url: url(), path: "/var/run/postgresql" } as PgPoolSql.ClientConfig)
@@ -439,11 +455,15 @@ describe("PgPoolSql.layerClient: the one-line swap for PgClient.layer", () => {
       assert.strictEqual(pg.config.maxConnections, 2)
       const rows = yield* pg`select 1 as one`
       assert.deepStrictEqual(rows, [{ one: 1 }])
-    }).pipe(Effect.provide(PgPoolSql.layerClientConfig({
-      url: Config.redacted("SWAP_URL"),
-      maxConnections: Config.integer("SWAP_MAX")
-    }).pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([
-      ["SWAP_URL", Redacted.value(url())],
-      ["SWAP_MAX", "2"]
-    ]))))))))
+    }).pipe(Effect.provide(
+      PgPoolSql.layerClientConfig({
+        url: Config.redacted("SWAP_URL"),
+        maxConnections: Config.integer("SWAP_MAX")
+      }).pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+        new Map([
+          ["SWAP_URL", Redacted.value(url())],
+          ["SWAP_MAX", "2"]
+        ])
+      ))))
+    )))
 })

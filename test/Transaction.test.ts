@@ -1,5 +1,5 @@
-import { assert, describe, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
+import { assert, describe, it } from "@effect/vitest"
 import { Cause, Chunk, Deferred, Effect, Exit, Fiber, Layer, Option, Stream } from "effect"
 import * as Connector from "../src/Connector.js"
 import * as PgPool from "../src/PgPool.js"
@@ -40,18 +40,29 @@ describe("Transaction", () => {
       assert.strictEqual(yield* count("tx_commit"), 2)
     }).pipe(Effect.provide(Live)))
 
-  for (const [name, end] of [
-    ["a failure", Effect.fail("boom")],
-    ["a defect", Effect.die("defect")]
-  ] as const) {
+  for (
+    const [name, end] of [
+      ["a failure", Effect.fail("boom")],
+      ["a defect", Effect.die("defect")]
+    ] as const
+  ) {
     it.effect(`rolls back on ${name}`, () =>
       Effect.gen(function*() {
         yield* fresh("tx_rb")
-        const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
-          yield* PgPool.query("insert into tx_rb (id) values (1)")
-          return yield* end
-        })))
+        // on a pinned connection, looked at right after the transaction and before the connection goes back to
+        // the pool (whose return reset would roll an open transaction back by itself): the transaction's own
+        // ROLLBACK must have ended it
+        const [exit, seen, open] = yield* PgPool.withConnection(Effect.gen(function*() {
+          const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+            yield* PgPool.query("insert into tx_rb (id) values (1)")
+            return yield* end
+          })))
+          // the connection's own view: an open transaction would still see its insert
+          return [exit, yield* count("tx_rb"), yield* idleInTransaction] as const
+        }))
         assert.isTrue(Exit.isFailure(exit))
+        assert.strictEqual(seen, 0, "the insert is still visible on the transaction's connection")
+        assert.strictEqual(open, 0, "the connection is still idle in transaction after the transaction ended")
         assert.strictEqual(yield* count("tx_rb"), 0)
         assert.strictEqual(yield* idleInTransaction, 0)
         assert.strictEqual((yield* PgPool.stats).inUse, 0)
@@ -60,11 +71,16 @@ describe("Transaction", () => {
 
   // the pool's return reset would roll an open transaction back anyway: only work on the same pinned connection
   // after the transaction shows that the transaction itself sent ROLLBACK when it ended
-  for (const [name, end] of [
-    ["a failure", (_: Deferred.Deferred<void>) => Effect.fail("boom")],
-    ["a defect", (_: Deferred.Deferred<void>) => Effect.die("defect")],
-    ["an interruption", (inserted: Deferred.Deferred<void>) => Effect.zipRight(Deferred.succeed(inserted, undefined), Effect.never)]
-  ] as const) {
+  for (
+    const [name, end] of [
+      ["a failure", (_: Deferred.Deferred<void>) => Effect.fail("boom")],
+      ["a defect", (_: Deferred.Deferred<void>) => Effect.die("defect")],
+      [
+        "an interruption",
+        (inserted: Deferred.Deferred<void>) => Effect.zipRight(Deferred.succeed(inserted, undefined), Effect.never)
+      ]
+    ] as const
+  ) {
     it.effect(`ROLLBACK is sent when it ends on ${name}: a statement after it on the same connection commits`, () =>
       Effect.gen(function*() {
         yield* fresh("tx_after")
@@ -93,13 +109,28 @@ describe("Transaction", () => {
     Effect.gen(function*() {
       yield* fresh("tx_int")
       const inserted = yield* Deferred.make<void>()
-      const fiber = yield* Effect.fork(Transaction.withTransaction(Effect.gen(function*() {
-        yield* PgPool.query("insert into tx_int (id) values (1)")
-        yield* Deferred.succeed(inserted, undefined)
-        yield* Effect.never
-      })))
+      // what the transaction's connection sees once the interrupted transaction has ended, before the connection
+      // goes back to the pool (whose return reset would roll an open transaction back by itself)
+      const seen = yield* Deferred.make<readonly [visible: number, idleInTransaction: number]>()
+      const fiber = yield* Effect.fork(PgPool.withConnection(
+        Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("insert into tx_int (id) values (1)")
+          yield* Deferred.succeed(inserted, undefined)
+          yield* Effect.never
+        })).pipe(
+          Effect.onInterrupt(() =>
+            Effect.all([count("tx_int"), idleInTransaction]).pipe(
+              Effect.flatMap((values) => Deferred.succeed(seen, values)),
+              Effect.orDie
+            )
+          )
+        )
+      ))
       yield* Deferred.await(inserted)
       yield* Fiber.interrupt(fiber)
+      const [visible, open] = yield* Deferred.await(seen)
+      assert.strictEqual(visible, 0, "the insert is still visible on the transaction's connection")
+      assert.strictEqual(open, 0, "the connection is still idle in transaction after the transaction ended")
       assert.strictEqual(yield* count("tx_int"), 0)
       assert.strictEqual(yield* idleInTransaction, 0)
       const stats = yield* PgPool.stats
@@ -113,10 +144,16 @@ describe("Transaction", () => {
         yield* PgPool.query("insert into tx_sleep (id) values (1)")
         yield* PgPool.query("select pg_sleep(30)")
       })))
-      yield* eventually(backends(), (rows) => rows.some((row) => row.query === "select pg_sleep(30)" && row.state === "active"))
+      yield* eventually(backends(), (rows) =>
+        rows.some((row) => row.query === "select pg_sleep(30)" && row.state === "active"))
       yield* Fiber.interrupt(fiber)
       const rows = yield* backends()
-      assert.isTrue(rows.every((row) => row.state === "idle"), JSON.stringify(rows))
+      assert.isTrue(
+        rows.every((row) =>
+          row.state === "idle"
+        ),
+        JSON.stringify(rows)
+      )
       assert.strictEqual(yield* count("tx_sleep"), 0)
     }).pipe(Effect.provide(Live)))
 
@@ -341,43 +378,47 @@ describe("Transaction", () => {
       assert.isAtLeast(stats.closedByReason.broken, 1)
     }).pipe(Effect.provide(Live)))
 
-  it.live("bank transfers under concurrency, random failures and interruptions keep the total", () =>
-    Effect.gen(function*() {
-      yield* PgPool.query("drop table if exists bank")
-      yield* PgPool.query("create table bank (id int primary key, balance int not null)")
-      yield* PgPool.query("insert into bank select g, 1000 from generate_series(1, 10) g")
-      const sql = yield* SqlClient.SqlClient
-      let seed = 42
-      const random = () => {
-        seed = (seed * 1103515245 + 12345) & 0x7fffffff
-        return seed / 0x7fffffff
-      }
-      const transfer = (i: number) => {
-        const from = 1 + Math.floor(random() * 10)
-        const to = 1 + Math.floor(random() * 10)
-        const amount = 1 + Math.floor(random() * 50)
-        const fail = random() < 0.2
-        const viaSql = i % 2 === 0
-        const body = Effect.gen(function*() {
-          if (viaSql) yield* sql`update bank set balance = balance - ${amount} where id = ${from}`
-          else yield* PgPool.query("update bank set balance = balance - $2 where id = $1", [from, amount])
-          yield* Effect.sleep(Math.floor(random() * 3))
-          if (fail) yield* Effect.fail("random failure")
-          if (viaSql) yield* sql`update bank set balance = balance + ${amount} where id = ${to}`
-          else yield* PgPool.query("update bank set balance = balance + $2 where id = $1", [to, amount])
-        })
-        return viaSql ? sql.withTransaction(body) : Transaction.withTransaction(body)
-      }
-      const fibers: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
-      for (let i = 0; i < 300; i++) fibers.push(yield* Effect.fork(Effect.exit(transfer(i))))
-      for (const fiber of fibers) if (random() < 0.2) yield* Effect.fork(Fiber.interrupt(fiber))
-      yield* Fiber.awaitAll(fibers)
-      const [total] = yield* PgPool.query("select sum(balance)::int as total from bank")
-      assert.deepStrictEqual(total, { total: 10_000 })
-      const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0 && s.waiting === 0)
-      assert.isAtMost(stats.size, 6)
-      assert.strictEqual(yield* idleInTransaction, 0)
-    }).pipe(Effect.provide(Live)), 60_000)
+  it.live(
+    "bank transfers under concurrency, random failures and interruptions keep the total",
+    () =>
+      Effect.gen(function*() {
+        yield* PgPool.query("drop table if exists bank")
+        yield* PgPool.query("create table bank (id int primary key, balance int not null)")
+        yield* PgPool.query("insert into bank select g, 1000 from generate_series(1, 10) g")
+        const sql = yield* SqlClient.SqlClient
+        let seed = 42
+        const random = () => {
+          seed = (seed * 1103515245 + 12345) & 0x7fffffff
+          return seed / 0x7fffffff
+        }
+        const transfer = (i: number) => {
+          const from = 1 + Math.floor(random() * 10)
+          const to = 1 + Math.floor(random() * 10)
+          const amount = 1 + Math.floor(random() * 50)
+          const fail = random() < 0.2
+          const viaSql = i % 2 === 0
+          const body = Effect.gen(function*() {
+            if (viaSql) yield* sql`update bank set balance = balance - ${amount} where id = ${from}`
+            else yield* PgPool.query("update bank set balance = balance - $2 where id = $1", [from, amount])
+            yield* Effect.sleep(Math.floor(random() * 3))
+            if (fail) yield* Effect.fail("random failure")
+            if (viaSql) yield* sql`update bank set balance = balance + ${amount} where id = ${to}`
+            else yield* PgPool.query("update bank set balance = balance + $2 where id = $1", [to, amount])
+          })
+          return viaSql ? sql.withTransaction(body) : Transaction.withTransaction(body)
+        }
+        const fibers: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
+        for (let i = 0; i < 300; i++) fibers.push(yield* Effect.fork(Effect.exit(transfer(i))))
+        for (const fiber of fibers) if (random() < 0.2) yield* Effect.fork(Fiber.interrupt(fiber))
+        yield* Fiber.awaitAll(fibers)
+        const [total] = yield* PgPool.query("select sum(balance)::int as total from bank")
+        assert.deepStrictEqual(total, { total: 10_000 })
+        const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0 && s.waiting === 0)
+        assert.isAtMost(stats.size, 6)
+        assert.strictEqual(yield* idleInTransaction, 0)
+      }).pipe(Effect.provide(Live)),
+    60_000
+  )
 
   describe("BEGIN goes out with the first statement", () => {
     /** The live connector, counting the writes (round trips) the pool makes. */
@@ -408,10 +449,13 @@ describe("Transaction", () => {
       return Effect.gen(function*() {
         yield* fresh("tx_pipe")
         writes.length = 0
-        yield* Transaction.withTransaction(Effect.gen(function*() {
-          yield* PgPool.query("insert into tx_pipe (id) values ($1)", [1])
-          yield* PgPool.query("update tx_pipe set v = v + 1 where id = 1")
-        }), { isolation: "repeatable read" })
+        yield* Transaction.withTransaction(
+          Effect.gen(function*() {
+            yield* PgPool.query("insert into tx_pipe (id) values ($1)", [1])
+            yield* PgPool.query("update tx_pipe set v = v + 1 where id = 1")
+          }),
+          { isolation: "repeatable read" }
+        )
         assert.deepStrictEqual(writes, [
           "BEGIN ISOLATION LEVEL REPEATABLE READ + insert into tx_pipe (id) values ($1)",
           "update tx_pipe set v = v + 1 where id = 1",
@@ -425,7 +469,12 @@ describe("Transaction", () => {
         assert.deepStrictEqual(writes, [])
         // a savepoint takes the BEGIN along
         yield* Transaction.withTransaction(Transaction.withTransaction(PgPool.query("select 1")))
-        assert.deepStrictEqual(writes, ["BEGIN + SAVEPOINT effect_sql_1", "select 1", "RELEASE SAVEPOINT effect_sql_1", "COMMIT"])
+        assert.deepStrictEqual(writes, [
+          "BEGIN + SAVEPOINT effect_sql_1",
+          "select 1",
+          "RELEASE SAVEPOINT effect_sql_1",
+          "COMMIT"
+        ])
         assert.strictEqual(yield* idleInTransaction, 0)
       }).pipe(Effect.provide(countedLive(writes)))
     })
@@ -493,16 +542,23 @@ describe("Transaction", () => {
       const writes: Array<string> = []
       return Effect.gen(function*() {
         yield* fresh("tx_pipe_fail")
-        const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
-          yield* Effect.ignore(PgPool.query("insert into no_such_table values (1)"))
-          yield* PgPool.query("insert into tx_pipe_fail (id) values (1)")
-        })))
+        // on a pinned connection, with a statement of its own after the transaction: the transaction's ROLLBACK
+        // must come before it (the pool's return reset, after it, would also write a ROLLBACK)
+        const [exit, after] = yield* PgPool.withConnection(Effect.gen(function*() {
+          const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+            yield* Effect.ignore(PgPool.query("insert into no_such_table values (1)"))
+            yield* PgPool.query("insert into tx_pipe_fail (id) values (1)")
+          })))
+          return [exit, yield* PgPool.query("select 'after the transaction' as marker")] as const
+        }))
         // the swallowed error left the transaction failed: the insert after it is refused, nothing autocommits
         assert.isTrue(Exit.isFailure(exit))
-        assert.deepStrictEqual(writes.slice(-3), [
+        assert.deepStrictEqual(after, [{ marker: "after the transaction" }])
+        assert.deepStrictEqual(writes.slice(-4), [
           "BEGIN + insert into no_such_table values (1)",
           "insert into tx_pipe_fail (id) values (1)",
-          "ROLLBACK"
+          "ROLLBACK",
+          "select 'after the transaction' as marker"
         ])
         assert.strictEqual(yield* count("tx_pipe_fail"), 0)
         assert.strictEqual(yield* idleInTransaction, 0)
@@ -520,10 +576,13 @@ describe("Transaction", () => {
           // share the extended-protocol message with the BEGIN, so BEGIN goes first, on its own
           const statuses = yield* PgPool.withConnection(Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => {
             const both = conn.query("select 1 as a; select 2 as b")
-            return Transaction.withTransaction(Effect.zipRight(
-              both,
-              conn.query("select current_setting('transaction_isolation') as level")
-            ), { isolation: "serializable" })
+            return Transaction.withTransaction(
+              Effect.zipRight(
+                both,
+                conn.query("select current_setting('transaction_isolation') as level")
+              ),
+              { isolation: "serializable" }
+            )
           })))
           assert.deepStrictEqual(statuses, [{ level: "serializable" }])
           assert.strictEqual((yield* PgPool.stats).inUse, 0)

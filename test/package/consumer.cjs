@@ -42,21 +42,22 @@ const closed = (specifier) => {
   }
 }
 
-Effect.runPromise(Effect.zip(program.pipe(Effect.provide(PgPoolSql.layer.pipe(Layer.provideMerge(PoolLive)))), swap)).then(
-  ([result, swapped]) => {
-    console.log(JSON.stringify({
-      format: "cjs",
-      // the build the require condition chose
-      resolved: require.resolve("effect-pg-pool"),
-      sameModule: PgPoolModule.query === PgPool.query,
-      version: require("effect-pg-pool/package.json").version,
-      internal: closed("effect-pg-pool/internal/pool"),
-      swap: swapped,
-      ...result
-    }))
-  },
-  (error) => {
-    console.error(error)
-    process.exitCode = 1
-  }
-)
+Effect.runPromise(Effect.zip(program.pipe(Effect.provide(PgPoolSql.layer.pipe(Layer.provideMerge(PoolLive)))), swap))
+  .then(
+    ([result, swapped]) => {
+      console.log(JSON.stringify({
+        format: "cjs",
+        // the build the require condition chose
+        resolved: require.resolve("effect-pg-pool"),
+        sameModule: PgPoolModule.query === PgPool.query,
+        version: require("effect-pg-pool/package.json").version,
+        internal: closed("effect-pg-pool/internal/pool"),
+        swap: swapped,
+        ...result
+      }))
+    },
+    (error) => {
+      console.error(error)
+      process.exitCode = 1
+    }
+  )

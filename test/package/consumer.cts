@@ -1,7 +1,8 @@
 // The CommonJS side of the TypeScript consumer (a .cts file under NodeNext resolves the package's require
 // condition), type-checked by test/package.test.ts. Not run.
 import { Effect, Redacted } from "effect"
-import { PgPool, PgPoolError, PgPoolLive, PgPoolSql, Transaction } from "effect-pg-pool"
+import type { PgPoolError } from "effect-pg-pool"
+import { PgPool, PgPoolLive, PgPoolSql, Transaction } from "effect-pg-pool"
 import PgPoolModule = require("effect-pg-pool/PgPool")
 
 export const program = Transaction.withTransaction(PgPoolModule.query("select $1::int as one", [1])).pipe(

@@ -5,15 +5,8 @@ import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Config, Effect, Layer, Redacted, Stream } from "effect"
 import type { ConfigError } from "effect"
-import {
-  Connector,
-  PgPool,
-  PgPoolError,
-  PgPoolLive,
-  PgPoolSql,
-  PgPoolTest,
-  Transaction
-} from "effect-pg-pool"
+import type { PgPoolError } from "effect-pg-pool"
+import { Connector, PgPool, PgPoolLive, PgPoolSql, PgPoolTest, Transaction } from "effect-pg-pool"
 import * as PgPoolModule from "effect-pg-pool/PgPool"
 import * as PgPoolErrorModule from "effect-pg-pool/PgPoolError"
 import type * as PgPoolSqlModule from "effect-pg-pool/PgPoolSql"
@@ -34,8 +27,10 @@ const PoolFromConfig = PgPoolModule.layerConfig({
   maxConnections: Config.integer("POOL_SIZE")
 })
 
-const SqlLive: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, PgPoolError.ConnectionError | ConfigError.ConfigError> =
-  PgPoolSql.layer.pipe(Layer.provide(PgPoolLive))
+const SqlLive: Layer.Layer<
+  SqlClient.SqlClient | PgClient.PgClient,
+  PgPoolError.ConnectionError | ConfigError.ConfigError
+> = PgPoolSql.layer.pipe(Layer.provide(PgPoolLive))
 
 const options: PgPoolSqlModule.Options = {}
 
@@ -73,8 +68,10 @@ const program = Effect.gen(function*() {
   return { rows, size: stats.size, pinned, moved, first, streamed, fromSqlTransaction }
 }).pipe(
   Effect.scoped,
-  Effect.catchTag("PoolExhaustedError", (error: PgPoolError.PoolExhaustedError) =>
-    Effect.succeed({ exhausted: error.reason, waiting: error.stats.waiting })),
+  Effect.catchTag(
+    "PoolExhaustedError",
+    (error: PgPoolError.PoolExhaustedError) => Effect.succeed({ exhausted: error.reason, waiting: error.stats.waiting })
+  ),
   Effect.catchTag("QueryError", (error: PgPoolError.QueryError) => Effect.succeed({ code: error.code })),
   Effect.catchTag("ConnectionError", (error: PgPoolError.ConnectionError) => Effect.succeed({ host: error.host }))
 )

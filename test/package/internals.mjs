@@ -86,13 +86,21 @@ const cancel = Effect.gen(function*() {
   const statement = yield* PgPool.query("select pg_sleep(10)").pipe(Effect.timeout("300 millis"), Effect.either)
   const statementMs = Date.now() - start
   const statsAfterStatement = yield* PgPool.stats
-  yield* check(statement._tag === "Left" && statement.left._tag === "TimeoutException", "statement timed out", statement)
+  yield* check(
+    statement._tag === "Left" && statement.left._tag === "TimeoutException",
+    "statement timed out",
+    statement
+  )
   yield* check(statementMs < 2000, "statement cancelled at once (ms)", statementMs)
   yield* check(statsAfterStatement.inUse === 0, "connection back after the cancel", statsAfterStatement.inUse)
   // the same on a cursor whose read is out
   const sql = yield* SqlClient.SqlClient
   const streamStart = Date.now()
-  const stream = yield* sql`select pg_sleep(10)`.stream.pipe(Stream.runDrain, Effect.timeout("300 millis"), Effect.either)
+  const stream = yield* sql`select pg_sleep(10)`.stream.pipe(
+    Stream.runDrain,
+    Effect.timeout("300 millis"),
+    Effect.either
+  )
   const streamMs = Date.now() - streamStart
   yield* check(stream._tag === "Left", "stream timed out", stream)
   yield* check(streamMs < 2000, "stream cancelled at once (ms)", streamMs)

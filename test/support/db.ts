@@ -2,7 +2,7 @@
  * Test helpers: the fresh database of the current test file, pool configs pointing at it, and server-side
  * views (pg_stat_activity) read over a separate admin connection.
  */
-import { Duration, Effect, Layer, Redacted, TestServices } from "effect"
+import { Duration, Effect, Redacted, TestServices } from "effect"
 import * as Connector from "../../src/Connector.js"
 import { parseUrl } from "../../src/internal/config.js"
 import { queryOnce } from "../../src/internal/embedded.js"
@@ -90,7 +90,13 @@ export const testUrl = (): Redacted.Redacted => {
 /** The connection fields of the test server, for tests of the individual config fields. */
 export const testServer = () => {
   const options = connectOptions(state().adminUrl, state().database)
-  return { host: options.host, port: options.port, user: options.user, password: options.password, database: options.database }
+  return {
+    host: options.host,
+    port: options.port,
+    user: options.user,
+    password: options.password,
+    database: options.database
+  }
 }
 
 /** A pool config for this file's database. */
@@ -126,5 +132,3 @@ export const eventually = <A, E, R>(
     }
     return yield* Effect.fail(`condition not met after ${attempts} attempts; last value: ${JSON.stringify(last)}`)
   })
-
-export const layerWith = (overrides: PgPool.Config = {}) => Layer.fresh(testLayer(overrides))

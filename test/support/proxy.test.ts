@@ -66,7 +66,9 @@ interface Client {
   readonly closed: () => boolean
   /** The error code the socket failed with, e.g. ECONNRESET. */
   readonly error: () => string | undefined
-  readonly state: Effect.Effect<{ readonly received: string; readonly closed: boolean; readonly error: string | undefined }>
+  readonly state: Effect.Effect<
+    { readonly received: string; readonly closed: boolean; readonly error: string | undefined }
+  >
 }
 
 const client = (port: number): Effect.Effect<Client, never, Scope.Scope> =>
@@ -306,7 +308,11 @@ describe("Proxy (pool)", () => {
       assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
       yield* proxy.setMode("drop")
       // disconnect: the timeout returns at once, while the pool cancels the statement in the background
-      const hung = yield* pool.query("select 2 as two").pipe(Effect.disconnect, Effect.timeout("300 millis"), Effect.flip)
+      const hung = yield* pool.query("select 2 as two").pipe(
+        Effect.disconnect,
+        Effect.timeout("300 millis"),
+        Effect.flip
+      )
       assert.strictEqual(hung._tag, "TimeoutException")
       // a new pool cannot start: its connect attempt is accepted by the proxy and then hears nothing
       const before = proxy.connections()
@@ -336,11 +342,19 @@ describe("Proxy (pool)", () => {
       yield* resetBeforeClose(proxy)
       assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
       yield* proxy.setMode("drop")
-      const hung = yield* pool.query("select 1 as one").pipe(Effect.disconnect, Effect.timeout("300 millis"), Effect.flip)
+      const hung = yield* pool.query("select 1 as one").pipe(
+        Effect.disconnect,
+        Effect.timeout("300 millis"),
+        Effect.flip
+      )
       assert.strictEqual(hung._tag, "TimeoutException")
       yield* proxy.setMode("pass")
       const rows = yield* eventually(
-        pool.query("select 1 as one").pipe(Effect.disconnect, Effect.timeout("2 seconds"), Effect.orElseSucceed(() => [])),
+        pool.query("select 1 as one").pipe(
+          Effect.disconnect,
+          Effect.timeout("2 seconds"),
+          Effect.orElseSucceed(() => [])
+        ),
         (rows) => rows.length === 1,
         { interval: Duration.millis(50), attempts: 60 }
       )

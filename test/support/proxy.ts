@@ -175,7 +175,11 @@ class Running {
     let upstream: Side | undefined
     if (this.mode === "pass") {
       this.upstreamConnections++
-      const target = net.connect({ host: this.options.target.host, port: this.options.target.port, allowHalfOpen: true })
+      const target = net.connect({
+        host: this.options.target.host,
+        port: this.options.target.port,
+        allowHalfOpen: true
+      })
       target.on("error", () => {})
       target.setNoDelay(true)
       upstream = side(target)

@@ -45,7 +45,7 @@ import * as fs from "node:fs"
 import * as fsp from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as Connector from "../../src/Connector.js"
+import type * as Connector from "../../src/Connector.js"
 import * as Embedded from "../../src/internal/embedded.js"
 import type * as PgPool from "../../src/PgPool.js"
 

@@ -81,13 +81,20 @@ const passphrase = `pp-${secretMarker}-key`
 
 const openssl = (dir: string, args: ReadonlyArray<string>): Effect.Effect<void, TlsSetupError> =>
   Effect.async<void, TlsSetupError>((resume) => {
-    const child = execFile("/usr/bin/openssl", args as Array<string>, { cwd: dir, timeout: 30_000 }, (error, _stdout, stderr) => {
-      resume(
-        error === null
-          ? Effect.void
-          : Effect.fail(new TlsSetupError({ message: `openssl ${args[0]} failed: ${stderr || error.message}`, cause: error }))
-      )
-    })
+    const child = execFile(
+      "/usr/bin/openssl",
+      args as Array<string>,
+      { cwd: dir, timeout: 30_000 },
+      (error, _stdout, stderr) => {
+        resume(
+          error === null
+            ? Effect.void
+            : Effect.fail(
+              new TlsSetupError({ message: `openssl ${args[0]} failed: ${stderr || error.message}`, cause: error })
+            )
+        )
+      }
+    )
     return Effect.sync(() => child.kill())
   })
 
@@ -129,8 +136,21 @@ export const certificates: Effect.Effect<Certificates, TlsSetupError, Scope.Scop
   const run = (args: ReadonlyArray<string>) => openssl(dir, args)
   const selfSignedCa = (name: string, cn: string) =>
     run([
-      "req", "-config", "openssl.cnf", "-x509", ...ecKey, "-keyout", `${name}.key`, "-out", `${name}.crt`,
-      "-days", "7", "-subj", `/CN=${cn}`, "-extensions", "ca"
+      "req",
+      "-config",
+      "openssl.cnf",
+      "-x509",
+      ...ecKey,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "7",
+      "-subj",
+      `/CN=${cn}`,
+      "-extensions",
+      "ca"
     ])
   let serial = 1
   const signed = (
@@ -144,12 +164,35 @@ export const certificates: Effect.Effect<Certificates, TlsSetupError, Scope.Scop
       yield* fileSystem("cannot write an extension file", () =>
         fs.writeFile(path.join(dir, `${name}.ext`), leafExtensions(usage, names)))
       yield* run([
-        "req", "-config", "openssl.cnf", "-new", ...ecKey, "-keyout", `${name}.key`, "-out", `${name}.csr`,
-        "-subj", `/CN=${cn}`
+        "req",
+        "-config",
+        "openssl.cnf",
+        "-new",
+        ...ecKey,
+        "-keyout",
+        `${name}.key`,
+        "-out",
+        `${name}.csr`,
+        "-subj",
+        `/CN=${cn}`
       ])
       yield* run([
-        "x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.crt`, "-CAkey", `${ca}.key`, "-set_serial", String(++serial),
-        "-days", "7", "-extfile", `${name}.ext`, "-out", `${name}.crt`
+        "x509",
+        "-req",
+        "-in",
+        `${name}.csr`,
+        "-CA",
+        `${ca}.crt`,
+        "-CAkey",
+        `${ca}.key`,
+        "-set_serial",
+        String(++serial),
+        "-days",
+        "7",
+        "-extfile",
+        `${name}.ext`,
+        "-out",
+        `${name}.crt`
       ])
     })
   yield* Effect.all([
@@ -163,7 +206,14 @@ export const certificates: Effect.Effect<Certificates, TlsSetupError, Scope.Scop
     signed("stranger", certRole, "clientAuth", undefined, "other-ca")
   ], { concurrency: 4, discard: true })
   yield* run([
-    "pkey", "-in", "client.key", "-aes256", "-passout", `pass:${passphrase}`, "-out", "client-encrypted.key"
+    "pkey",
+    "-in",
+    "client.key",
+    "-aes256",
+    "-passout",
+    `pass:${passphrase}`,
+    "-out",
+    "client-encrypted.key"
   ])
   // keys are private; certificates are for everyone (the server may run as another user)
   yield* fileSystem("cannot set file modes", async () => {
@@ -227,7 +277,9 @@ export const server = (
   Effect.gen(function*() {
     const server = yield* PrivateServer.make()
     const { dataDir } = server.embedded
-    const [cert, key] = certificate === "right" ? [certs.serverCert, certs.serverKey] : [certs.wrongCert, certs.wrongKey]
+    const [cert, key] = certificate === "right"
+      ? [certs.serverCert, certs.serverKey]
+      : [certs.wrongCert, certs.wrongKey]
     // the server's own copy of its key, owned by the user the server runs as
     const serverKey = path.join(certs.dir, `server-${server.port}.key`)
     yield* fileSystem("cannot give the server its key", async () => {
@@ -252,7 +304,9 @@ export const server = (
     yield* server.restart
     const rows = yield* server.query("select current_setting('ssl') as ssl")
     if (rows[0]?.ssl !== "on") {
-      return yield* Effect.fail(new TlsSetupError({ message: `ssl is not on after the restart: ${JSON.stringify(rows)}` }))
+      return yield* Effect.fail(
+        new TlsSetupError({ message: `ssl is not on after the restart: ${JSON.stringify(rows)}` })
+      )
     }
     const hbaErrors = yield* server.query("select line_number, error from pg_hba_file_rules where error is not null")
     if (hbaErrors.length > 0) {
@@ -267,9 +321,9 @@ export const server = (
       url: (role, query = {}) => {
         const password = passwordOf(role)
         const search = new URLSearchParams(query).toString()
-        return `postgres://${role}${password === undefined ? "" : `:${encodeURIComponent(password)}`}@${server.host}:${server.port}/postgres${
-          search === "" ? "" : `?${search}`
-        }`
+        return `postgres://${role}${
+          password === undefined ? "" : `:${encodeURIComponent(password)}`
+        }@${server.host}:${server.port}/postgres${search === "" ? "" : `?${search}`}`
       },
       config: (role, overrides = {}) => {
         const password = passwordOf(role)
