@@ -21,7 +21,9 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Tracer from "effect/Tracer"
 import type * as Connector from "../Connector.js"
-import type { ResolvedConfig } from "./config.js"
+import type { ResolvedConfig } from "./config/resolve.js"
+import type { Physical } from "./connection/physical.js"
+import type { PoolCore } from "./pool/core.js"
 
 /** Effect's own tracer, which keeps spans in memory only: the tracer of a fiber when none was installed. */
 const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
@@ -142,3 +144,15 @@ export class TransactionTrace {
 /** @internal */
 export const fiberClock = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Clock.Clock =>
   Context.get(fiber.currentDefaultServices, Clock.Clock)
+
+/**
+ * What the checkout of `conn` from `core` for the span's operation found: with several hosts, the server (and
+ * the read pool, when the connection served reads); how long it waited, unless the connection was held
+ * already (`waited` undefined).
+ *
+ * @internal
+ */
+export const checkedOutFrom = (span: Tracer.Span, core: PoolCore, conn: Physical, waited: number | undefined): void => {
+  const several = core.topology !== undefined
+  checkedOut(span, several ? conn.server.host : undefined, several && core.role.forReads ? core.config.name : undefined, waited)
+}

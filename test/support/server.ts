@@ -18,7 +18,7 @@
 import { Effect } from "effect"
 import type { ConfigError, Redacted, Scope } from "effect"
 import * as Connector from "../../src/Connector.js"
-import * as Embedded from "../../src/internal/embedded.js"
+import * as Embedded from "../../src/internal/testing/embedded.js"
 import * as PgPool from "../../src/PgPool.js"
 import type { ConnectionError } from "../../src/PgPoolError.js"
 

@@ -12,8 +12,8 @@ import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as Connector from "../Connector.js"
-import { type ConnectionError, EmbeddedPostgresError, type QueryError } from "../PgPoolError.js"
+import * as Connector from "../../Connector.js"
+import { type ConnectionError, EmbeddedPostgresError, type QueryError } from "../../PgPoolError.js"
 
 /** @internal */
 export { EmbeddedPostgresError }

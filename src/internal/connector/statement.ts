@@ -11,7 +11,7 @@ import { createHash } from "node:crypto"
 import type pg from "pg"
 import pgUtils from "pg/lib/utils.js"
 import { serialize } from "pg-protocol"
-import type * as Connector from "../Connector.js"
+import type * as Connector from "../../Connector.js"
 
 /** A RowDescription field, as pg-protocol parses it. */
 interface WireField {

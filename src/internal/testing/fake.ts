@@ -17,9 +17,9 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import type * as Connector from "../Connector.js"
-import type * as PgPoolTest from "../PgPoolTest.js"
-import { ConnectionError, QueryError } from "../PgPoolError.js"
+import type * as Connector from "../../Connector.js"
+import type * as PgPoolTest from "../../PgPoolTest.js"
+import { ConnectionError, QueryError } from "../../PgPoolError.js"
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 

@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as fs from "node:fs/promises"
 import type * as tls from "node:tls"
-import type * as Connector from "../Connector.js"
+import type * as Connector from "../../Connector.js"
 
 /** TLS options for one attempt, or `false` for an attempt without TLS. @internal */
 export type Attempt = tls.ConnectionOptions | false
