@@ -597,12 +597,14 @@ export class FakeServer {
   }
 
   readonly connector: Connector.Connector = {
+    // the latency is waited for outside the acquisition, so that a connect timeout or the closing of the pool
+    // can interrupt a slow connect, as with the live connector
     connect: (options, onLost) =>
-      Effect.acquireRelease(
-        Effect.suspend(() => {
-          this.connects++
-          const refusal = this.refusing
-          const open = Effect.suspend(() => {
+      Effect.suspend(() => {
+        this.connects++
+        const refusal = this.refusing
+        const open = Effect.acquireRelease(
+          Effect.suspend(() => {
             if (refusal !== undefined) {
               return Effect.fail(
                 new ConnectionError({
@@ -619,10 +621,10 @@ export class FakeServer {
             const backend = new FakeBackend(this, this.nextPid++, onLost, options)
             this.backends.set(backend.backendPid, backend)
             return Effect.succeed(backend)
-          })
-          return this.connectLatency > 0 ? Effect.zipRight(Effect.sleep(this.connectLatency), open) : open
-        }),
-        (backend) => Effect.sync(() => backend.close())
-      )
+          }),
+          (backend) => Effect.sync(() => backend.close())
+        )
+        return this.connectLatency > 0 ? Effect.zipRight(Effect.sleep(this.connectLatency), open) : open
+      })
   }
 }
