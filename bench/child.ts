@@ -8,7 +8,7 @@ import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 
 /** The environment variable a child reads the database URL from (never the command line, which `ps` shows). */
-export const URL_VARIABLE = "BENCH_DATABASE_URL"
+const URL_VARIABLE = "BENCH_DATABASE_URL"
 
 /** Path of a compiled script next to this one. */
 export const script = (name: string): string => fileURLToPath(new URL(`./${name}`, import.meta.url))

@@ -7,7 +7,7 @@ import * as Exit from "effect/Exit"
 import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import pg from "pg"
-import * as Embedded from "../src/internal/embedded.js"
+import * as Embedded from "../src/internal/testing/embedded.js"
 
 /** The table of the transaction workload; a name no application would use, dropped at the end. */
 export const TABLE = "effect_pg_pool_bench_accounts"

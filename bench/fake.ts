@@ -39,7 +39,7 @@ const fakeConnection = (): Connector.Connection => ({
 })
 
 /** A `Connector` whose connections answer from memory: the real pool core runs on top of it. */
-export const connector: Connector.Connector = {
+const connector: Connector.Connector = {
   connect: () => Effect.sync(fakeConnection)
 }
 

@@ -9,7 +9,7 @@ import type { ChildReport } from "./rss-child.js"
 import type { MemorySettings } from "./settings.js"
 import { select1 } from "./sql-candidates.js"
 
-export interface MemoryRow {
+interface MemoryRow {
   readonly name: string
   readonly role: Role
   readonly note: string | undefined

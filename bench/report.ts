@@ -31,7 +31,7 @@ interface Target {
   readonly label: string
 }
 
-export const TARGETS: ReadonlyArray<Target> = [
+const TARGETS: ReadonlyArray<Target> = [
   {
     suite: "select1",
     ours: "PgPool.query",

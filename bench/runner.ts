@@ -9,7 +9,7 @@
 import * as Effect from "effect/Effect"
 import { quantile, Recorder } from "./stats.js"
 
-export interface RunPlan {
+interface RunPlan {
   readonly workers: number
   /** `performance.now()` value after which workers stop starting new operations. */
   readonly deadline: number

@@ -42,10 +42,10 @@ export const SETTINGS: Readonly<Record<Mode, Settings>> = {
   }
 }
 
-export const SUITE_IDS = ["select1", "transaction", "checkout", "oneshot", "tracing", "memory"] as const
-export type SuiteId = typeof SUITE_IDS[number]
+const SUITE_IDS = ["select1", "transaction", "checkout", "oneshot", "tracing", "memory"] as const
+type SuiteId = typeof SUITE_IDS[number]
 
-export const isSuiteId = (name: string): name is SuiteId => (SUITE_IDS as ReadonlyArray<string>).includes(name)
+const isSuiteId = (name: string): name is SuiteId => (SUITE_IDS as ReadonlyArray<string>).includes(name)
 
 export interface Options {
   readonly settings: Settings
@@ -56,7 +56,7 @@ export interface Options {
   readonly profile: boolean
 }
 
-export const USAGE = `options:
+const USAGE = `options:
   --quick                 short cells, 3 rounds (under a minute)
   --only=a,b              suites to run: ${SUITE_IDS.join(", ")}
   --candidates=a,b        only these candidates (exact names as in the report)

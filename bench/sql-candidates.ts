@@ -43,7 +43,7 @@ const randomId = (): number => 1 + Math.floor(Math.random() * ROWS)
 // ---------------------------------------------------------------------------------------------------------
 
 /** Our pool, as an application would configure it (its connection logs kept out of the report's output). */
-export const ourLayer = (db: Target): Layer.Layer<PgPool.PgPool, unknown> =>
+const ourLayer = (db: Target): Layer.Layer<PgPool.PgPool, unknown> =>
   PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours" }).pipe(
     Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
@@ -87,7 +87,7 @@ const pgPoolSelect1: Candidate<Target> = ready("pg.Pool", "alternative", async (
 })
 
 /** `SELECT 1` through any `SqlClient` layer (@effect/sql-pg's PgClient, later our PgPoolSql). */
-export const sqlClientSelect1 = (
+const sqlClientSelect1 = (
   name: string,
   role: Role,
   layer: (db: Target) => Layer.Layer<SqlClient.SqlClient, unknown>
@@ -147,7 +147,7 @@ const ourBody: Effect.Effect<unknown, PoolError | QueryError, PgPool.PgPool> = E
 /** A transaction combinator of ours: today BEGIN/COMMIT by hand, later `Transaction.withTransaction`. */
 type OurTransaction = <A, E, R>(body: Effect.Effect<A, E, R>) => Effect.Effect<A, unknown, R | PgPool.PgPool>
 
-export const ourTransaction = (name: string, transaction: OurTransaction): Candidate<Target> =>
+const ourTransaction = (name: string, transaction: OurTransaction): Candidate<Target> =>
   ready(name, "ours", (db) => fromRuntime(ManagedRuntime.make(ourLayer(db)), transaction(ourBody)))
 
 /**
@@ -163,7 +163,7 @@ const manualTransaction: OurTransaction = (body) =>
   )
 
 /** The transaction workload through any `SqlClient` layer's `withTransaction`. */
-export const sqlClientTransaction = (
+const sqlClientTransaction = (
   name: string,
   role: Role,
   layer: (db: Target) => Layer.Layer<SqlClient.SqlClient, unknown>

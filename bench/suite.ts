@@ -10,7 +10,7 @@ import { runCell } from "./runner.js"
 import type { CellResult } from "./runner.js"
 
 /** What a suite measures (plain data: it travels from the child process to the report). */
-export interface SuiteInfo {
+interface SuiteInfo {
   readonly id: string
   readonly title: string
   readonly description: string
@@ -27,7 +27,7 @@ export interface SuiteSpec<Ctx> extends SuiteInfo {
   readonly candidates: ReadonlyArray<Candidate<Ctx>>
 }
 
-export type RowStatus = "ok" | "pending" | "failed"
+type RowStatus = "ok" | "pending" | "failed"
 
 export interface Row {
   readonly name: string

@@ -34,7 +34,7 @@ class NoopSpan implements Tracer.Span {
   addLinks(): void {}
 }
 
-export const noopTracer: Tracer.Tracer = Tracer.make({
+const noopTracer: Tracer.Tracer = Tracer.make({
   span: (name, parent, context, links, startTime, kind) => new NoopSpan(name, parent, context, links, startTime, kind),
   context: (f) => f()
 })

@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import * as internal from "./internal/connector.js"
+import * as internal from "./internal/connector/pg.js"
 import type { ConnectionError, QueryError } from "./PgPoolError.js"
 
 /**

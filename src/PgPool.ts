@@ -24,8 +24,8 @@ import type * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Connector from "./Connector.js"
-import * as configInternal from "./internal/config.js"
-import * as internal from "./internal/pool.js"
+import * as configInternal from "./internal/config/env.js"
+import * as internal from "./internal/pgpool/service.js"
 import type { ConnectionError, PoolError, QueryError } from "./PgPoolError.js"
 
 /**

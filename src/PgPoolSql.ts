@@ -35,7 +35,7 @@ import type * as ConfigError from "effect/ConfigError"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as internal from "./internal/sql.js"
+import * as internal from "./internal/sql/client.js"
 import type * as PgPool from "./PgPool.js"
 import type { ConnectionError } from "./PgPoolError.js"
 

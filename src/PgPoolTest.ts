@@ -30,9 +30,10 @@ import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import type * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
 import * as Connector from "./Connector.js"
-import * as Embedded from "./internal/embedded.js"
-import { FakeServer } from "./internal/fake.js"
+import * as Embedded from "./internal/testing/embedded.js"
+import { FakeServer } from "./internal/testing/fake.js"
 import * as PgPool from "./PgPool.js"
 import * as PgPoolError from "./PgPoolError.js"
 
@@ -323,8 +324,11 @@ export type EmbeddedPostgresError = PgPoolError.EmbeddedPostgresError
  * @since 0.1.0
  * @category layers
  */
-export const layerEmbeddedDatabase: Layer.Layer<EmbeddedDatabase, EmbeddedPostgresError> = Layer.scoped(
-  EmbeddedDatabase,
+export const layerEmbeddedDatabase: Layer.Layer<EmbeddedDatabase, EmbeddedPostgresError> = Layer.suspend(() =>
+  Layer.scoped(EmbeddedDatabase, makeEmbeddedDatabase)
+)
+
+const makeEmbeddedDatabase: Effect.Effect<EmbeddedDatabase, EmbeddedPostgresError, Scope.Scope> = Effect.suspend(() =>
   Effect.gen(function*() {
     const server = yield* Embedded.make()
     const database = `test_${Math.random().toString(36).slice(2, 10)}`
@@ -337,7 +341,7 @@ export const layerEmbeddedDatabase: Layer.Layer<EmbeddedDatabase, EmbeddedPostgr
       stop: server.stop,
       start: server.start,
       restart: server.restart
-    }
+    } satisfies EmbeddedDatabase
   })
 )
 
@@ -354,7 +358,12 @@ export const layerEmbedded = (
   PgPool.PgPool | EmbeddedDatabase,
   PgPoolError.ConnectionError | ConfigError.ConfigError | EmbeddedPostgresError
 > =>
-  Layer.provideMerge(
-    Layer.unwrapEffect(Effect.map(EmbeddedDatabase, (db) => PgPool.layer({ ...config, url: db.url }))),
-    Layer.fresh(layerEmbeddedDatabase)
-  )
+  Layer.suspend(() => {
+    // a layer of its own for each call (two calls, two databases), built once within it: the pool and the
+    // EmbeddedDatabase it provides are on the same database
+    const database = Layer.scoped(EmbeddedDatabase, makeEmbeddedDatabase)
+    return Layer.provideMerge(
+      Layer.unwrapEffect(Effect.map(EmbeddedDatabase, (db) => PgPool.layer({ ...config, url: db.url }))),
+      database
+    )
+  })

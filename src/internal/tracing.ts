@@ -21,7 +21,9 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Tracer from "effect/Tracer"
 import type * as Connector from "../Connector.js"
-import type { ResolvedConfig } from "./config.js"
+import type { ResolvedConfig } from "./config/resolve.js"
+import type { Physical } from "./connection/physical.js"
+import type { PoolCore } from "./pool/core.js"
 
 /** Effect's own tracer, which keeps spans in memory only: the tracer of a fiber when none was installed. */
 const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
@@ -36,7 +38,7 @@ export const traced = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean =>
   fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
 
 /** How long the operation waited for a connection, in milliseconds (0: an idle one was taken). @internal */
-export const WAIT_TIME = "db.client.connection.wait_time"
+const WAIT_TIME = "db.client.connection.wait_time"
 
 /** @internal */
 export type Attributes = ReadonlyArray<readonly [string, unknown]>
@@ -81,7 +83,7 @@ export const annotate = (span: Tracer.Span, attributes: Attributes): void => {
  *
  * @internal
  */
-export const checkedOut = (
+const checkedOut = (
   span: Tracer.Span,
   server: { readonly host: string; readonly port: number } | undefined,
   pool: string | undefined,
@@ -142,3 +144,20 @@ export class TransactionTrace {
 /** @internal */
 export const fiberClock = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Clock.Clock =>
   Context.get(fiber.currentDefaultServices, Clock.Clock)
+
+/**
+ * What the checkout of `conn` from `core` for the span's operation found: with several hosts, the server (and
+ * the read pool, when the connection served reads); how long it waited, unless the connection was held
+ * already (`waited` undefined).
+ *
+ * @internal
+ */
+export const checkedOutFrom = (span: Tracer.Span, core: PoolCore, conn: Physical, waited: number | undefined): void => {
+  const several = core.topology !== undefined
+  checkedOut(
+    span,
+    several ? conn.server.host : undefined,
+    several && core.role.forReads ? core.config.name : undefined,
+    waited
+  )
+}

@@ -16,18 +16,10 @@ import type { PgPool, PooledConnection } from "../PgPool.js"
 import type { ConnectionError, PoolError } from "../PgPoolError.js"
 import { QueryError } from "../PgPoolError.js"
 import type * as Transaction from "../Transaction.js"
-import {
-  CoreId,
-  currentReadOnly,
-  findPin,
-  type Handle,
-  type Pin,
-  type PoolCore,
-  pinsOf,
-  InheritedPin,
-  tag as PgPoolTag
-} from "./pool.js"
-import { sqlConnection } from "./sql.js"
+import { contextWith, currentReadOnly, findPin, InheritedPin, type Pin, pinsOf } from "./pgpool/pin.js"
+import { type Handle, type PgPoolService, serviceOf, tag as PgPoolTag, usedAfterRelease } from "./pgpool/service.js"
+import type { PoolCore } from "./pool/core.js"
+import { sqlConnection } from "./sql/connection.js"
 import * as Tracing from "./tracing.js"
 
 /** @internal */
@@ -36,9 +28,9 @@ export const TransactionTag: Context.Tag<Transaction.Transaction, Transaction.Tr
 >("effect-pg-pool/Transaction")
 
 /** @internal */
-export class TransactionImpl implements Transaction.Transaction {
+class TransactionImpl implements Transaction.Transaction {
   constructor(
-    readonly core: PoolCore,
+    readonly owner: PgPoolService,
     readonly handle: Handle,
     readonly depth: number,
     readonly options: Transaction.TransactionOptions
@@ -52,7 +44,7 @@ export class TransactionImpl implements Transaction.Transaction {
 }
 
 /** @internal */
-export const beginStatement = (options: Transaction.TransactionOptions): string => {
+const beginStatement = (options: Transaction.TransactionOptions): string => {
   let text = "BEGIN"
   if (options.isolation !== undefined) text += ` ISOLATION LEVEL ${options.isolation.toUpperCase()}`
   if (options.readOnly === true) text += " READ ONLY"
@@ -92,9 +84,7 @@ const identity: ErrorMapping<TxError> = { map: (error) => error }
 
 /** BEGIN, COMMIT, ROLLBACK, SAVEPOINT: run in the transaction's uninterruptible region. */
 const runOn = (handle: Handle, text: string) =>
-  Effect.suspend(() =>
-    handle.released ? Effect.fail(handle.core.usedAfterRelease(handle)) : handle.core.control(handle.conn, text)
-  )
+  Effect.suspend(() => handle.released ? Effect.fail(usedAfterRelease(handle)) : handle.conn.control(text))
 
 const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionError> =>
   Effect.flatMap(runOn(handle, "COMMIT"), (result) =>
@@ -136,13 +126,12 @@ const runBody = <A, E, R, X>(
   mapping: ErrorMapping<X>,
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
-  // one copy of the context's map for the services (Context.add copies it each time)
-  const services = new Map(context.unsafeMap)
-  services.set(TransactionTag.key, tx)
-  services.set(SqlClient.TransactionConnection.key, [sqlConnection(tx.handle), tx.depth] as const)
-  services.set(InheritedPin.key, pin)
-  if (trace !== undefined) services.set(Tracer.ParentSpan.key, trace.span)
-  const inside = Context.unsafeMake<never>(services)
+  const inside = contextWith(context, [
+    [TransactionTag.key, tx],
+    [SqlClient.TransactionConnection.key, [sqlConnection(tx.owner, tx.handle), tx.depth] as const],
+    [InheritedPin.key, pin],
+    ...(trace === undefined ? [] : [[Tracer.ParentSpan.key, trace.span] as const])
+  ])
   const back = FiberRef.set(FiberRef.currentContext, context)
   return Effect.zipRight(
     FiberRef.set(FiberRef.currentContext, inside),
@@ -190,7 +179,7 @@ export interface SpanSpec {
  */
 export const make = <X, RP>(
   mapping: ErrorMapping<X>,
-  poolOf: (context: Context.Context<never>) => PoolCore | undefined,
+  poolOf: (context: Context.Context<never>) => PgPoolService | undefined,
   spanSpec: SpanSpec
 ) =>
 <A, E, R>(
@@ -202,24 +191,24 @@ export const make = <X, RP>(
       const invalid = invalidOptions(options)
       if (invalid !== undefined) return Effect.fail(mapping.map(invalid))
       const context = fiber.getFiberRef(FiberRef.currentContext)
-      const core = poolOf(context)
-      if (core === undefined) {
+      const service = poolOf(context)
+      if (service === undefined) {
         return Effect.dieMessage("Transaction.withTransaction needs a PgPool built by this package (PgPool.layer)")
       }
       const start = (trace: Tracing.TransactionTrace | undefined): Effect.Effect<A, E | X, R> => {
         const outer = Context.getOption(context, TransactionTag)
-        if (outer._tag === "Some" && (outer.value as TransactionImpl).core === core) {
+        if (outer._tag === "Some" && (outer.value as TransactionImpl).owner === service) {
           return nested(outer.value as TransactionImpl, effect, context, pinsOf(fiber), restore, mapping, trace)
         }
         const pins = pinsOf(fiber)
         const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
-        const router = core.router
-        if (router === undefined || !readOnly || findPin(pins, core) !== undefined) {
-          return outermost(core, core, effect, options, context, pins, restore, mapping, trace)
+        const router = service.router
+        if (router === undefined || !readOnly || findPin(pins, service) !== undefined) {
+          return outermost(service, service.main, effect, options, context, pins, restore, mapping, trace)
         }
-        return core.routeWith(
+        return router.runOn(
           router.pick(),
-          (target) => outermost(core, target, effect, options, context, pins, restore, mapping, trace),
+          (target) => outermost(service, target, effect, options, context, pins, restore, mapping, trace),
           () => Effect.fail(mapping.map(router.noStandby()))
         )
       }
@@ -227,14 +216,14 @@ export const make = <X, RP>(
       // as @effect/sql's `sql.transaction`: a client span, the parent of the body's spans, with commit,
       // savepoint and rollback events
       return Effect.useSpan(spanSpec.name, Tracing.clientSpan, (span) => {
-        Tracing.annotate(span, spanSpec.attributes ?? core.spanAttributes)
+        Tracing.annotate(span, spanSpec.attributes ?? service.spanAttributes)
         return start(new Tracing.TransactionTrace(span, Tracing.fiberClock(fiber)))
       })
     })
   )
 
 const outermost = <A, E, R, X>(
-  core: PoolCore,
+  service: PgPoolService,
   target: PoolCore,
   effect: Effect.Effect<A, E, R>,
   options: Transaction.TransactionOptions,
@@ -245,10 +234,10 @@ const outermost = <A, E, R, X>(
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
   const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
-    const tx = new TransactionImpl(core, handle, 0, options)
-    const pin: Pin = { core: handle.core, handle, next: pins }
-    // BEGIN goes out with the first statement of the body (see PoolCore.deferBegin)
-    handle.core.deferBegin(handle.conn, beginStatement(options))
+    const tx = new TransactionImpl(service, handle, 0, options)
+    const pin: Pin = { owner: service, core: handle.core, handle, next: pins }
+    // BEGIN goes out with the first statement of the body (see Physical.deferBegin)
+    handle.conn.deferBegin(beginStatement(options))
     return runBody(
       effect,
       tx,
@@ -261,22 +250,22 @@ const outermost = <A, E, R, X>(
       trace
     )
   }
-  const pinned = findPin(pins, core)?.handle
+  const pinned = findPin(pins, service)?.handle
   if (pinned !== undefined) {
-    if (trace !== undefined) pinned.core.traceCheckout(trace.span, pinned.conn, undefined)
+    if (trace !== undefined) Tracing.checkedOutFrom(trace.span, pinned.core, pinned.conn, undefined)
     return run(pinned)
   }
   const since = trace === undefined ? 0 : target.clock.unsafeCurrentTimeMillis()
-  return Effect.matchCauseEffect(target.checkoutHandle(restore), {
+  return Effect.matchCauseEffect(service.checkoutHandle(target, restore), {
     onFailure: (cause) => {
       if (trace !== undefined) traceFailure(trace.span, cause)
       return Effect.failCause(Cause.map(cause, mapping.map))
     },
     onSuccess: (handle) => {
-      if (trace !== undefined) target.traceCheckout(trace.span, handle.conn, handle.conn.checkedOutAt - since)
+      if (trace !== undefined) Tracing.checkedOutFrom(trace.span, target, handle.conn, handle.conn.checkedOutAt - since)
       return Effect.matchCauseEffect(run(handle), {
-        onFailure: (cause) => Effect.zipRight(target.releaseHandle(handle), Effect.failCause(cause)),
-        onSuccess: (value) => Effect.as(target.releaseHandle(handle), value)
+        onFailure: (cause) => Effect.zipRight(service.releaseHandle(handle), Effect.failCause(cause)),
+        onSuccess: (value) => Effect.as(service.releaseHandle(handle), value)
       })
     }
   })
@@ -297,8 +286,8 @@ const nested = <A, E, R, X>(
   mapping: ErrorMapping<X>,
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
-  const tx = new TransactionImpl(outer.core, outer.handle, outer.depth + 1, outer.options)
-  if (trace !== undefined) tx.handle.core.traceCheckout(trace.span, tx.handle.conn, undefined)
+  const tx = new TransactionImpl(outer.owner, outer.handle, outer.depth + 1, outer.options)
+  if (trace !== undefined) Tracing.checkedOutFrom(trace.span, tx.handle.core, tx.handle.conn, undefined)
   const name = `effect_sql_${tx.depth}`
   const rollbackTo = () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`))
   return opening(tx.handle, `SAVEPOINT ${name}`, mapping, () =>
@@ -306,7 +295,7 @@ const nested = <A, E, R, X>(
       effect,
       tx,
       context,
-      { core: tx.handle.core, handle: tx.handle, next: pins },
+      { owner: tx.owner, core: tx.handle.core, handle: tx.handle, next: pins },
       restore,
       () => release(tx.handle, name, rollbackTo),
       rollbackTo,
@@ -338,8 +327,8 @@ const release = (
     onSuccess: () => Effect.void
   })
 
-const poolInContext = (context: Context.Context<never>): PoolCore | undefined =>
-  (Context.unsafeGet(context, PgPoolTag) as { readonly [CoreId]?: PoolCore })[CoreId]
+const poolInContext = (context: Context.Context<never>): PgPoolService | undefined =>
+  serviceOf(Context.unsafeGet(context, PgPoolTag))
 
 /** @internal */
 export const withTransaction: <A, E, R>(

@@ -4,8 +4,8 @@
  */
 import { Duration, Effect, Redacted, TestServices } from "effect"
 import * as Connector from "../../src/Connector.js"
-import { parseUrl } from "../../src/internal/config.js"
-import { queryOnce } from "../../src/internal/embedded.js"
+import { parseUrl } from "../../src/internal/config/url.js"
+import { queryOnce } from "../../src/internal/testing/embedded.js"
 import * as PgPool from "../../src/PgPool.js"
 import type { ConnectionError, QueryError } from "../../src/PgPoolError.js"
 

@@ -3,7 +3,7 @@
  * starting a server), then ends with exit code 3.
  */
 import { Effect } from "effect"
-import { loadEmbeddedPostgres } from "../../src/internal/embedded.js"
+import { loadEmbeddedPostgres } from "../../src/internal/testing/embedded.js"
 
 await Effect.runPromise(loadEmbeddedPostgres)
 process.exitCode = 3

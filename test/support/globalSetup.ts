@@ -4,7 +4,7 @@
  */
 import { Effect, Exit, Redacted, Scope } from "effect"
 import type { TestProject } from "vitest/node"
-import * as Embedded from "../../src/internal/embedded.js"
+import * as Embedded from "../../src/internal/testing/embedded.js"
 
 declare module "vitest" {
   export interface ProvidedContext {

@@ -19,9 +19,9 @@ import { Effect } from "effect"
 import type { Scope } from "effect"
 import type { EventEmitter } from "node:events"
 
-export type ProcessErrorKind = "uncaughtException" | "unhandledRejection"
+type ProcessErrorKind = "uncaughtException" | "unhandledRejection"
 
-export interface ProcessError {
+interface ProcessError {
   readonly kind: ProcessErrorKind
   /** The thrown value or the rejection reason. */
   readonly error: unknown

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Exit, Scope } from "effect"
 import * as net from "node:net"
-import { freePort } from "../../src/internal/embedded.js"
+import { freePort } from "../../src/internal/testing/embedded.js"
 import { backends, eventually, testConfig, testServer } from "./db.js"
 import { watchProcessErrors } from "./processErrors.js"
 import * as Proxy from "./proxy.js"

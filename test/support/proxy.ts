@@ -32,7 +32,7 @@ import * as net from "node:net"
 export type Mode = "pass" | "drop" | "reset"
 
 /** Where the proxy forwards to. */
-export interface Target {
+interface Target {
   readonly host: string
   readonly port: number
 }
@@ -44,7 +44,7 @@ export interface Options {
 }
 
 /** A snapshot of the proxy's counters. */
-export interface Stats {
+interface Stats {
   readonly mode: Mode
   /** Client connections accepted since the proxy started (in any mode): one per connect attempt. */
   readonly connections: number

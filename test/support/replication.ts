@@ -46,7 +46,7 @@ import * as fsp from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import type * as Connector from "../../src/Connector.js"
-import * as Embedded from "../../src/internal/embedded.js"
+import * as Embedded from "../../src/internal/testing/embedded.js"
 import type * as PgPool from "../../src/PgPool.js"
 
 /** Making, starting, stopping or querying a server of the pair failed. `code` is the SQLSTATE, if any. */

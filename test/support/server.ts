@@ -18,12 +18,12 @@
 import { Effect } from "effect"
 import type { ConfigError, Redacted, Scope } from "effect"
 import * as Connector from "../../src/Connector.js"
-import * as Embedded from "../../src/internal/embedded.js"
+import * as Embedded from "../../src/internal/testing/embedded.js"
 import * as PgPool from "../../src/PgPool.js"
 import type { ConnectionError } from "../../src/PgPoolError.js"
 
 /** The `application_name` of the pools made with `config`; `backends` and `terminateAll` look for it. */
-export const applicationName = "fault-test"
+const applicationName = "fault-test"
 
 export interface Options extends Embedded.EmbeddedOptions {
   /** Whether the server is running when `make` returns (false: started once, then stopped). Default true. */
@@ -31,7 +31,7 @@ export interface Options extends Embedded.EmbeddedOptions {
 }
 
 /** A client backend as `pg_stat_activity` shows it. */
-export interface Backend {
+interface Backend {
   readonly pid: number
   /** `active`, `idle`, `idle in transaction`, ... (null while the backend starts up) */
   readonly state: string | null

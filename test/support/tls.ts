@@ -35,7 +35,7 @@ import { execFile } from "node:child_process"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import type { EmbeddedPostgresError } from "../../src/internal/embedded.js"
+import type { EmbeddedPostgresError } from "../../src/internal/testing/embedded.js"
 import type * as PgPool from "../../src/PgPool.js"
 import * as PrivateServer from "./server.js"
 

@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as fs from "node:fs/promises"
 import type * as tls from "node:tls"
-import type * as Connector from "../Connector.js"
+import type * as Connector from "../../Connector.js"
 
 /** TLS options for one attempt, or `false` for an attempt without TLS. @internal */
 export type Attempt = tls.ConnectionOptions | false
@@ -43,7 +43,7 @@ const optional = (what: string, path: string | undefined): Effect.Effect<string 
   path === undefined ? Effect.succeed(undefined) : read(what, path)
 
 /** Node TLS options for the verifying and non-verifying modes. @internal */
-export const tlsOptions = (
+const tlsOptions = (
   ssl: Connector.SslConfig | undefined
 ): Effect.Effect<tls.ConnectionOptions, TlsSetupError> => {
   const options: Connector.SslOptions = typeof ssl === "object" ? ssl : {}
@@ -88,11 +88,21 @@ export const attempts = (
 ): Effect.Effect<ReadonlyArray<Attempt>, TlsSetupError> => {
   const mode = modeOf(ssl)
   if (mode === "disable") return Effect.succeed([false])
-  return Effect.map(tlsOptions(ssl), (options) =>
-    mode === "allow" ? [false, options] : mode === "prefer" ? [options, false] : [options])
+  return Effect.map(
+    tlsOptions(ssl),
+    (options) => mode === "allow" ? [false, options] : mode === "prefer" ? [options, false] : [options]
+  )
 }
 
-const networkCodes = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"])
+const networkCodes = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN"
+])
 
 /**
  * Whether the first attempt of `allow` or `prefer` failed in a way the other attempt may mend: the server
@@ -141,7 +151,10 @@ export const describeTlsFailure = (cause: unknown, host: string, mode: Connector
   if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") {
     return `the server's certificate is not valid now (sslmode=${mode}): ${message}`
   }
-  if (/^ERR_SSL_(SSLV3|TLSV1)_ALERT_(BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_REQUIRED|CERTIFICATE_UNKNOWN|DECRYPT_ERROR)/.test(code)) {
+  if (
+    /^ERR_SSL_(SSLV3|TLSV1)_ALERT_(BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_REQUIRED|CERTIFICATE_UNKNOWN|DECRYPT_ERROR)/
+      .test(code)
+  ) {
     return `the server rejected the client certificate (${code}): ${message}`
   }
   if (code === "ERR_OSSL_BAD_DECRYPT" || (code.startsWith("ERR_OSSL") && /decrypt|PEM|passphrase|key/i.test(message))) {

@@ -1,4 +1,3 @@
-/// <reference path="./pg-lib.d.ts" />
 /**
  * One statement as a node-postgres "submittable" (the interface pg-cursor uses): it writes the statement on
  * the client's connection and reads the answer messages itself, without pg's `Query` and `Result` objects
@@ -9,9 +8,9 @@
  */
 import { createHash } from "node:crypto"
 import type pg from "pg"
-import pgUtils from "pg/lib/utils.js"
 import { serialize } from "pg-protocol"
-import type * as Connector from "../Connector.js"
+import pgUtils from "pg/lib/utils.js"
+import type * as Connector from "../../Connector.js"
 
 /** A RowDescription field, as pg-protocol parses it. */
 interface WireField {
@@ -122,7 +121,9 @@ const preparable = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[^]*?\*\/)*(?:select|with|value
  */
 const isStale = (error: Error, name: string): boolean => {
   const { code, routine } = error as { readonly code?: unknown; readonly routine?: unknown }
-  if (code === "0A000") return routine === "RevalidateCachedQuery" || error.message.startsWith("cached plan must not change")
+  if (code === "0A000") {
+    return routine === "RevalidateCachedQuery" || error.message.startsWith("cached plan must not change")
+  }
   if (code === "26000") return error.message.includes(`"${name}"`)
   return false
 }

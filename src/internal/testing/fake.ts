@@ -17,9 +17,9 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import type * as Connector from "../Connector.js"
-import type * as PgPoolTest from "../PgPoolTest.js"
-import { ConnectionError, QueryError } from "../PgPoolError.js"
+import type * as Connector from "../../Connector.js"
+import { ConnectionError, QueryError } from "../../PgPoolError.js"
+import type * as PgPoolTest from "../../PgPoolTest.js"
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 
@@ -70,7 +70,13 @@ const optionSettings = (options: string): Array<[string, string]> => {
   const settings: Array<[string, string]> = []
   for (let i = 0; i < words.length; i++) {
     const w = words[i]!
-    const setting = w === "-c" ? words[++i] : w.startsWith("-c") ? w.slice(2) : w.startsWith("--") ? w.slice(2) : undefined
+    const setting = w === "-c"
+      ? words[++i]
+      : w.startsWith("-c")
+      ? w.slice(2)
+      : w.startsWith("--")
+      ? w.slice(2)
+      : undefined
     const eq = setting?.indexOf("=") ?? -1
     if (setting !== undefined && eq > 0) settings.push([setting.slice(0, eq).replace(/-/g, "_"), setting.slice(eq + 1)])
   }
@@ -102,7 +108,8 @@ const characteristics = ["transaction_isolation", "transaction_read_only", "tran
  */
 const transactionModes = (modes: string): Map<string, string> => {
   const found = new Map<string, string>()
-  const isolation = /\bISOLATION\s+LEVEL\s+(SERIALIZABLE|REPEATABLE\s+READ|READ\s+COMMITTED|READ\s+UNCOMMITTED)\b/i.exec(modes)
+  const isolation = /\bISOLATION\s+LEVEL\s+(SERIALIZABLE|REPEATABLE\s+READ|READ\s+COMMITTED|READ\s+UNCOMMITTED)\b/i
+    .exec(modes)
   if (isolation !== null) found.set("transaction_isolation", isolation[1]!.toLowerCase().replace(/\s+/g, " "))
   const rest = isolation === null ? modes : modes.replace(isolation[0], "")
   const access = /\bREAD\s+(ONLY|WRITE)\b/i.exec(rest)
@@ -266,8 +273,10 @@ export class FakeBackend implements Connector.Connection {
     })
     return {
       read: (count) =>
-        Effect.flatMap(load, () =>
-          failure !== undefined ? Effect.fail(failure) : Effect.succeed(rows!.splice(0, count))),
+        Effect.flatMap(
+          load,
+          () => failure !== undefined ? Effect.fail(failure) : Effect.succeed(rows!.splice(0, count))
+        ),
       close: Effect.sync(() => {
         rows = []
       })
@@ -424,7 +433,9 @@ export class FakeBackend implements Connector.Connection {
       }
     }
     if (/^SAVEPOINT\b/.test(t)) {
-      if (this.status === "idle") return { delay: 0, error: queryError("25P01", "SAVEPOINT can only be used in transaction blocks") }
+      if (this.status === "idle") {
+        return { delay: 0, error: queryError("25P01", "SAVEPOINT can only be used in transaction blocks") }
+      }
       if (this.status === "failed") return undefined
       const name = t.split(/\s+/)[1] ?? ""
       return { delay: 0, result: result("SAVEPOINT"), apply: () => this.savepoints.push(name) }
@@ -438,7 +449,9 @@ export class FakeBackend implements Connector.Connection {
       return { delay: 0, result: result("RELEASE"), apply: () => this.savepoints.splice(this.savepoints.indexOf(name)) }
     }
     if (/^DISCARD\s+ALL\b/.test(t)) {
-      if (this.status !== "idle") return { delay: 0, error: queryError("25001", "DISCARD ALL cannot run inside a transaction block") }
+      if (this.status !== "idle") {
+        return { delay: 0, error: queryError("25001", "DISCARD ALL cannot run inside a transaction block") }
+      }
       return {
         delay: 0,
         result: result("DISCARD ALL"),
@@ -597,18 +610,20 @@ export class FakeServer {
   }
 
   readonly connector: Connector.Connector = {
+    // the latency is waited for outside the acquisition, so that a connect timeout or the closing of the pool
+    // can interrupt a slow connect, as with the live connector
     connect: (options, onLost) =>
-      Effect.acquireRelease(
-        Effect.suspend(() => {
-          this.connects++
-          const refusal = this.refusing
-          const open = Effect.suspend(() => {
+      Effect.suspend(() => {
+        this.connects++
+        const refusal = this.refusing
+        const open = Effect.acquireRelease(
+          Effect.suspend(() => {
             if (refusal !== undefined) {
               return Effect.fail(
                 new ConnectionError({
-                  message: `Cannot connect (${options.host}:${options.port}/${options.database}): ${refusal.message ?? "connection refused"}${
-                    refusal.code ? ` (SQLSTATE ${refusal.code})` : ""
-                  }`,
+                  message: `Cannot connect (${options.host}:${options.port}/${options.database}): ${
+                    refusal.message ?? "connection refused"
+                  }${refusal.code ? ` (SQLSTATE ${refusal.code})` : ""}`,
                   host: options.host,
                   port: options.port,
                   database: options.database,
@@ -619,10 +634,10 @@ export class FakeServer {
             const backend = new FakeBackend(this, this.nextPid++, onLost, options)
             this.backends.set(backend.backendPid, backend)
             return Effect.succeed(backend)
-          })
-          return this.connectLatency > 0 ? Effect.zipRight(Effect.sleep(this.connectLatency), open) : open
-        }),
-        (backend) => Effect.sync(() => backend.close())
-      )
+          }),
+          (backend) => Effect.sync(() => backend.close())
+        )
+        return this.connectLatency > 0 ? Effect.zipRight(Effect.sleep(this.connectLatency), open) : open
+      })
   }
 }

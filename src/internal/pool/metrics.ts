@@ -42,7 +42,7 @@ export interface PoolMetrics {
 }
 
 /** @internal */
-export const names = {
+const names = {
   count: "db.client.connection.count",
   max: "db.client.connection.max",
   idleMax: "db.client.connection.idle.max",
@@ -82,7 +82,8 @@ export const make = (
     description: "Checkouts that ran out of time",
     incremental: true
   }))
-  const histogram = (name: string, description: string) => metric(MetricKey.histogram(name, timeBoundaries, description))
+  const histogram = (name: string, description: string) =>
+    metric(MetricKey.histogram(name, timeBoundaries, description))
   const createTime = histogram(names.createTime, "Time to open a connection, in seconds")
   const waitTime = histogram(names.waitTime, "Time a checkout waited for a connection, in seconds")
   const useTime = histogram(names.useTime, "Time a connection was checked out, in seconds")

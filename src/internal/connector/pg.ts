@@ -10,8 +10,8 @@ import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import pg from "pg"
 import PgCursor from "pg-cursor"
-import type * as Connector from "../Connector.js"
-import { ConnectionError, QueryError } from "../PgPoolError.js"
+import type * as Connector from "../../Connector.js"
+import { ConnectionError, QueryError } from "../../PgPoolError.js"
 import { ClientSideError, makeStatementCache, Statement, typesOf } from "./statement.js"
 import * as tls from "./tls.js"
 
@@ -27,7 +27,7 @@ interface Target {
 }
 
 /** @internal */
-export const isDatabaseError = (u: unknown): u is pg.DatabaseError =>
+const isDatabaseError = (u: unknown): u is pg.DatabaseError =>
   u instanceof pg.DatabaseError ||
   (typeof u === "object" && u !== null && "severity" in u && typeof (u as { code?: unknown }).code === "string")
 
@@ -39,7 +39,7 @@ const connectionLostCodes = new Set(["57P01", "57P02", "57P03", "57P05"])
  *
  * @internal
  */
-export const isConnectionFailure = (cause: unknown): boolean => {
+const isConnectionFailure = (cause: unknown): boolean => {
   if (cause instanceof ClientSideError) return false
   if (!isDatabaseError(cause)) return true
   const code = cause.code ?? ""
@@ -57,7 +57,7 @@ const describe = (cause: unknown): string => {
 }
 
 /** @internal */
-export const toQueryError = (cause: pg.DatabaseError): QueryError =>
+const toQueryError = (cause: pg.DatabaseError): QueryError =>
   new QueryError({
     message: `${cause.message} (SQLSTATE ${cause.code})`,
     code: cause.code ?? "XX000",
@@ -73,7 +73,7 @@ export const toQueryError = (cause: pg.DatabaseError): QueryError =>
   })
 
 /** @internal */
-export const toConnectionError = (target: Target, what: string, cause: unknown): ConnectionError =>
+const toConnectionError = (target: Target, what: string, cause: unknown): ConnectionError =>
   new ConnectionError({
     message: `${what} (${target.host}:${target.port}/${target.database}): ${describe(cause)}`,
     cause,
@@ -102,7 +102,7 @@ const connectHint = (cause: unknown, user: string): string | undefined => {
 }
 
 /** A failed connect, saying what failed: TLS, authentication, the network. @internal */
-export const toConnectError = (
+const toConnectError = (
   target: Target,
   options: Connector.ConnectOptions,
   cause: unknown
@@ -130,7 +130,7 @@ const toStatementError = (target: Target, cause: unknown): QueryError | Connecti
     : toQueryError(cause as pg.DatabaseError)
 
 /** The server asked for a password and none was configured. @internal */
-export class MissingPasswordError extends Error {
+class MissingPasswordError extends Error {
   constructor() {
     super("the server asked for a password and none was configured")
     this.name = "MissingPasswordError"
@@ -330,7 +330,7 @@ const makeConnection = (
       settle()
       callback(undefined, result)
     }, prefix)
-    client.query(statement as unknown as pg.QueryConfig)
+    client.query(statement as unknown as pg.Submittable)
   }
   return {
     backendPid,
@@ -411,8 +411,11 @@ const makeConnection = (
     cancel: Effect.suspend(() => inFlight > 0 ? sendCancel(target, ssl, backendPid, secretKey) : Effect.void),
     onNotification: (handler) => {
       client.removeAllListeners("notification")
-      client.on("notification", (message: pg.Notification) =>
-        handler({ channel: message.channel, payload: message.payload ?? "", processId: message.processId }))
+      client.on(
+        "notification",
+        (message: pg.Notification) =>
+          handler({ channel: message.channel, payload: message.payload ?? "", processId: message.processId })
+      )
     }
   }
 }
@@ -510,7 +513,8 @@ export const make: Connector.Connector = {
         const once = attempt(options, first!, onLost)
         const both = second === undefined ? once : Effect.catchIf(
           once,
-          (failure) => tls.fallsBack(failure.raw),
+          (failure) =>
+            tls.fallsBack(failure.raw),
           () => attempt(options, second, onLost)
         )
         return Effect.mapError(both, (failure) => failure.error)

@@ -1,22 +1,19 @@
 /**
- * Validation of the pool configuration and parsing of connection URLs. Every invalid value fails with a
- * `ConfigError.InvalidData` whose path names the field. A URL is never copied into an error message: it may
- * hold a password.
+ * Validation of the pool configuration: every field checked, the URL's values and the defaults filled in.
+ * Every invalid value fails with a `ConfigError.InvalidData` whose path names the field. A URL is never copied
+ * into an error message: it may hold a password.
  *
  * @internal
  */
-import * as EffectConfig from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
-import type * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
-import * as HashSet from "effect/HashSet"
-import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
-import type * as Connector from "../Connector.js"
-import type { Config, ResetMode } from "../PgPool.js"
+import type * as Connector from "../../Connector.js"
+import type { Config, ResetMode } from "../../PgPool.js"
+import { invalid, unknownField } from "./fields.js"
+import { isSslMode, knownUrlParams, libpqSeconds, type ParsedUrl, parseUrl, sslModes } from "./url.js"
 
 /** @internal */
 export interface HostPort {
@@ -85,7 +82,7 @@ const targetSessionAttrsValues: ReadonlyArray<TargetSessionAttrs> = [
 ]
 
 /** @internal */
-export interface HealthCheck {
+interface HealthCheck {
   readonly enabled: boolean
   readonly idleThreshold: number
   readonly interval: number
@@ -97,77 +94,6 @@ export const defaultReconnect: Schedule.Schedule<unknown, unknown> = Schedule.ex
   Schedule.jittered,
   Schedule.union(Schedule.spaced("5 seconds"))
 )
-
-const invalid = (field: string, message: string): ConfigError.ConfigError =>
-  ConfigError.InvalidData([field], message)
-
-interface ParsedUrl {
-  readonly hosts: ReadonlyArray<{ readonly host: string; readonly port: number | undefined }>
-  readonly database: string | undefined
-  readonly user: string | undefined
-  readonly password: Redacted.Redacted | undefined
-  readonly params: ReadonlyMap<string, string>
-}
-
-const decode = (part: string): string => {
-  try {
-    return decodeURIComponent(part)
-  } catch {
-    return part
-  }
-}
-
-/**
- * Parses a libpq connection URI: `postgres[ql]://[user[:password]@][host[:port][,host[:port]...]][/database][?param=value&...]`.
- * The user info ends at the *last* `@` before the path, as in pg-connection-string and browsers, so an
- * unencoded `@` in a password stays in the password.
- *
- * @internal
- */
-export const parseUrl = (url: string): ParsedUrl | undefined => {
-  const match = /^postgres(?:ql)?:\/\/([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?(?:#.*)?$/.exec(url.trim())
-  if (match === null) return undefined
-  const [, authority = "", path, query] = match
-  const at = authority.lastIndexOf("@")
-  const userinfo = at === -1 ? undefined : authority.slice(0, at)
-  const hostlist = at === -1 ? authority : authority.slice(at + 1)
-  let user: string | undefined
-  let password: Redacted.Redacted | undefined
-  if (userinfo !== undefined) {
-    const colon = userinfo.indexOf(":")
-    user = decode(colon === -1 ? userinfo : userinfo.slice(0, colon)) || undefined
-    if (colon !== -1) password = Redacted.make(decode(userinfo.slice(colon + 1)))
-  }
-  const hosts: Array<{ host: string; port: number | undefined }> = []
-  for (const entry of hostlist.split(",")) {
-    if (entry === "") continue
-    const bracket = /^\[([^\]]+)\](?::(\d*))?$/.exec(entry)
-    const plain = /^([^:]*)(?::(\d*))?$/.exec(entry)
-    const found = bracket ?? plain
-    if (found === null) return undefined
-    const port = found[2] === undefined || found[2] === "" ? undefined : Number(found[2])
-    hosts.push({ host: decode(found[1] ?? ""), port })
-  }
-  const params = new Map<string, string>()
-  for (const pair of (query ?? "").split("&")) {
-    if (pair === "") continue
-    const eq = pair.indexOf("=")
-    params.set(decode(eq === -1 ? pair : pair.slice(0, eq)), decode(eq === -1 ? "" : pair.slice(eq + 1)))
-  }
-  return { hosts, database: path ? decode(path) : undefined, user, password, params }
-}
-
-/** libpq's `sslmode` values. @internal */
-export const sslModes: ReadonlyArray<Connector.SslMode> = [
-  "disable",
-  "allow",
-  "prefer",
-  "require",
-  "verify-ca",
-  "verify-full"
-]
-
-const isSslMode = (u: unknown): u is Connector.SslMode => sslModes.includes(u as Connector.SslMode)
 
 const integer = (field: string, value: unknown, min: number, fallback: number): number | ConfigError.ConfigError => {
   if (value === undefined) return fallback
@@ -199,12 +125,6 @@ const millis = (
 
 const isError = (u: unknown): u is ConfigError.ConfigError => ConfigError.isConfigError(u)
 
-/** libpq's `connect_timeout`: seconds; zero or negative means no limit. NaN when it is not a number. */
-const libpqSeconds = (text: string): number => {
-  const seconds = text.trim() === "" ? NaN : Number(text)
-  return Number.isNaN(seconds) ? NaN : seconds <= 0 ? Infinity : seconds * 1000
-}
-
 /**
  * Checks every field and fills in the defaults.
  *
@@ -216,7 +136,8 @@ export const resolve = (config: Config): Effect.Effect<ResolvedConfig, ConfigErr
     return isError(result) ? Effect.fail(result) : Effect.succeed(result)
   })
 
-const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError => {
+/** @internal */
+export const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError => {
   if (typeof config !== "object" || config === null) return invalid("config", "the configuration must be an object")
   const unknown = unknownField(config)
   if (unknown !== undefined) return unknown
@@ -263,7 +184,9 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
     }
     hosts = []
     for (const h of config.hosts) {
-      if (typeof h?.host !== "string" || h.host === "") return invalid("hosts", "every entry of hosts needs a host name")
+      if (typeof h?.host !== "string" || h.host === "") {
+        return invalid("hosts", "every entry of hosts needs a host name")
+      }
       const p = h.port ?? port ?? 5432
       if (!Number.isInteger(p) || p < 1 || p > 65535) {
         return invalid("hosts", `port of host ${h.host} must be an integer between 1 and 65535, got ${String(p)}`)
@@ -383,7 +306,9 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (isError(drainTimeout)) return drainTimeout
   const maintenanceInterval = millis("maintenanceInterval", config.maintenanceInterval, 5_000, { allowZero: false })
   if (isError(maintenanceInterval)) return maintenanceInterval
-  if (!Number.isFinite(maintenanceInterval!)) return invalid("maintenanceInterval", "maintenanceInterval must be finite")
+  if (!Number.isFinite(maintenanceInterval!)) {
+    return invalid("maintenanceInterval", "maintenanceInterval must be finite")
+  }
   if (config.reconnect !== undefined && !Schedule.isSchedule(config.reconnect)) {
     return invalid("reconnect", "reconnect must be a Schedule")
   }
@@ -417,7 +342,9 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
   if (!targetSessionAttrsValues.includes(targetSessionAttrs as TargetSessionAttrs)) {
     return invalid(
       config.targetSessionAttrs === undefined ? "url" : "targetSessionAttrs",
-      `targetSessionAttrs must be one of ${targetSessionAttrsValues.join(", ")}, got ${JSON.stringify(targetSessionAttrs)}`
+      `targetSessionAttrs must be one of ${targetSessionAttrsValues.join(", ")}, got ${
+        JSON.stringify(targetSessionAttrs)
+      }`
     )
   }
   const loadBalanceHosts = config.loadBalanceHosts ?? params.get("load_balance_hosts") ?? "disable"
@@ -487,7 +414,9 @@ const resolveSync = (config: Config): ResolvedConfig | ConfigError.ConfigError =
 }
 
 const resolveHealthCheck = (input: Config["healthCheck"]): HealthCheck | ConfigError.ConfigError => {
-  if (input === false) return { enabled: false, idleThreshold: Infinity, interval: Infinity, timeout: Duration.seconds(5) }
+  if (input === false) {
+    return { enabled: false, idleThreshold: Infinity, interval: Infinity, timeout: Duration.seconds(5) }
+  }
   const options = input === undefined || input === true ? {} : input
   if (typeof options !== "object" || options === null) {
     return invalid("healthCheck", "healthCheck must be a boolean or { idleThreshold, interval, timeout }")
@@ -499,144 +428,6 @@ const resolveHealthCheck = (input: Config["healthCheck"]): HealthCheck | ConfigE
   const timeout = millis("healthCheck.timeout", options.timeout, 5_000, { allowZero: false })
   if (isError(timeout)) return timeout
   return { enabled: true, idleThreshold: idleThreshold!, interval: interval!, timeout: Duration.millis(timeout!) }
-}
-
-const knownUrlParams = new Set([
-  "host",
-  "port",
-  "dbname",
-  "user",
-  "password",
-  "sslmode",
-  "sslrootcert",
-  "sslcert",
-  "sslkey",
-  "sslpassword",
-  "application_name",
-  "fallback_application_name",
-  "options",
-  "connect_timeout",
-  "target_session_attrs",
-  "load_balance_hosts"
-])
-
-/** The fields of `PgPool.Config`: any other key is a mistake worth a `ConfigError`. */
-const configFields: ReadonlyArray<keyof Config> = [
-  "url",
-  "host",
-  "port",
-  "hosts",
-  "database",
-  "user",
-  "password",
-  "ssl",
-  "sslMode",
-  "sslRootCert",
-  "sslCert",
-  "sslKey",
-  "sslPassword",
-  "applicationName",
-  "options",
-  "types",
-  "minConnections",
-  "maxIdle",
-  "maxConnections",
-  "blocking",
-  "acquireTimeout",
-  "maxWaiting",
-  "maxUsage",
-  "prepareThreshold",
-  "statementCacheSize",
-  "setSession",
-  "reset",
-  "idleTimeout",
-  "maxLifetime",
-  "maxLifetimeJitter",
-  "pooling",
-  "connectTimeout",
-  "drainTimeout",
-  "maintenanceInterval",
-  "reconnect",
-  "lazy",
-  "healthCheck",
-  "retryLostQueries",
-  "statementTimeout",
-  "queryTimeout",
-  "leakDetectionThreshold",
-  "name",
-  "metrics",
-  "targetSessionAttrs",
-  "loadBalanceHosts",
-  "readRouting",
-  "readBalancing",
-  "readFallback",
-  "roleCheckInterval"
-]
-const knownConfigFields = new Set<string>(configFields)
-
-/** Names users bring from other clients, and ours. */
-const otherSpellings: Readonly<Record<string, string>> = {
-  username: "user",
-  dbname: "database",
-  sslmode: "sslMode",
-  sslrootcert: "sslRootCert",
-  sslcert: "sslCert",
-  sslkey: "sslKey",
-  sslpassword: "sslPassword",
-  application_name: "applicationName",
-  max: "maxConnections",
-  min: "minConnections",
-  connectionString: "url",
-  connectionTimeoutMillis: "connectTimeout",
-  idleTimeoutMillis: "idleTimeout",
-  connectionTTL: "maxLifetime",
-  maxLifetimeSeconds: "maxLifetime",
-  statement_timeout: "statementTimeout",
-  query_timeout: "queryTimeout",
-  target_session_attrs: "targetSessionAttrs"
-}
-
-const editDistance = (a: string, b: string): number => {
-  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    let diagonal = row[0]!
-    row[0] = i
-    for (let j = 1; j <= b.length; j++) {
-      const above = row[j]!
-      row[j] = Math.min(above + 1, row[j - 1]! + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1))
-      diagonal = above
-    }
-  }
-  return row[b.length]!
-}
-
-/** The closest of `names` to `name`, when it is close enough to be a likely typo. @internal */
-export const closest = (name: string, names: Iterable<string>): string | undefined => {
-  let best: string | undefined
-  let bestDistance = Infinity
-  for (const candidate of names) {
-    const distance = editDistance(name.toLowerCase(), candidate.toLowerCase())
-    if (distance < bestDistance) {
-      best = candidate
-      bestDistance = distance
-    }
-  }
-  return best !== undefined && bestDistance <= Math.max(2, Math.floor(name.length / 4)) ? best : undefined
-}
-
-/** A key of the configuration object that is not a field of `PgPool.Config`, as a `ConfigError` naming it. */
-const unknownField = (config: object): ConfigError.ConfigError | undefined => {
-  for (const key of Object.keys(config)) {
-    if (knownConfigFields.has(key) || (config as Record<string, unknown>)[key] === undefined) continue
-    const suggestion = otherSpellings[key] ?? closest(key, knownConfigFields)
-    return invalid(
-      key,
-      `PgPool.Config has no field "${key}"${suggestion === undefined ? "" : `: did you mean "${suggestion}"?`}${
-        key === "username" ? " (PgPoolSql.layerClient takes @effect/sql-pg's configuration, username included)" : ""
-      }`
-    )
-  }
-  return undefined
 }
 
 const readableFile = (field: string, path: unknown): string | undefined | ConfigError.ConfigError => {
@@ -736,283 +527,3 @@ export const connectOptions = (config: ResolvedConfig, host: HostPort): Connecto
     statementCache: { threshold: config.prepareThreshold, capacity: config.statementCacheSize }
   }
 }
-
-const optional = <A>(config: EffectConfig.Config<A>) => EffectConfig.option(config)
-
-/** A duration in an environment variable: a number of milliseconds (`5000`) or a duration (`"5 seconds"`). */
-const durationVariable = (name: string): EffectConfig.Config<Duration.Duration> =>
-  EffectConfig.mapOrFail(EffectConfig.string(name), (text) => {
-    const trimmed = text.trim()
-    if (/^\d+(\.\d+)?$/.test(trimmed)) return Either.right(Duration.millis(Number(trimmed)))
-    const decoded = Duration.decodeUnknown(trimmed)
-    return Option.isSome(decoded)
-      ? Either.right(decoded.value)
-      : Either.left(
-        ConfigError.InvalidData(
-          [],
-          `${name} must be a number of milliseconds (5000) or a duration such as "5 seconds", got ${JSON.stringify(text)}`
-        )
-      )
-  })
-
-
-/** `PGPOOL_MAX_CONNECTIONS` for `maxConnections`: the knob's name in screaming snake case. @internal */
-export const envName = (knob: string): string => `PGPOOL_${knob.replace(/([A-Z])/g, "_$1").toUpperCase()}`
-
-const integerKnobs = [
-  "minConnections",
-  "maxConnections",
-  "maxIdle",
-  "maxWaiting",
-  "maxUsage",
-  "prepareThreshold",
-  "statementCacheSize"
-] as const
-const durationKnobs = [
-  "acquireTimeout",
-  "idleTimeout",
-  "maxLifetime",
-  "maxLifetimeJitter",
-  "connectTimeout",
-  "drainTimeout",
-  "maintenanceInterval",
-  "statementTimeout",
-  "queryTimeout",
-  "leakDetectionThreshold",
-  "roleCheckInterval"
-] as const
-const booleanKnobs = ["blocking", "pooling", "lazy", "retryLostQueries", "metrics", "readFallback"] as const
-const stringKnobs = ["name", "readRouting", "readBalancing"] as const
-
-/** Every `PGPOOL_` variable this pool reads. @internal */
-export const knownPoolVariables: ReadonlySet<string> = new Set([
-  ...[...integerKnobs, ...durationKnobs, ...booleanKnobs, ...stringKnobs, "setSession", "reset"].map((k) => envName(k))
-])
-
-const walkPoolVariables = (
-  flat: ConfigProvider.ConfigProvider.Flat,
-  path: ReadonlyArray<string>,
-  found: Array<string>,
-  depth: number
-): Effect.Effect<void> =>
-  Effect.flatMap(
-    Effect.orElseSucceed(flat.enumerateChildren(path), () => HashSet.empty<string>()),
-    (children) => {
-      const name = path.join("_")
-      if (HashSet.size(children) === 0 || depth > 8) {
-        if (name.startsWith("PGPOOL_")) found.push(name)
-        return Effect.void
-      }
-      if (name !== "PGPOOL" && name.startsWith("PGPOOL_") && knownPoolVariables.has(name)) found.push(name)
-      const next = [...children].filter((child) => {
-        const full = [...path, child].join("_")
-        return path.length > 0 || full === "PGPOOL" || full.startsWith("PGPOOL_")
-      })
-      return Effect.forEach(next, (child) => walkPoolVariables(flat, [...path, child], found, depth + 1), {
-        discard: true
-      })
-    }
-  )
-
-/**
- * Fails with a `ConfigError` naming a `PGPOOL_` variable of the configuration provider that this pool does
- * not read (a typo such as `PGPOOL_MAX_CONECTIONS` would otherwise be ignored in silence).
- *
- * @internal
- */
-export const checkPoolVariables: Effect.Effect<void, ConfigError.ConfigError> = Effect.configProviderWith((provider) =>
-  Effect.suspend(() => {
-    const found: Array<string> = []
-    return Effect.flatMap(walkPoolVariables(provider.flattened, [], found, 0), () => {
-      const unknown = found.map((name) => name.toUpperCase()).find((name) => !knownPoolVariables.has(name))
-      if (unknown === undefined) return Effect.void
-      const suggestion = closest(unknown, knownPoolVariables)
-      return Effect.fail(
-        ConfigError.InvalidData(
-          [unknown],
-          `${unknown} is not a variable of this pool${suggestion === undefined ? "" : `: did you mean ${suggestion}?`}`
-        )
-      )
-    })
-  })
-)
-
-/** Hosts with their ports: `ports` is one port for all, or a comma-separated list matching `names` (libpq). */
-const hostList = (
-  names: ReadonlyArray<string>,
-  ports: string | undefined
-): ReadonlyArray<{ host: string; port?: number }> => {
-  const portList = (ports ?? "").split(",").map((p) => p.trim())
-  return names.map((host, i) => {
-    const port = portList.length === names.length ? portList[i] : portList[0]
-    return port === undefined || port === "" ? { host } : { host, port: Number(port) }
-  })
-}
-
-const dollarQuote = /^\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/
-
-/**
- * Splits `PGPOOL_SET_SESSION` into statements: at `;` and line breaks outside quoted text (`'...'`, `"..."`,
- * `$tag$...$tag$`), each piece trimmed, empty pieces dropped. `set search_path to a, b; set application_name =
- * 'x'` is two statements.
- *
- * @internal
- */
-export const splitStatements = (text: string): Array<string> => {
-  const statements: Array<string> = []
-  let start = 0
-  let i = 0
-  const cut = (end: number) => {
-    const statement = text.slice(start, end).trim()
-    if (statement !== "") statements.push(statement)
-  }
-  while (i < text.length) {
-    const c = text[i]!
-    if (c === "'" || c === "\"") {
-      const end = text.indexOf(c, i + 1)
-      i = end === -1 ? text.length : end + 1
-    } else if (c === "$" && (i === 0 || !/[A-Za-z0-9_\u0080-\uffff$]/.test(text[i - 1]!))) {
-      const tag = dollarQuote.exec(text.slice(i))?.[0]
-      if (tag === undefined) {
-        i++
-      } else {
-        const end = text.indexOf(tag, i + tag.length)
-        i = end === -1 ? text.length : end + tag.length
-      }
-    } else if (c === ";" || c === "\n" || c === "\r") {
-      cut(i)
-      start = ++i
-    } else {
-      i++
-    }
-  }
-  cut(text.length)
-  return statements
-}
-
-/**
- * Adds the environment variable a field came from to an invalid-value error of that field, keeping its path.
- */
-const namingVariable = (error: ConfigError.ConfigError, sources: ReadonlyMap<string, string>): ConfigError.ConfigError => {
-  if (error._op !== "InvalidData") return error
-  const field = error.path[0]
-  const variable = field === undefined ? undefined : sources.get(field)
-  return variable === undefined
-    ? error
-    : ConfigError.InvalidData(error.path, `${error.message} (set by ${variable} in the environment)`)
-}
-
-/**
- * The configuration read from the environment, with libpq's rules: `DATABASE_URL`, whose values win, and
- * libpq's variables for whatever the URL does not give (all of them without a URL): `PGHOST` and `PGPORT`
- * (comma-separated for several hosts), `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, `PGAPPNAME`,
- * `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`. Every pool knob from `PGPOOL_<KNOB>`
- * (`PGPOOL_MAX_CONNECTIONS`, `PGPOOL_ACQUIRE_TIMEOUT="5 seconds"`, `PGPOOL_SET_SESSION` as statements separated
- * by `;` or line breaks, ...). The result is checked: an invalid value fails with a `ConfigError` whose path
- * names the field and whose message names the variable.
- *
- * @internal
- */
-export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
-  url: optional(EffectConfig.redacted("DATABASE_URL")),
-  host: optional(EffectConfig.string("PGHOST")),
-  port: optional(EffectConfig.string("PGPORT")),
-  database: optional(EffectConfig.string("PGDATABASE")),
-  user: optional(EffectConfig.string("PGUSER")),
-  password: optional(EffectConfig.redacted("PGPASSWORD")),
-  sslmode: optional(EffectConfig.string("PGSSLMODE")),
-  sslrootcert: optional(EffectConfig.string("PGSSLROOTCERT")),
-  sslcert: optional(EffectConfig.string("PGSSLCERT")),
-  sslkey: optional(EffectConfig.string("PGSSLKEY")),
-  options: optional(EffectConfig.string("PGOPTIONS")),
-  applicationName: optional(EffectConfig.string("PGAPPNAME")),
-  connectTimeoutSeconds: optional(EffectConfig.number("PGCONNECT_TIMEOUT")),
-  targetSessionAttrs: optional(EffectConfig.string("PGTARGETSESSIONATTRS")),
-  loadBalanceHosts: optional(EffectConfig.string("PGLOADBALANCEHOSTS")),
-  integers: EffectConfig.all(Object.fromEntries(integerKnobs.map((k) => [k, optional(EffectConfig.integer(envName(k)))]))),
-  durations: EffectConfig.all(Object.fromEntries(durationKnobs.map((k) => [k, optional(durationVariable(envName(k)))]))),
-  booleans: EffectConfig.all(Object.fromEntries(booleanKnobs.map((k) => [k, optional(EffectConfig.boolean(envName(k)))]))),
-  strings: EffectConfig.all(Object.fromEntries(stringKnobs.map((k) => [k, optional(EffectConfig.string(envName(k)))]))),
-  setSession: optional(EffectConfig.string(envName("setSession"))),
-  reset: optional(EffectConfig.literal("transaction", "always", "full")(envName("reset")))
-}).pipe(
-  EffectConfig.mapOrFail((env) => {
-    const config: Record<string, unknown> = {}
-    const sources = new Map<string, string>()
-    const set = (field: string, value: unknown, variable: string) => {
-      config[field] = value
-      sources.set(field, variable)
-    }
-    for (const group of [env.integers, env.durations, env.booleans, env.strings]) {
-      for (const [key, value] of Object.entries(group) as Array<[string, Option.Option<unknown>]>) {
-        if (Option.isSome(value)) set(key, value.value, envName(key))
-      }
-    }
-    if (Option.isSome(env.setSession)) {
-      const statements = splitStatements(env.setSession.value)
-      if (statements.length > 0) set("setSession", statements, envName("setSession"))
-    }
-    if (Option.isSome(env.reset)) set("reset", env.reset.value, envName("reset"))
-
-    const url = Option.getOrUndefined(env.url)
-    const parsed = url === undefined ? undefined : parseUrl(Redacted.value(url))
-    if (url !== undefined) set("url", url, "DATABASE_URL")
-    /** Whether the URL gives a value (as `?param=` or as the part of the URL it is usually written in). */
-    const urlHas = (param: string, part = false): boolean =>
-      url !== undefined && (parsed === undefined || part || parsed.params.has(param))
-    const urlHosts = parsed?.hosts ?? []
-
-    const hostNames = Option.isSome(env.host) && !urlHas("host", urlHosts.length > 0)
-      ? env.host.value.split(",").map((h) => h.trim())
-      : undefined
-    const ports = Option.isSome(env.port) && !urlHas("port", urlHosts.some((h) => h.port !== undefined))
-      ? env.port.value
-      : undefined
-    if (hostNames !== undefined && hostNames.length > 1) {
-      set("hosts", hostList(hostNames, ports), ports === undefined ? "PGHOST" : "PGHOST and PGPORT")
-    } else {
-      if (hostNames !== undefined) set("host", hostNames[0], "PGHOST")
-      const names = hostNames ?? urlHosts.map((h) => h.host || "localhost")
-      if (ports !== undefined && names.length > 1 && ports.includes(",")) {
-        set("hosts", hostList(names, ports), "PGPORT")
-      } else if (ports !== undefined) {
-        const port = Number(ports)
-        if (ports.trim() === "" || !Number.isInteger(port)) {
-          return Either.left(ConfigError.InvalidData(["PGPORT"], "PGPORT must be a port number"))
-        }
-        set("port", port, "PGPORT")
-      }
-    }
-    if (Option.isSome(env.database) && !urlHas("dbname", parsed?.database !== undefined)) {
-      set("database", env.database.value, "PGDATABASE")
-    }
-    if (Option.isSome(env.user) && !urlHas("user", parsed?.user !== undefined)) set("user", env.user.value, "PGUSER")
-    if (Option.isSome(env.password) && !urlHas("password", parsed?.password !== undefined)) {
-      set("password", env.password.value, "PGPASSWORD")
-    }
-    if (Option.isSome(env.sslmode) && !urlHas("sslmode")) {
-      if (!isSslMode(env.sslmode.value)) {
-        return Either.left(ConfigError.InvalidData(["PGSSLMODE"], `PGSSLMODE must be one of ${sslModes.join(", ")}`))
-      }
-      set("sslMode", env.sslmode.value, "PGSSLMODE")
-    }
-    if (Option.isSome(env.sslrootcert) && !urlHas("sslrootcert")) set("sslRootCert", env.sslrootcert.value, "PGSSLROOTCERT")
-    if (Option.isSome(env.sslcert) && !urlHas("sslcert")) set("sslCert", env.sslcert.value, "PGSSLCERT")
-    if (Option.isSome(env.sslkey) && !urlHas("sslkey")) set("sslKey", env.sslkey.value, "PGSSLKEY")
-    if (Option.isSome(env.options) && !urlHas("options")) set("options", env.options.value, "PGOPTIONS")
-    if (Option.isSome(env.applicationName) && !urlHas("application_name")) {
-      set("applicationName", env.applicationName.value, "PGAPPNAME")
-    }
-    if (Option.isSome(env.connectTimeoutSeconds) && config.connectTimeout === undefined && !urlHas("connect_timeout")) {
-      set("connectTimeout", libpqSeconds(String(env.connectTimeoutSeconds.value)), "PGCONNECT_TIMEOUT")
-    }
-    if (Option.isSome(env.targetSessionAttrs) && !urlHas("target_session_attrs")) {
-      set("targetSessionAttrs", env.targetSessionAttrs.value, "PGTARGETSESSIONATTRS")
-    }
-    if (Option.isSome(env.loadBalanceHosts) && !urlHas("load_balance_hosts")) {
-      set("loadBalanceHosts", env.loadBalanceHosts.value, "PGLOADBALANCEHOSTS")
-    }
-    const checked = resolveSync(config as Config)
-    return isError(checked) ? Either.left(namingVariable(checked, sources)) : Either.right(config as Config)
-  })
-)

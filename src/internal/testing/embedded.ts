@@ -12,8 +12,8 @@ import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as Connector from "../Connector.js"
-import { type ConnectionError, EmbeddedPostgresError, type QueryError } from "../PgPoolError.js"
+import * as Connector from "../../Connector.js"
+import { type ConnectionError, EmbeddedPostgresError, type QueryError } from "../../PgPoolError.js"
 
 /** @internal */
 export { EmbeddedPostgresError }
@@ -114,7 +114,9 @@ export const freePort: Effect.Effect<number, EmbeddedPostgresError> = Effect.asy
 /** The URL of a database of a local server, as user postgres. @internal */
 export const localUrl = (port: number, password: Redacted.Redacted) => (database = "postgres"): Redacted.Redacted =>
   Redacted.make(
-    `postgres://postgres:${encodeURIComponent(Redacted.value(password))}@127.0.0.1:${port}/${encodeURIComponent(database)}`
+    `postgres://postgres:${encodeURIComponent(Redacted.value(password))}@127.0.0.1:${port}/${
+      encodeURIComponent(database)
+    }`
   )
 
 /** Connect options for a database of a local server, as user postgres. @internal */
@@ -208,8 +210,9 @@ export const make = (
       })
     )
     const exited = () => {
-      const child = (instance as unknown as { readonly process?: { exitCode: number | null; signalCode: string | null } })
-        .process
+      const child =
+        (instance as unknown as { readonly process?: { exitCode: number | null; signalCode: string | null } })
+          .process
       return child === undefined || child.exitCode !== null || child.signalCode !== null
     }
     const stop = Effect.suspend(() =>
@@ -235,7 +238,9 @@ export const make = (
     const url = localUrl(port, password)
     const query = (sql: string, params?: ReadonlyArray<unknown>, database = "postgres") =>
       queryOnce(localOptions(port, password, database), sql, params).pipe(
-        Effect.mapError((cause) => new EmbeddedPostgresError({ message: `Admin query failed: ${cause.message}`, cause }))
+        Effect.mapError((cause) =>
+          new EmbeddedPostgresError({ message: `Admin query failed: ${cause.message}`, cause })
+        )
       )
     return {
       host: "127.0.0.1",

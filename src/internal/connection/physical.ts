@@ -1,0 +1,291 @@
+/**
+ * A pooled physical connection and its session pipeline: the statements of the fiber that holds it, a
+ * transaction's `BEGIN` held back to go out with its first statement, the usage count for `maxUsage`,
+ * `queryTimeout`, and the cancel of an interrupted statement, which must settle before the connection sends
+ * anything else. Which fields belong to whom: `state`, `idleSince`, `checkedOutAt` to the pool core (changed
+ * only by `PoolCore.setState`/`markBusy`/`putIdle`); `lost`, `invalidated`, `settling`, `deferred`, `beginLost`
+ * to the session; `leakWatch` to the PgPool service.
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Ref from "effect/Ref"
+import * as Scope from "effect/Scope"
+import * as Connector from "../../Connector.js"
+import type * as PgPool from "../../PgPool.js"
+import { type ConnectionError, QueryError } from "../../PgPoolError.js"
+import type { HostState } from "./hosts.js"
+
+/** @internal */
+export type ConnState = "new" | "idle" | "busy" | "checking" | "closing"
+
+/** What every connection of one pool shares: made once per pool. @internal */
+export interface SessionEnv {
+  /** Statements are counted (in `usage`) only when `maxUsage` is set. */
+  readonly counting: boolean
+  readonly queryTimeout: number | undefined
+  readonly pingTimeout: Duration.Duration
+  /** Runs the cancel of an interrupted statement in the background, in the pool's closer fibers. */
+  readonly runCloser: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+}
+
+type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
+
+const CANCEL_SETTLE_TIMEOUT = Duration.seconds(5)
+
+/** @internal */
+const succeedRows = (result: Connector.QueryResult): Effect.Effect<ReadonlyArray<PgPool.Row>> =>
+  Effect.succeed(result.rows)
+
+/** @internal */
+export class Physical {
+  state: ConnState = "new"
+  idleSince: number
+  checkedOutAt = 0
+  invalidated = false
+  lost = false
+  leakWatch: Fiber.RuntimeFiber<void> | undefined = undefined
+  /** The background cancel of an interrupted statement, while it runs. */
+  settling: Fiber.RuntimeFiber<void> | undefined = undefined
+  /**
+   * Statements held back to go out with the next statement on this connection, in the same write: the `BEGIN`
+   * of a transaction (see `deferBegin`).
+   */
+  deferred: ReadonlyArray<string> | undefined = undefined
+  /**
+   * The held-back BEGIN went out with a statement that failed (a cancel can hit the BEGIN itself) and left no
+   * transaction open: the rest of the transaction must not run outside of it.
+   */
+  beginLost = false
+  constructor(
+    readonly env: SessionEnv,
+    readonly driver: Connector.Connection,
+    readonly scope: Scope.CloseableScope,
+    readonly server: HostState,
+    readonly createdAt: number,
+    readonly expiresAt: number,
+    readonly usage: Ref.Ref<number>
+  ) {
+    this.idleSince = createdAt
+  }
+
+  /** The connection failed or was closed under us: it can only be closed. */
+  get broken(): boolean {
+    return this.lost || this.driver.isBroken()
+  }
+
+  /**
+   * Runs one statement of the fiber that holds the connection and continues with `then`; an interrupted
+   * statement is cancelled in the background, and nothing is sent before an earlier cancel has settled.
+   */
+  runThen<A>(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    then: (result: Connector.QueryResult) => Effect.Effect<A>
+  ): Effect.Effect<A, QueryError | ConnectionError> {
+    const statement = this.countStatement(
+      Effect.uninterruptibleMask((restore) => {
+        const send = Effect.matchCauseEffect(
+          restore(Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+            this.dispatch(text, params, rowMode, (error, result) => {
+              resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+            })
+          })),
+          {
+            onFailure: (cause) => {
+              if (Cause.isInterrupted(cause)) this.settleInBackground()
+              return Effect.failCause(cause)
+            },
+            onSuccess: then
+          }
+        )
+        return this.settling === undefined ? send : Effect.zipRight(Fiber.await(this.settling), send)
+      })
+    )
+    return this.env.queryTimeout === undefined ? statement : withQueryTimeout(statement, this.env.queryTimeout)
+  }
+
+  rows(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined
+  ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> {
+    return this.runThen(text, params, undefined, succeedRows)
+  }
+
+  /**
+   * A statement run where nothing can interrupt it (the transaction control statements: BEGIN, COMMIT,
+   * ROLLBACK, SAVEPOINT), after the cancel of an interrupted statement, if one is out, has settled.
+   */
+  control(text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    return Effect.suspend(() => {
+      // no transaction is open on the server (its BEGIN was never sent, or did not take effect): nothing to end
+      const unsent = this.deferred !== undefined && (text === "COMMIT" || text === "ROLLBACK")
+      if (unsent || (this.beginLost && text === "ROLLBACK")) {
+        this.deferred = undefined
+        this.beginLost = false
+        return Effect.succeed({ rows: [], fields: [], command: text, rowCount: null })
+      }
+      const send = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+        this.dispatch(text, undefined, undefined, (error, result) => {
+          resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
+        })
+      })
+      return this.countStatement(this.settling === undefined ? send : Effect.zipRight(Fiber.await(this.settling), send))
+    })
+  }
+
+  /**
+   * Holds a transaction's `BEGIN` back, to be sent in the same write as the transaction's first statement (one
+   * round trip less per transaction; Npgsql does the same). The server runs it first, and a statement is never
+   * run when the `BEGIN` before it failed. A transaction that runs no statement sends nothing at all.
+   */
+  deferBegin(text: string): void {
+    this.deferred = this.deferred === undefined ? [text] : [...this.deferred, text]
+  }
+
+  /** True when the held-back statements can go out in one write with this statement. */
+  canPipeline(text: string, params: ReadonlyArray<unknown> | undefined): boolean {
+    // a text without parameters may hold several statements, which the extended protocol cannot carry
+    return this.driver.sendAfter !== undefined && ((params !== undefined && params.length > 0) || !text.includes(";"))
+  }
+
+  /**
+   * Sends `text`, after the held-back statements if there are any: in the same write when the driver and the
+   * statement allow it, else one after the other, the statement only once the held-back ones succeeded.
+   */
+  dispatch(
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: Callback
+  ): void {
+    if (this.beginLost) return callback(beginLostError(), undefined)
+    const deferred = this.deferred
+    if (deferred === undefined) return this.driver.send(text, params, rowMode, callback)
+    this.deferred = undefined
+    const driver = this.driver
+    const checked: Callback = (error, result) => {
+      if (error !== undefined) this.noteBeginFailure()
+      callback(error, result)
+    }
+    if (this.canPipeline(text, params)) return driver.sendAfter!(deferred, text, params, rowMode, checked)
+    const next = (i: number): void => {
+      if (i === deferred.length) return driver.send(text, params, rowMode, checked)
+      driver.send(deferred[i]!, undefined, undefined, (error) => {
+        if (error !== undefined) checked(error, undefined)
+        else next(i + 1)
+      })
+    }
+    next(0)
+  }
+
+  /** Held-back statements went out and something failed: if that left no transaction open, remember it. */
+  noteBeginFailure(): void {
+    if (this.driver.transactionStatus() === "idle") this.beginLost = true
+  }
+
+  /** Sends the held-back statements on their own (before a cursor, or a statement that cannot carry them). */
+  get flush(): Effect.Effect<void, QueryError | ConnectionError> {
+    return Effect.suspend(() => {
+      const deferred = this.deferred
+      if (deferred === undefined) return Effect.void
+      this.deferred = undefined
+      return Effect.forEach(deferred, (text) => this.control(text), { discard: true }).pipe(
+        Effect.tapError(() => Effect.sync(() => this.noteBeginFailure()))
+      )
+    })
+  }
+
+  /** Counts the statement (and the held-back ones that go out with it) when `maxUsage` is set. */
+  countStatement<A, E, R>(statement: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+    if (!this.env.counting) return statement
+    return Effect.zipRight(Ref.update(this.usage, (n) => n + 1 + (this.deferred?.length ?? 0)), statement)
+  }
+
+  /**
+   * Sends a CancelRequest for the statement running on this connection and waits until the driver has seen
+   * the end of it. A statement that does not settle within the bound gets its connection closed, which ends it.
+   */
+  get cancelAndSettle(): Effect.Effect<void> {
+    if (!this.driver.isBusy()) return Effect.void
+    return Effect.interruptible(Effect.zipRight(this.driver.cancel, this.driver.awaitIdle)).pipe(
+      Effect.timeoutFail({ duration: CANCEL_SETTLE_TIMEOUT, onTimeout: () => "unsettled" as const }),
+      Effect.catchAll(() => {
+        this.lost = true
+        return Scope.close(this.scope, Exit.void)
+      })
+    )
+  }
+
+  /**
+   * The fiber running a statement was interrupted: cancel the statement in the background, so the
+   * interruption is not held up by the network. The connection is not reused until the cancel has settled.
+   */
+  settleInBackground(): void {
+    if (this.settling !== undefined || !this.driver.isBusy()) return
+    this.settling = this.env.runCloser(
+      Effect.ensuring(
+        this.cancelAndSettle,
+        Effect.sync(() => {
+          this.settling = undefined
+        })
+      )
+    )
+  }
+
+  /** A server-side cursor over the rows of `text` (send the held-back statements first: `flush`). */
+  cursor(text: string, params: ReadonlyArray<unknown> | undefined): Connector.Cursor {
+    return this.driver.cursor(text, params, undefined)
+  }
+
+  /** Closes the connection instead of returning it (psycopg2's `putconn(close=True)`). */
+  get invalidate(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.invalidated) return Effect.void
+      this.invalidated = true
+      return Effect.uninterruptible(Scope.close(this.scope, Exit.void))
+    })
+  }
+
+  /** Runs `select 1` within the health check's timeout: true if it answered (else the connection is lost). */
+  get ping(): Effect.Effect<boolean> {
+    return Effect.interruptible(Connector.query(this.driver, "select 1")).pipe(
+      Effect.timeout(this.env.pingTimeout),
+      Effect.match({
+        onFailure: () => {
+          this.lost = true
+          return false
+        },
+        onSuccess: () => true
+      })
+    )
+  }
+}
+
+const withQueryTimeout = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  timeout: number
+): Effect.Effect<A, E | QueryError, R> =>
+  Effect.catchTag(
+    Effect.timeout(effect, timeout),
+    "TimeoutException",
+    () =>
+      Effect.fail(
+        new QueryError({
+          message: `Statement cancelled: it ran longer than queryTimeout (${timeout} ms) (SQLSTATE 57014)`,
+          code: "57014"
+        })
+      )
+  )
+
+const beginLostError = (): QueryError =>
+  new QueryError({
+    message:
+      "The transaction's BEGIN did not take effect (it failed or was cancelled with its first statement): the rest of the transaction is refused so that it cannot run outside of it (SQLSTATE 25P01)",
+    code: "25P01"
+  })

@@ -1,0 +1,100 @@
+/**
+ * Several hosts: the hosts' states as last seen, the order a new connection tries them in (libpq's
+ * `load_balance_hosts`), and the probing of hosts that are down (per the `reconnect` schedule) or whose role
+ * may have changed (every `roleCheckInterval`). It is the only writer of `HostState`.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import type * as Connector from "../../Connector.js"
+import type { ConnectionError } from "../../PgPoolError.js"
+import type { ResolvedConfig } from "../config/resolve.js"
+import { HostState, type ServerRole } from "./hosts.js"
+import { openOn } from "./open.js"
+
+/** @internal */
+export class Topology {
+  readonly states: ReadonlyArray<HostState>
+  constructor(
+    readonly config: ResolvedConfig,
+    readonly connector: Connector.Connector,
+    readonly runBackground: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+  ) {
+    this.states = config.hosts.map((host) => new HostState(host))
+  }
+
+  /** Hosts in the order a connect tries them: up hosts first (in order or shuffled), down ones last. */
+  ordered(states: ReadonlyArray<HostState>): ReadonlyArray<HostState> {
+    const list = states.slice()
+    if (this.config.loadBalanceHosts === "random") {
+      for (let i = list.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1))
+        ;[list[i], list[j]] = [list[j]!, list[i]!]
+      }
+    }
+    return [...list.filter((s) => !s.down), ...list.filter((s) => s.down)]
+  }
+
+  markUp(state: HostState, server: ServerRole): void {
+    const changed = state.role !== undefined && state.role !== server.role
+    state.role = server.role
+    state.readOnly = server.readOnly
+    state.down = false
+    if (changed) {
+      this.runBackground(
+        Effect.logWarning(`host ${state.key} is now a ${server.role}`).pipe(
+          Effect.annotateLogs({
+            pool: this.config.name,
+            host: state.host.host,
+            port: state.host.port,
+            role: server.role
+          })
+        )
+      )
+    }
+  }
+
+  /** A host failed to answer: mark it down and probe it per the reconnect schedule until it answers. */
+  markDown(state: HostState, error: ConnectionError): void {
+    if (state.down) return
+    state.down = true
+    this.runBackground(Effect.ignore(Effect.retry(this.probe(state), { schedule: this.config.reconnect })))
+    this.runBackground(
+      Effect.logWarning(`host ${state.key} is down: ${error.message}`).pipe(
+        Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port })
+      )
+    )
+  }
+
+  /** One look at a host on a short-lived connection (no `setSession`): is it up, and what is it? */
+  probe(state: HostState): Effect.Effect<void, ConnectionError> {
+    return openOn(this, state, { setSession: false, checkRole: true }).pipe(
+      Effect.tapBoth({
+        onFailure: (error) => Effect.sync(() => this.markDown(state, error)),
+        onSuccess: (opened) =>
+          Effect.zipRight(
+            Scope.close(opened.scope, Exit.void),
+            Effect.sync(() => this.markUp(state, opened.server!))
+          )
+      }),
+      Effect.asVoid
+    )
+  }
+
+  /** Every `roleCheckInterval`: look at each host that is up (roles change at failover). */
+  get recheck(): Effect.Effect<never> {
+    return Effect.forEach(
+      this.states.filter((s) => !s.down),
+      (state) => Effect.ignore(this.probe(state)),
+      { concurrency: "unbounded", discard: true }
+    ).pipe(
+      Effect.repeat(Schedule.spaced(Duration.millis(this.config.roleCheckInterval))),
+      Effect.zipRight(Effect.never)
+    )
+  }
+}

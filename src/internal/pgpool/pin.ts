@@ -1,0 +1,95 @@
+/**
+ * Pins: the connection a fiber holds for `withConnection` or a transaction, which `PgPool.query`,
+ * `PgPool.connection` and the SqlClient inside reuse; and whether the fiber's work is read-only. This is the
+ * only module that uses effect's private API (a FiberRef set in place, the context's map): each use is
+ * measured to cost less than the public way, which copies the fiber's refs or the context on every call.
+ *
+ * @internal
+ */
+import * as Context from "effect/Context"
+import type * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
+import { globalValue } from "effect/GlobalValue"
+import type { PoolCore } from "../pool/core.js"
+import type { Handle, PgPoolService } from "./service.js"
+
+/** A pinned connection: whose pool it is, the pool core it came from, and the pin it was made inside. @internal */
+export interface Pin {
+  readonly owner: PgPoolService
+  readonly core: PoolCore
+  readonly handle: Handle
+  readonly next: Pin | undefined
+}
+
+/**
+ * The connections pinned by `withConnection` for one fiber, innermost first. The box is set on a fiber once
+ * (a FiberRef write copies all of the fiber's refs, which costs more than a whole checkout) and then changed in
+ * place. It is not inherited: a connection serves one fiber at a time, so a fiber forked inside
+ * `withConnection` (including the ones `Effect.timeout`, `Effect.race` and a concurrent `Effect.all` run their
+ * effects in) checks out connections of its own. A transaction's pin travels in the context instead
+ * (`InheritedPin`), so fibers forked inside a transaction stay in it.
+ */
+class PinBox {
+  constructor(readonly owner: Fiber.RuntimeFiber<unknown, unknown>, public pins: Pin | undefined) {}
+}
+
+const currentPins: FiberRef.FiberRef<PinBox | undefined> = globalValue(
+  Symbol.for("effect-pg-pool/PgPool/currentPins"),
+  () => FiberRef.unsafeMake<PinBox | undefined>(undefined, { fork: () => undefined, join: (parent) => parent })
+)
+
+/** True inside `PgPool.readOnly`: the work may run on a standby. @internal */
+export const currentReadOnly: FiberRef.FiberRef<boolean> = globalValue(
+  Symbol.for("effect-pg-pool/PgPool/currentReadOnly"),
+  () => FiberRef.unsafeMake(false)
+)
+
+/** Sets a FiberRef of `fiber` in place: only from a step that `fiber` itself runs. @internal */
+export const setRef = <A>(fiber: Fiber.RuntimeFiber<unknown, unknown>, ref: FiberRef.FiberRef<A>, value: A): void =>
+  (fiber as unknown as { setFiberRef<A>(ref: FiberRef.FiberRef<A>, value: A): void }).setFiberRef(ref, value)
+
+/** The box of `fiber`'s pins, made the first time it pins a connection. @internal */
+export const ownPins = (fiber: Fiber.RuntimeFiber<unknown, unknown>): PinBox => {
+  const box = fiber.getFiberRef(currentPins)
+  if (box !== undefined && box.owner === fiber) return box
+  const own = new PinBox(fiber, undefined)
+  setRef(fiber, currentPins, own)
+  return own
+}
+
+/** The pins `fiber` set itself with `withConnection`. */
+const pinsSetBy = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined => {
+  const box = fiber.getFiberRef(currentPins)
+  return box !== undefined && box.owner === fiber ? box.pins : undefined
+}
+
+/** The pin of a transaction, in the context of the fibers that run in it (forked ones included). @internal */
+export const InheritedPin: Context.Tag<Pin, Pin> = Context.GenericTag<Pin>("effect-pg-pool/PgPool/InheritedPin")
+
+/** A service of `fiber`'s context, read without building an Option (`Context.getOption` allocates). @internal */
+const serviceIn = <I, S>(fiber: Fiber.RuntimeFiber<unknown, unknown>, tag: Context.Tag<I, S>): S | undefined =>
+  fiber.currentContext.unsafeMap.get(tag.key)
+
+/** `context` with these services added, in one copy of its map (`Context.add` copies it for each). @internal */
+export const contextWith = (
+  context: Context.Context<never>,
+  entries: ReadonlyArray<readonly [string, unknown]>
+): Context.Context<never> => {
+  const services = new Map(context.unsafeMap)
+  for (const [key, value] of entries) services.set(key, value)
+  return Context.unsafeMake<never>(services)
+}
+
+/** The pinned connection of `fiber` for the pool `owner`, if any. @internal */
+export const pinOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, owner: PgPoolService): Pin | undefined =>
+  findPin(pinsSetBy(fiber), owner) ?? findPin(serviceIn(fiber, InheritedPin), owner)
+
+/** The pins of `fiber`, innermost first. @internal */
+export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined =>
+  pinsSetBy(fiber) ?? serviceIn(fiber, InheritedPin)
+
+/** The innermost pin of the pool `owner` among `pins`. @internal */
+export const findPin = (pins: Pin | undefined, owner: PgPoolService): Pin | undefined => {
+  while (pins !== undefined && pins.owner !== owner) pins = pins.next
+  return pins
+}

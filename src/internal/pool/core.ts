@@ -1,0 +1,411 @@
+/**
+ * The pool core: a bounded set of physical connections, the idle ones and a FIFO queue of waiters, written
+ * from Effect primitives. All bookkeeping is synchronous JavaScript run inside Effect steps (one thread, so a
+ * step is atomic with respect to other fibers); only connecting, resetting, pinging and closing are effects,
+ * and they run in fibers of the pool's own FiberSets. The return path is in `release.ts`, connecting in
+ * `connecting.ts`, the one-shot statement in `oneShot.ts`, maintenance and shutdown in `maintenance.ts`.
+ *
+ * Invariants (each also stated where it is kept):
+ * - one fiber per connection: a connection is idle, handed to one waiter, or checked out;
+ * - no connection sits idle while a fiber waits (every path that frees one offers it to the queue first);
+ * - waiters are served first come, first served, and all share one acquire timeout;
+ * - `size + closing <= maxConnections`.
+ *
+ * @internal
+ */
+import type * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import type * as Random from "effect/Random"
+import * as Scope from "effect/Scope"
+import type * as Connector from "../../Connector.js"
+import type * as PgPool from "../../PgPool.js"
+import { type ConnectionError, PoolClosedError, type PoolError, PoolExhaustedError } from "../../PgPoolError.js"
+import type { ResolvedConfig } from "../config/resolve.js"
+import type { HostPolicy } from "../connection/hosts.js"
+import type { ConnState, Physical, SessionEnv } from "../connection/physical.js"
+import type { Topology } from "../connection/topology.js"
+import { fill } from "./connecting.js"
+import * as Metrics from "./metrics.js"
+import { release } from "./release.js"
+import { connectionLog, hostStats, LimitLog, snapshot, Tally, timeoutError } from "./stats.js"
+import { CheckoutWaiter, type Waiter, WaiterQueue } from "./waiters.js"
+
+type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+/** A connect in flight: what `size` counts until it ends. @internal */
+export interface ConnectToken {
+  readonly startedAt: number
+}
+
+/** What a pool core is for, besides its configuration. @internal */
+export interface CoreRole {
+  readonly policy: HostPolicy
+  readonly topology: Topology | undefined
+  /**
+   * A standby's read pool: a failed connect goes to its waiter at once (the router picks again), where the pool
+   * for ordinary work retries per `reconnect` while someone waits; its name tells spans the connection served
+   * reads.
+   */
+  readonly forReads: boolean
+  /** What a waiter gets when a connect failed (a read pool marks it for the router). */
+  readonly onConnectFailure: ((error: ConnectionError) => ConnectionError) | undefined
+}
+
+/** @internal */
+export class PoolCore {
+  readonly idle: Array<Physical> = []
+  /** Every connection of the pool (opened, not closed yet), whatever its state. */
+  readonly all = new Set<Physical>()
+  readonly queue = new WaiterQueue()
+  readonly connects = new Set<ConnectToken>()
+  /** Connections checked out ("busy"): changed only by `setState`. */
+  inUse = 0
+  /** Connections being closed: changed only by `setState` and the closer. */
+  closing = 0
+  closed = false
+  readonly tally = new Tally()
+  consecutiveFailures = 0
+  lastFailureAt = 0
+  lastConnectError: ConnectionError | undefined = undefined
+  timerWake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
+  drained: Deferred.Deferred<void> | undefined = undefined
+  readonly metrics: Metrics.PoolMetrics | undefined
+  readonly limits: LimitLog
+  readonly env: SessionEnv
+  readonly policy: HostPolicy
+  readonly topology: Topology | undefined
+  /** Host stats across the pools of one service (set by the service with several hosts). */
+  hostsView: (() => ReadonlyArray<PgPool.HostStats>) | undefined = undefined
+
+  constructor(
+    readonly config: ResolvedConfig,
+    readonly connector: Connector.Connector,
+    readonly clock: Clock.Clock,
+    readonly random: Random.Random,
+    readonly runBackground: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>,
+    readonly runCloser: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>,
+    readonly role: CoreRole
+  ) {
+    this.policy = role.policy
+    this.topology = role.topology
+    this.metrics = config.metrics
+      ? Metrics.make(config.name, {
+        max: config.maxConnections,
+        idleMax: config.maxIdle,
+        idleMin: config.minConnections
+      })
+      : undefined
+    this.limits = new LimitLog(config.name)
+    this.env = {
+      counting: config.maxUsage !== Infinity,
+      queryTimeout: config.queryTimeout,
+      pingTimeout: config.healthCheck.timeout,
+      runCloser
+    }
+  }
+
+  /** Open connections, idle + in use + being opened (closing ones not). */
+  get size(): number {
+    return this.all.size - this.closing + this.connects.size
+  }
+
+  get waiting(): number {
+    return this.queue.length
+  }
+
+  get pending(): number {
+    return this.connects.size
+  }
+
+  /** Statements are counted per connection only when `maxUsage` is set. */
+  get counting(): boolean {
+    return this.env.counting
+  }
+
+  hostStats(): ReadonlyArray<PgPool.HostStats> {
+    return this.hostsView === undefined ? hostStats(this, [this]) : this.hostsView()
+  }
+
+  /** False when the server of `conn` no longer fits this pool (roles changed at a failover). */
+  fits(conn: Physical): boolean {
+    const keeps = this.policy.keeps
+    return keeps === undefined || keeps(conn.server)
+  }
+
+  /**
+   * Sets the gauges (connections by state, pending requests) to the current state; called at every change, so
+   * the metrics are never stale. Connections being opened count in neither state.
+   */
+  updateGauges(): void {
+    if (this.metrics === undefined) return
+    const idle = this.idle.length
+    this.metrics.setCounts(idle, this.size - idle - this.connects.size, this.waiting)
+  }
+
+  /**
+   * The one place a connection's state changes. It keeps `inUse` and `closing`, records how long a checkout
+   * held the connection when it leaves "busy" (once per checkout), sets the gauges, and completes the drain of
+   * a closing pool when the last checked-out connection comes back.
+   */
+  setState(conn: Physical, next: ConnState, now: number): void {
+    const previous = conn.state
+    if (previous === "busy") {
+      this.inUse--
+      if (this.metrics !== undefined) this.metrics.useTime(now - conn.checkedOutAt)
+    }
+    if (next === "busy") {
+      this.inUse++
+      conn.checkedOutAt = now
+    } else if (next === "idle") {
+      conn.idleSince = now
+    } else if (next === "closing") {
+      this.closing++
+    }
+    conn.state = next
+    if (this.inUse < 0) throw new Error(`effect-pg-pool bug: inUse went below 0 (${previous} -> ${next})`)
+    this.updateGauges()
+    if (previous === "busy" && this.inUse === 0 && this.drained !== undefined) {
+      Deferred.unsafeDone(this.drained, Exit.void)
+    }
+  }
+
+  /** Checks a connection out to a fiber that waited `waited` ms. */
+  markBusy(conn: Physical, now: number, waited: number): void {
+    this.setState(conn, "busy", now)
+    this.tally.acquired++
+    if (this.metrics !== undefined) this.metrics.waitTime(waited)
+  }
+
+  /** Puts a connection nobody waits for on the idle list. */
+  putIdle(conn: Physical, now: number): void {
+    this.idle.push(conn)
+    this.setState(conn, "idle", now)
+  }
+
+  /**
+   * A connection comes free: to the first waiter, else onto the idle list when there is `room`, else closed.
+   * Every path that frees a connection goes through here, so no connection sits idle while a fiber waits.
+   */
+  offer(conn: Physical, now: number, room: boolean): void {
+    if (this.deliver(conn, now)) return
+    if (room) this.putIdle(conn, now)
+    else this.closeDetached(conn, "maxIdle")
+  }
+
+  /** Pops a usable idle connection (closing dead and expired ones on the way); the caller owns it. */
+  takeIdle(now: number): Physical | undefined {
+    let conn: Physical | undefined
+    while ((conn = this.idle.pop()) !== undefined) {
+      if (conn.broken) this.closeDetached(conn, "broken")
+      else if (now >= conn.expiresAt) this.closeDetached(conn, "lifetime")
+      else if (!this.fits(conn)) this.closeDetached(conn, "role")
+      else return conn
+    }
+    return undefined
+  }
+
+  /**
+   * The checkout prelude, in one step (no yield between taking a connection and marking it, so no other fiber
+   * can take it): a usable idle connection, checked out, or, when it has been idle long enough to need a ping,
+   * in "checking" (the caller `validate`s it); undefined when none is idle.
+   */
+  takeIdleOrPing(now: number): Physical | undefined {
+    const conn = this.takeIdle(now)
+    if (conn === undefined) return undefined
+    const health = this.config.healthCheck
+    if (health.enabled && now - conn.idleSince >= health.idleThreshold) this.setState(conn, "checking", now)
+    else this.markBusy(conn, now, 0)
+    return conn
+  }
+
+  /** Why a checkout that found no idle connection must fail at once, if it must. */
+  refusal(): Effect.Effect<never, PoolExhaustedError> | undefined {
+    const config = this.config
+    if (!config.blocking && this.size + this.closing >= config.maxConnections) return this.refuse("maxConnections")
+    if (config.maxWaiting !== Infinity && this.waitingForBusy() >= config.maxWaiting) return this.refuse("maxWaiting")
+    return undefined
+  }
+
+  /**
+   * The waiters that no connect, in flight or one the pool may still start, will serve: those waiting for a
+   * busy connection to come back. `maxWaiting` bounds these; a checkout the pool can open a connection for
+   * does not count against it.
+   */
+  waitingForBusy(): number {
+    const room = Math.max(0, this.config.maxConnections - this.size - this.closing)
+    return this.waiting - this.pending - room
+  }
+
+  refuse(reason: "maxConnections" | "maxWaiting"): Effect.Effect<never, PoolExhaustedError> {
+    const error = new PoolExhaustedError({ reason, stats: snapshot(this) })
+    return Effect.zipRight(this.limits.log(error, this.clock.unsafeCurrentTimeMillis()), Effect.fail(error))
+  }
+
+  /** Takes a connection. Must run in an uninterruptible region; only the wait is made interruptible. */
+  checkout(restore: Restore): Effect.Effect<Physical, PoolError> {
+    return Effect.suspend(() => {
+      if (this.closed) return Effect.fail(this.closedError())
+      const now = this.clock.unsafeCurrentTimeMillis()
+      const conn = this.takeIdleOrPing(now)
+      if (conn === undefined) return this.refusal() ?? this.waitThen(restore, now, Effect.succeed)
+      if (conn.state === "busy") return Effect.succeed(conn)
+      return Effect.flatMap(this.validate(conn), (alive) => alive ? Effect.succeed(conn) : this.checkout(restore))
+    })
+  }
+
+  /** Queues for a connection (the wait is the only interruptible part) and continues with `then`. */
+  waitThen<A, E, R>(
+    restore: Restore,
+    now: number,
+    then: (conn: Physical) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | PoolError, R> {
+    let waiter: CheckoutWaiter | undefined
+    return Effect.matchCauseEffect(
+      restore(Effect.async<Physical, PoolError>((resume) => {
+        waiter = new CheckoutWaiter(resume, now, now + this.config.acquireTimeout)
+        this.enqueue(waiter)
+      })),
+      {
+        onFailure: (cause) =>
+          waiter === undefined
+            ? Effect.failCause(cause)
+            : Effect.zipRight(this.cancelWaiter(waiter), Effect.failCause(cause)),
+        onSuccess: then
+      }
+    )
+  }
+
+  /** Pings a connection in "checking" taken for a checkout: true (and checked out) if it answered. */
+  validate(conn: Physical): Effect.Effect<boolean> {
+    return this.checked(conn, (now) => this.markBusy(conn, now, 0))
+  }
+
+  /**
+   * Pings a connection in "checking" and settles it on every exit: `onAlive` takes it when it answered (and the
+   * pool is open); otherwise (no answer, or the ping cut off by an interruption, which leaves a statement on it)
+   * it is closed. True when it answered.
+   */
+  checked(conn: Physical, onAlive: (now: number) => void): Effect.Effect<boolean> {
+    let alive = false
+    return Effect.onExit(conn.ping, (exit) => {
+      const answered = Exit.isSuccess(exit) && exit.value
+      alive = answered && !this.closed
+      if (alive) onAlive(this.clock.unsafeCurrentTimeMillis())
+      else this.closeDetached(conn, answered ? "poolClosed" : "broken")
+      return Effect.void
+    }).pipe(Effect.map(() => alive))
+  }
+
+  /** Queues a waiter (FIFO: at the tail), wakes the timer for its deadline, and starts a connect if there is room. */
+  enqueue(waiter: Waiter): void {
+    if (waiter.enqueuedAt === 0) {
+      const now = this.clock.unsafeCurrentTimeMillis()
+      waiter.enqueuedAt = now
+      waiter.deadline = now + this.config.acquireTimeout
+    }
+    this.queue.push(waiter)
+    this.updateGauges()
+    if (this.timerWake !== undefined && waiter.deadline !== Infinity) {
+      const wake = this.timerWake
+      this.timerWake = undefined
+      wake(Effect.void)
+    }
+    fill(this)
+  }
+
+  /** An interrupted checkout: leave the queue, or give back the connection handed over meanwhile. */
+  cancelWaiter(waiter: Waiter & { readonly conn: Physical | undefined }): Effect.Effect<void> {
+    if (this.queue.remove(waiter)) {
+      this.updateGauges()
+      return Effect.void
+    }
+    const conn = waiter.conn
+    return conn === undefined ? Effect.void : release(this, conn)
+  }
+
+  /** Hands a connection to the first waiter (FIFO: the head), checked out before the waiter resumes. */
+  deliver(conn: Physical, now: number): boolean {
+    const waiter = this.queue.shift()
+    if (waiter === undefined) return false
+    this.markBusy(conn, now, now - waiter.enqueuedAt)
+    waiter.deliver(conn)
+    return true
+  }
+
+  failHead(error: PoolError): void {
+    const waiter = this.queue.shift()
+    if (waiter === undefined) return
+    this.updateGauges()
+    waiter.fail(error)
+  }
+
+  expire(waiter: Waiter, now: number): Effect.Effect<void> {
+    this.queue.remove(waiter)
+    this.updateGauges()
+    this.tally.timeouts++
+    if (this.metrics !== undefined) this.metrics.timeout()
+    const error = timeoutError(this, waiter, now)
+    waiter.fail(error)
+    return this.limits.log(error, now)
+  }
+
+  /**
+   * The fiber that times out waiters. Waiters share one acquire timeout, so their deadlines grow along the
+   * queue and only the head's needs a timer.
+   */
+  readonly timerLoop: Effect.Effect<never> = Effect.suspend(() => {
+    const head = this.queue.head
+    if (head === undefined || head.deadline === Infinity) {
+      return Effect.async<void>((resume) => {
+        this.timerWake = resume
+        return Effect.sync(() => {
+          this.timerWake = undefined
+        })
+      })
+    }
+    const now = this.clock.unsafeCurrentTimeMillis()
+    if (head.deadline <= now) return this.expire(head, now)
+    return Effect.sleep(Duration.millis(head.deadline - now))
+  }).pipe(Effect.forever)
+
+  removeIdle(conn: Physical): void {
+    const index = this.idle.indexOf(conn)
+    if (index !== -1) this.idle.splice(index, 1)
+  }
+
+  /** Closes a connection that is neither idle (the caller took it off the list) nor handed out, in the background. */
+  closeDetached(conn: Physical, reason: PgPool.CloseReason): void {
+    this.setState(conn, "closing", this.clock.unsafeCurrentTimeMillis())
+    this.tally.closed++
+    this.tally.closedByReason[reason]++
+    this.runCloser(
+      Scope.close(conn.scope, Exit.void).pipe(
+        Effect.zipRight(Effect.logDebug("connection closed")),
+        Effect.annotateLogs({ ...connectionLog(this, conn), reason }),
+        Effect.ensuring(Effect.sync(() => {
+          this.closing--
+          this.all.delete(conn)
+          fill(this)
+        })),
+        Effect.uninterruptible
+      )
+    )
+  }
+
+  /**
+   * True when a connect that started no later than `time` is still in flight. A waiter that times out while a
+   * connect has been running for at least half of its wait waited on the database, not on busy connections.
+   */
+  connectingSince(time: number): boolean {
+    for (const token of this.connects) if (token.startedAt <= time) return true
+    return false
+  }
+
+  closedError(): PoolClosedError {
+    return new PoolClosedError({ message: "The pool is closed: its layer's scope has been closed" })
+  }
+}

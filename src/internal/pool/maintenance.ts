@@ -1,0 +1,178 @@
+/**
+ * A pool core's life: made in a Scope with its timer fiber, warmed up (one checked connection, plus
+ * `minConnections`), kept by the maintenance fiber (idle and lifetime expiry, `minConnections`, keepalive
+ * pings), and shut down when the Scope closes (waiters failed, idle connections closed, checked-out ones
+ * waited for up to `drainTimeout`).
+ *
+ * @internal
+ */
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberSet from "effect/FiberSet"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Connector from "../../Connector.js"
+import { ConnectionError } from "../../PgPoolError.js"
+import type { ResolvedConfig } from "../config/resolve.js"
+import { isTransientConnectError } from "../connection/open.js"
+import type { Physical } from "../connection/physical.js"
+import { beginConnect, connected, open, topUp } from "./connecting.js"
+import { type CoreRole, PoolCore } from "./core.js"
+import { purge, waitWithin } from "./release.js"
+import { failureLog } from "./stats.js"
+
+/** Closes idle connections past `idleTimeout` (down to `minConnections`); how many. @internal */
+export const purgeExpired = (core: PoolCore): Effect.Effect<number> =>
+  Effect.sync(() => core.closed ? 0 : purge(core, core.clock.unsafeCurrentTimeMillis()))
+
+/** One run of the maintenance fiber. */
+const maintenance = (core: PoolCore): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (core.closed) return Effect.void
+    const now = core.clock.unsafeCurrentTimeMillis()
+    purge(core, now)
+    topUp(core)
+    const health = core.config.healthCheck
+    if (!health.enabled) return Effect.void
+    const stale = core.idle.filter((conn) => now - conn.idleSince >= health.interval)
+    if (stale.length === 0) return Effect.void
+    return Effect.forEach(stale, (conn) => keepAlive(core, conn), { discard: true, concurrency: "unbounded" }).pipe(
+      Effect.zipRight(Effect.sync(() => topUp(core)))
+    )
+  })
+
+/** The keepalive of an idle connection: back to the pool if it answered (a waiter first), else closed. */
+const keepAlive = (core: PoolCore, conn: Physical): Effect.Effect<void> =>
+  Effect.uninterruptible(Effect.suspend(() => {
+    if (conn.state !== "idle" || core.closed) return Effect.void
+    core.removeIdle(conn)
+    core.setState(conn, "checking", core.clock.unsafeCurrentTimeMillis())
+    return Effect.asVoid(core.checked(conn, (now) => core.offer(conn, now, true)))
+  }))
+
+/**
+ * Closes the pool: later checkouts fail with PoolClosedError, waiters now; idle connections are closed, and
+ * checked-out ones when they come back, waiting for them up to `drainTimeout` (then closing them).
+ */
+const shutdown = (core: PoolCore): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (core.closed) return Effect.void
+    core.closed = true
+    const error = core.closedError()
+    while (core.queue.head !== undefined) core.failHead(error)
+    for (const conn of core.idle.splice(0)) core.closeDetached(conn, "poolClosed")
+    const drain = core.inUse === 0 ? Effect.void : Effect.flatMap(Deferred.make<void>(), (drained) => {
+      core.drained = drained
+      const closeCheckedOut = (concurrency: "unbounded" | undefined) =>
+        Effect.forEach(
+          [...core.all].filter((conn) => conn.state === "busy" || conn.state === "checking"),
+          (conn) => {
+            conn.lost = true
+            return Scope.close(conn.scope, Exit.void)
+          },
+          { discard: true, concurrency }
+        )
+      return waitWithin(Deferred.await(drained), core.config.drainTimeout, {
+        done: () => Effect.void,
+        timedOut: () =>
+          Effect.logWarning(`closing ${core.inUse} connections still checked out after drainTimeout`).pipe(
+            Effect.annotateLogs({ pool: core.config.name }),
+            Effect.zipRight(closeCheckedOut("unbounded"))
+          ),
+        // the fiber closing the pool was interrupted: the connections still out are closed now, one by one (no
+        // child fibers), since the pool's background fibers, which would close them when they come back, end
+        // with its scope
+        cutOff: () => closeCheckedOut(undefined)
+      })
+    })
+    return drain.pipe(
+      Effect.zipRight(Effect.logDebug("pool closed")),
+      Effect.annotateLogs({ pool: core.config.name, created: core.tally.created, closed: core.tally.closed })
+    )
+  })
+
+/** A pool core in the current Scope, with its timer fiber; closing the Scope shuts it down. @internal */
+export const makeCore = (
+  config: ResolvedConfig,
+  role: CoreRole
+): Effect.Effect<PoolCore, never, Scope.Scope | Connector.Connector> =>
+  Effect.gen(function*() {
+    const connector = yield* Connector.Connector
+    const clock = yield* Effect.clock
+    const random = yield* Effect.random
+    const closers = yield* FiberSet.make<unknown, unknown>()
+    const runCloser = yield* FiberSet.runtime(closers)<never>()
+    const runBackground = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+    const core = new PoolCore(config, connector, clock, random, runBackground, runCloser, role)
+    yield* Effect.addFinalizer(() =>
+      shutdown(core).pipe(
+        Effect.zipRight(
+          Effect.interruptible(FiberSet.awaitEmpty(closers)).pipe(Effect.timeoutOption(Duration.seconds(10)))
+        ),
+        // cut off by an interruption of the closing fiber: the closers' set interrupts them (they close
+        // uninterruptibly, so it waits for them)
+        Effect.catchAllCause(() => Effect.void)
+      )
+    )
+    runBackground(core.timerLoop)
+    return core
+  })
+
+/** Forks the maintenance fiber of a core, after its warm-up. @internal */
+export const startMaintenance = (core: PoolCore): void => {
+  core.runBackground(
+    maintenance(core).pipe(
+      Effect.catchAllCause((cause) => Effect.logError("maintenance failed", cause)),
+      Effect.repeat(Schedule.spaced(Duration.millis(core.config.maintenanceInterval)))
+    )
+  )
+  core.updateGauges()
+}
+
+/** Opens and checks one connection (plus `minConnections`) within `connectTimeout`, or fails. @internal */
+export const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
+  const count = Math.max(1, core.config.pooling ? core.config.minConnections : 1)
+  const tokens = Array.from({ length: count }, () => beginConnect(core))
+  let attempts = 0
+  const attempt = open(core).pipe(Effect.tapError((error) =>
+    Effect.suspend(() => {
+      attempts++
+      return Effect.logWarning(`connect failed at start (attempt ${attempts}): ${error.message}`).pipe(
+        Effect.annotateLogs({ ...failureLog(core, error), attempt: attempts })
+      )
+    })
+  ))
+  return Effect.forEach(
+    tokens,
+    (token) =>
+      attempt.pipe(
+        Effect.retry({ schedule: core.config.reconnect, while: isTransientConnectError }),
+        Effect.onExit((exit) => connected(core, exit, token))
+      ),
+    { concurrency: "unbounded", discard: true }
+  ).pipe(
+    Effect.timeoutFail({
+      duration: core.config.connectTimeout,
+      onTimeout: () => {
+        const last = core.lastConnectError
+        const host = core.config.hosts[0]!
+        const tried = attempts === 0
+          ? `the connect to ${host.host}:${host.port} did not complete`
+          : `${attempts} failed attempts, last: ${last?.message ?? "unknown"}`
+        return new ConnectionError({
+          message: `Cannot start the pool: no connection within connectTimeout (${
+            Duration.format(core.config.connectTimeout)
+          }): ${tried}`,
+          cause: last,
+          host: last?.host ?? core.config.hosts[0]?.host,
+          port: last?.port ?? core.config.hosts[0]?.port,
+          database: core.config.database,
+          code: last?.code,
+          attempts
+        })
+      }
+    })
+  )
+}

@@ -1,0 +1,255 @@
+/**
+ * The one-shot statement, the hot path of `PgPool.query`: check out, send, return, hand out the result, in one
+ * suspension of the calling fiber. The statement goes out the moment a connection is handed over (directly by
+ * the fiber or driver callback that frees it, FIFO), and a statement that succeeded gives its connection back
+ * in the driver's callback, so the next waiter's statement goes out in the same turn of the event loop (as
+ * pg.Pool does).
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import type * as Tracer from "effect/Tracer"
+import type * as Connector from "../../Connector.js"
+import type * as PgPool from "../../PgPool.js"
+import type { ConnectionError, PoolError, QueryError } from "../../PgPoolError.js"
+import type { Physical } from "../connection/physical.js"
+import { checkedOutFrom } from "../tracing.js"
+import type { PoolCore } from "./core.js"
+import { release, releaseWith } from "./release.js"
+import type { Waiter } from "./waiters.js"
+
+type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+const enum OpState {
+  /** Not registered yet: the fiber may be interrupted before the wait even starts. */
+  Pending,
+  Waiting,
+  Running,
+  Done,
+  /** Answered, and the connection already given back (by the driver's callback): `releasing` is what is left. */
+  Released,
+  Finished
+}
+
+/**
+ * A one-shot statement: waits for a connection (if none is idle) and sends the statement the moment one is
+ * handed over. The fiber resumes with the op once the statement was answered.
+ */
+class QueryOp<A = unknown> implements Waiter {
+  prev: Waiter | undefined = undefined
+  next: Waiter | undefined = undefined
+  settled = false
+  enqueuedAt = 0
+  deadline = 0
+  state = OpState.Pending
+  conn: Physical | undefined = undefined
+  error: QueryError | ConnectionError | undefined = undefined
+  result: Connector.QueryResult | undefined = undefined
+  resume: ((effect: Effect.Effect<QueryOp<A>, PoolError>) => void) | undefined = undefined
+  releasing: Effect.Effect<void> = Effect.void
+  constructor(
+    readonly core: PoolCore,
+    readonly text: string,
+    readonly params: ReadonlyArray<unknown> | undefined,
+    readonly rowMode: "array" | undefined,
+    readonly project: (result: Connector.QueryResult) => A,
+    readonly retry: boolean,
+    readonly restore: Restore,
+    /** The span of `PgPool.query`, when a tracer is installed. */
+    readonly span: Tracer.Span | undefined
+  ) {}
+  /** The handlers of the wait (the op is its own `matchCauseEffect` options, to save allocations). */
+  readonly onFailure = (cause: Cause.Cause<PoolError>): Effect.Effect<never, PoolError> =>
+    Effect.zipRight(this.abandon(), Effect.failCause(cause))
+  readonly onSuccess = (): Effect.Effect<A, PoolError | QueryError> => complete(this)
+  readonly register = (resume: (effect: Effect.Effect<QueryOp<A>, PoolError>) => void): void => {
+    this.resume = resume
+    if (this.conn !== undefined) {
+      this.send(this.conn)
+    } else {
+      this.state = OpState.Waiting
+      this.core.enqueue(this)
+    }
+  }
+  deliver(conn: Physical): void {
+    this.conn = conn
+    if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, conn.checkedOutAt - this.enqueuedAt)
+    this.send(conn)
+  }
+  fail(error: PoolError): void {
+    this.state = OpState.Finished
+    this.resume!(Effect.fail(error))
+  }
+  send(conn: Physical): void {
+    this.state = OpState.Running
+    conn.driver.send(this.text, this.params, this.rowMode, this.onResult)
+  }
+  readonly onResult = (
+    error: QueryError | ConnectionError | undefined,
+    result: Connector.QueryResult | undefined
+  ): void => {
+    if (this.state !== OpState.Running) return
+    this.error = error
+    this.result = result
+    // resumed first (the fiber runs later, on the scheduler), so it comes back before the next waiter's fiber
+    this.resume!(Effect.succeed(this))
+    if (error === undefined && !this.core.counting) {
+      this.state = OpState.Released
+      this.releasing = releaseWith(this.core, this.conn!, 0)
+    } else {
+      this.state = OpState.Done
+    }
+  }
+  /**
+   * The fiber was interrupted while waiting or while the statement ran: leave the queue, or cancel the
+   * statement, let it settle and give the connection back. Every state is covered.
+   */
+  abandon(): Effect.Effect<void> {
+    const state = this.state
+    this.state = OpState.Finished
+    switch (state) {
+      case OpState.Pending:
+        return this.conn === undefined ? Effect.void : release(this.core, this.conn)
+      case OpState.Waiting:
+        return this.core.cancelWaiter(this)
+      case OpState.Running:
+        this.conn!.settleInBackground()
+        return release(this.core, this.conn!)
+      case OpState.Done:
+        return release(this.core, this.conn!)
+      case OpState.Released:
+        return this.releasing
+      case OpState.Finished:
+        return Effect.void
+    }
+  }
+}
+
+/**
+ * Hands out `project(result)` once `released` (the return of the connection) has run; a `project` that throws
+ * is a defect, and the connection still goes back.
+ */
+const handOut = <A>(
+  project: (result: Connector.QueryResult) => A,
+  result: Connector.QueryResult,
+  released: Effect.Effect<void>
+): Effect.Effect<A> => {
+  let value: A
+  try {
+    value = project(result)
+  } catch (defect) {
+    return Effect.zipRight(released, Effect.die(defect))
+  }
+  return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
+}
+
+/** @internal */
+export const rowsOf = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => result.rows
+
+/**
+ * A statement outside of a pinned connection: check out, send, return, in one suspension of the fiber.
+ * A statement that failed because its connection was lost is retried once on a fresh connection.
+ *
+ * @internal
+ */
+export const oneShot = <A>(
+  core: PoolCore,
+  text: string,
+  params: ReadonlyArray<unknown> | undefined,
+  rowMode: "array" | undefined,
+  project: (result: Connector.QueryResult) => A,
+  retry: boolean,
+  span?: Tracer.Span | undefined
+): Effect.Effect<A, PoolError | QueryError> => {
+  if (core.config.queryTimeout !== undefined) return oneShotTimed(core, text, params, rowMode, project, retry, span)
+  return Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
+    if (core.closed) return Effect.fail(core.closedError())
+    const op = new QueryOp(core, text, params, rowMode, project, retry, restore, span)
+    const now = core.clock.unsafeCurrentTimeMillis()
+    const conn = core.takeIdleOrPing(now)
+    if (conn === undefined) {
+      const refused = core.refusal()
+      if (refused !== undefined) return refused
+      op.enqueuedAt = now
+      op.deadline = now + core.config.acquireTimeout
+    } else if (conn.state === "busy") {
+      if (span !== undefined) checkedOutFrom(span, core, conn, 0)
+      op.conn = conn
+    } else {
+      return Effect.flatMap(core.validate(conn), (alive) => {
+        if (!alive) return restore(oneShot(core, text, params, rowMode, project, retry, span))
+        if (span !== undefined) checkedOutFrom(span, core, conn, conn.checkedOutAt - now)
+        op.conn = conn
+        return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
+      })
+    }
+    return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
+  })
+}
+
+/**
+ * A one-shot statement under `queryTimeout`: the timeout bounds the statement only, not the wait for a
+ * connection (which `acquireTimeout` bounds), so a full pool is never reported as a cancelled statement.
+ */
+const oneShotTimed = <A>(
+  core: PoolCore,
+  text: string,
+  params: ReadonlyArray<unknown> | undefined,
+  rowMode: "array" | undefined,
+  project: (result: Connector.QueryResult) => A,
+  retry: boolean,
+  span: Tracer.Span | undefined
+): Effect.Effect<A, PoolError | QueryError> =>
+  Effect.uninterruptibleMask((restore) => {
+    const since = span === undefined ? 0 : core.clock.unsafeCurrentTimeMillis()
+    return Effect.flatMap(core.checkout(restore), (conn) => {
+      if (span !== undefined) checkedOutFrom(span, core, conn, conn.checkedOutAt - since)
+      return Effect.matchCauseEffect(
+        restore(conn.runThen(text, params, rowMode, (result) => Effect.succeed(project(result)))),
+        {
+          onFailure: (cause) => {
+            const failure = Cause.failureOption(cause)
+            const lost = retry && Option.isSome(failure) && failure.value._tag === "ConnectionError" && conn.broken &&
+              !core.closed
+            return Effect.zipRight(
+              release(core, conn),
+              lost ? restore(oneShot(core, text, params, rowMode, project, false, span)) : Effect.failCause(cause)
+            )
+          },
+          onSuccess: (value) => Effect.as(release(core, conn), value)
+        }
+      )
+    })
+  })
+
+/** The statement of a one-shot op has been answered: count it, return the connection, hand out the result. */
+const complete = <A>(op: QueryOp<A>): Effect.Effect<A, PoolError | QueryError> => {
+  if (op.state === OpState.Released) {
+    op.state = OpState.Finished
+    return handOut(op.project, op.result!, op.releasing)
+  }
+  op.state = OpState.Finished
+  return op.core.counting
+    ? Effect.flatMap(Ref.updateAndGet(op.conn!.usage, increment), (usage) => finish(op, usage))
+    : finish(op, 0)
+}
+
+const increment = (n: number) => n + 1
+
+const finish = <A>(op: QueryOp<A>, usage: number): Effect.Effect<A, PoolError | QueryError> => {
+  const core = op.core
+  const conn = op.conn!
+  const released = releaseWith(core, conn, usage)
+  const error = op.error
+  if (error === undefined) return handOut(op.project, op.result!, released)
+  if (op.retry && error._tag === "ConnectionError" && conn.broken && !core.closed) {
+    return Effect.zipRight(
+      released,
+      op.restore(oneShot(core, op.text, op.params, op.rowMode, op.project, false, op.span))
+    )
+  }
+  return Effect.zipRight(released, Effect.fail(error))
+}

@@ -1,0 +1,143 @@
+/**
+ * The return path: a connection comes back from a checkout and is reset per `reset`, handed to the next
+ * waiter, kept idle, or closed. It never goes back inside a transaction or with a statement running, and it
+ * never stays checked out: every bounded wait on the way back handles being cut off by an interruption.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Ref from "effect/Ref"
+import * as Connector from "../../Connector.js"
+import type * as PgPool from "../../PgPool.js"
+import type { Physical } from "../connection/physical.js"
+import type { PoolCore } from "./core.js"
+
+/** How long the fiber returning a connection waits for the cancel of its interrupted statement to settle. */
+const SETTLE_WAIT = Duration.millis(250)
+const RESET_TIMEOUT = Duration.seconds(5)
+
+/**
+ * A bounded wait on a path that must finish (returning a connection, closing the pool), with its three
+ * outcomes. The wait runs in the timeout's child fiber, which an interruption of the caller reaches even in an
+ * uninterruptible region: a wait cut off that way is `cutOff`, not an interruption of the whole path.
+ *
+ * @internal
+ */
+export const waitWithin = <A, B>(
+  wait: Effect.Effect<A>,
+  duration: Duration.DurationInput,
+  on: {
+    readonly done: () => Effect.Effect<B>
+    readonly timedOut: () => Effect.Effect<B>
+    readonly cutOff: () => Effect.Effect<B>
+  }
+): Effect.Effect<B> =>
+  Effect.interruptible(wait).pipe(
+    Effect.timeoutTo({ duration, onSuccess: () => true, onTimeout: () => false }),
+    Effect.matchCauseEffect({ onFailure: on.cutOff, onSuccess: (done) => done ? on.done() : on.timedOut() })
+  )
+
+/** Gives a checked-out connection back (reading its usage count when `maxUsage` is set). @internal */
+export const release = (core: PoolCore, conn: Physical): Effect.Effect<void> =>
+  core.counting
+    ? Effect.flatMap(Ref.get(conn.usage), (usage) => releaseWith(core, conn, usage))
+    : Effect.suspend(() => releaseWith(core, conn, 0))
+
+/**
+ * The whole "may this connection go back?" decision, one gate a line, in this order: a cancel still settling,
+ * the leak watch, invalidated, lost or broken, no longer on a fitting server, the pool closed, a statement
+ * still running, then a transaction left open (or `reset` asking for more) resets it before `checkin`.
+ *
+ * @internal
+ */
+export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effect.Effect<void> => {
+  conn.deferred = undefined
+  conn.beginLost = false
+  if (conn.settling !== undefined) {
+    // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
+    // healthy network), else (or cut off) let the return finish in the background so the caller is not held up
+    const settling = conn.settling
+    const rest = Effect.suspend(() => releaseWith(core, conn, usage))
+    const later = () => {
+      core.runCloser(Effect.zipRight(Fiber.await(settling), rest))
+      return Effect.void
+    }
+    return waitWithin(Fiber.await(settling), SETTLE_WAIT, { done: () => rest, timedOut: later, cutOff: later })
+  }
+  if (conn.leakWatch !== undefined) {
+    const watch = conn.leakWatch
+    conn.leakWatch = undefined
+    return Effect.zipRight(Fiber.interruptFork(watch), releaseWith(core, conn, usage))
+  }
+  if (conn.invalidated) return discard(core, conn, "invalidated")
+  if (conn.broken) return discard(core, conn, "broken")
+  if (!core.fits(conn)) return discard(core, conn, "role")
+  if (core.closed) return discard(core, conn, "poolClosed")
+  if (conn.driver.isBusy()) return discard(core, conn, "busy")
+  if (core.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") return reset(core, conn, usage)
+  return checkin(core, conn, usage)
+}
+
+/**
+ * Runs the reset statements: ROLLBACK when a transaction is open (always with `reset: "always"`), then
+ * `DISCARD ALL` and `setSession` with `reset: "full"`. A reset that failed, timed out or was cut off (the
+ * statements run in the timeout's child fiber, which an interruption of the caller reaches even in this
+ * uninterruptible region) closes the connection.
+ */
+const reset = (core: PoolCore, conn: Physical, usage: number): Effect.Effect<void> => {
+  const config = core.config
+  const driver = conn.driver
+  const rollback = config.reset !== "transaction" || driver.transactionStatus() !== "idle" ? ["ROLLBACK"] : []
+  const statements = config.reset === "full" ? [...rollback, "DISCARD ALL", ...config.setSession] : rollback
+  return Effect.interruptible(Effect.forEach(statements, (text) => Connector.query(driver, text), { discard: true }))
+    .pipe(
+      Effect.timeout(RESET_TIMEOUT),
+      Effect.matchCauseEffect({
+        onFailure: () => discard(core, conn, "reset"),
+        onSuccess: () =>
+          driver.transactionStatus() === "idle" ? checkin(core, conn, usage) : discard(core, conn, "reset")
+      }),
+      Effect.uninterruptible
+    )
+}
+
+/** A clean connection back in the pool: closed past `maxUsage` or its lifetime, else to the next waiter or idle. */
+const checkin = (core: PoolCore, conn: Physical, usage: number): Effect.Effect<void> => {
+  const config = core.config
+  if (!config.pooling) return discard(core, conn, "unpooled")
+  if (usage >= config.maxUsage) return discard(core, conn, "maxUsage")
+  const now = core.clock.unsafeCurrentTimeMillis()
+  if (now >= conn.expiresAt) return discard(core, conn, "lifetime")
+  // the next waiter first: no connection sits idle while a fiber waits
+  if (core.deliver(conn, now)) return Effect.void
+  if (core.idle.length >= config.maxIdle) return discard(core, conn, "maxIdle")
+  core.putIdle(conn, now)
+  if (now - core.idle[0]!.idleSince >= config.idleTimeout && core.size > config.minConnections) purge(core, now)
+  return Effect.void
+}
+
+/** Closes a checked-out connection instead of returning it. */
+const discard = (core: PoolCore, conn: Physical, reason: PgPool.CloseReason): Effect.Effect<void> => {
+  core.closeDetached(conn, reason)
+  return Effect.void
+}
+
+/** Closes idle connections past `idleTimeout` (down to `minConnections`) or past their lifetime. @internal */
+export const purge = (core: PoolCore, now: number): number => {
+  const config = core.config
+  let closed = 0
+  for (const conn of core.idle.slice()) {
+    if (now >= conn.expiresAt) {
+      core.removeIdle(conn)
+      core.closeDetached(conn, "lifetime")
+      closed++
+    } else if (now - conn.idleSince >= config.idleTimeout && core.size > config.minConnections) {
+      core.removeIdle(conn)
+      core.closeDetached(conn, "idle")
+      closed++
+    }
+  }
+  return closed
+}
