@@ -11,7 +11,6 @@ import {
   Logger,
   LogLevel,
   Metric,
-  MetricState,
   Option,
   Redacted,
   Schedule,
@@ -23,6 +22,7 @@ import * as PgPool from "../src/PgPool.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
 import * as Transaction from "../src/Transaction.js"
 import { backends, eventually, testConfig, testDatabase, testServer } from "./support/db.js"
+import { counterValue, gaugeValue, histogramCount } from "./support/metrics.js"
 
 interface Captured {
   readonly level: string
@@ -50,39 +50,6 @@ const poolLayer = (config: PgPool.Config, logs?: Layer.Layer<never>) =>
   logs === undefined
     ? PgPool.layer(testConfig(config))
     : Layer.provide(PgPool.layer(testConfig(config)), logs)
-
-/** The state of one of the pool's metrics, for this pool's name (and extra tags). */
-const metricState = (name: string, pool: string, tags: Record<string, string> = {}) =>
-  Effect.map(Metric.snapshot, (pairs) => {
-    for (const pair of pairs) {
-      if (pair.metricKey.name !== name) continue
-      const labels = new Map(pair.metricKey.tags.map((t) => [t.key, t.value]))
-      if (labels.get("db.client.connection.pool.name") !== pool) continue
-      if (Object.entries(tags).every(([k, v]) => labels.get(k) === v)) return Option.some(pair.metricState)
-    }
-    return Option.none()
-  })
-
-const histogramCount = (name: string, pool: string) =>
-  Effect.map(metricState(name, pool), (state) =>
-    Option.match(state, {
-      onNone: () => 0,
-      onSome: (s) => MetricState.isHistogramState(s) ? s.count : -1
-    }))
-
-const gaugeValue = (name: string, pool: string, tags: Record<string, string> = {}) =>
-  Effect.map(metricState(name, pool, tags), (state) =>
-    Option.match(state, {
-      onNone: () => -1,
-      onSome: (s) => MetricState.isGaugeState(s) ? Number(s.value) : -2
-    }))
-
-const counterValue = (name: string, pool: string) =>
-  Effect.map(metricState(name, pool), (state) =>
-    Option.match(state, {
-      onNone: () => 0,
-      onSome: (s) => MetricState.isCounterState(s) ? Number(s.count) : -1
-    }))
 
 const password = () => /:([^:@/]*)@/.exec(Redacted.value(testConfig().url as Redacted.Redacted))![1]!
 

@@ -4,21 +4,11 @@
  * work (closers, connects, deliveries) is waited for with bounded `Effect.yieldNow()` loops.
  */
 import { assert } from "@effect/vitest"
-import {
-  Context,
-  Deferred,
-  type Duration,
-  Effect,
-  Exit,
-  Fiber,
-  Layer,
-  Metric,
-  MetricState,
-  Option,
-  Scope
-} from "effect"
+import { Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import * as PgPool from "../../src/PgPool.js"
 import * as PgPoolTest from "../../src/PgPoolTest.js"
+
+export { counterValue, gaugeValue, histogramCount } from "./metrics.js"
 
 /**
  * The real pool on the fake server, for the tests of the mechanism: no health check pings in the statement log
@@ -179,36 +169,3 @@ let poolNames = 0
 
 /** A pool name no other test uses (the metrics are global, tagged by pool name). */
 export const uniqueName = (label: string): string => `fake-${label}-${process.pid}-${++poolNames}`
-
-/** The state of one of the pool's metrics, for this pool's name (and extra tags). */
-const metricState = (name: string, pool: string, tags: Record<string, string> = {}) =>
-  Effect.map(Metric.snapshot, (pairs) => {
-    for (const pair of pairs) {
-      if (pair.metricKey.name !== name) continue
-      const labels = new Map(pair.metricKey.tags.map((t) => [t.key, t.value]))
-      if (labels.get("db.client.connection.pool.name") !== pool) continue
-      if (Object.entries(tags).every(([k, v]) => labels.get(k) === v)) return Option.some(pair.metricState)
-    }
-    return Option.none()
-  })
-
-export const histogramCount = (name: string, pool: string) =>
-  Effect.map(metricState(name, pool), (state) =>
-    Option.match(state, {
-      onNone: () => 0,
-      onSome: (s) => MetricState.isHistogramState(s) ? s.count : -1
-    }))
-
-export const gaugeValue = (name: string, pool: string, tags: Record<string, string> = {}) =>
-  Effect.map(metricState(name, pool, tags), (state) =>
-    Option.match(state, {
-      onNone: () => -1,
-      onSome: (s) => MetricState.isGaugeState(s) ? Number(s.value) : -2
-    }))
-
-export const counterValue = (name: string, pool: string) =>
-  Effect.map(metricState(name, pool), (state) =>
-    Option.match(state, {
-      onNone: () => 0,
-      onSome: (s) => MetricState.isCounterState(s) ? Number(s.count) : -1
-    }))
