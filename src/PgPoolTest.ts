@@ -288,10 +288,24 @@ export interface EmbeddedDatabase {
     sql: string,
     params?: ReadonlyArray<unknown>
   ) => Effect.Effect<ReadonlyArray<Connector.Row>, EmbeddedPostgresError>
-  /** Stops the server (fast shutdown: every connection is terminated). */
+  /**
+   * Stops the server (fast shutdown: every connection is terminated) and returns once its postmaster has
+   * exited: until `start`, connecting fails (a pool's queries fail with `PgPoolError.ConnectionError`). Does
+   * nothing when it is already stopped.
+   */
   readonly stop: Effect.Effect<void, EmbeddedPostgresError>
+  /**
+   * Starts the server again, on the same port and data, and returns once it accepts connections. Does
+   * nothing when it is already running.
+   */
   readonly start: Effect.Effect<void, EmbeddedPostgresError>
+  /**
+   * `stop`, then `start`: a new server process on the same port and data (`pg_postmaster_start_time()`
+   * changes, every connection of the old one is gone).
+   */
   readonly restart: Effect.Effect<void, EmbeddedPostgresError>
+  /** Whether the server process is running (it is, from `start` or `restart` until `stop`). */
+  readonly isRunning: Effect.Effect<boolean>
 }
 
 /**
@@ -340,7 +354,8 @@ const makeEmbeddedDatabase: Effect.Effect<EmbeddedDatabase, EmbeddedPostgresErro
       query: (sql, params) => server.query(sql, params, database),
       stop: server.stop,
       start: server.start,
-      restart: server.restart
+      restart: server.restart,
+      isRunning: Effect.sync(server.isRunning)
     } satisfies EmbeddedDatabase
   })
 )

