@@ -15,6 +15,7 @@ import {
   TestClock
 } from "effect"
 import * as net from "node:net"
+import pg from "pg"
 import * as Connector from "../src/Connector.js"
 import { PgPoolLive } from "../src/index.js"
 import { splitStatements } from "../src/internal/config/env.js"
@@ -591,12 +592,13 @@ describe("PgPool configuration", () => {
       assert.strictEqual(error._tag, "ConnectionError")
       assert.strictEqual(error._tag === "ConnectionError" ? error.code : "", "57P03")
       assert.strictEqual(never.attempts.length, 3)
-      // the same schedule, with two failures: the third attempt connects
+      // the same schedule, with two failures: the third attempt (the probe's) gets in, then the pool connects
       const third = flaky(2)
       assert.deepStrictEqual(yield* one.pipe(Effect.provide(third.layer(Schedule.recurs(2)))), [{ one: 1 }])
-      assert.strictEqual(third.attempts.length, 3)
+      assert.strictEqual(third.attempts.length, 4)
 
-      // Schedule.spaced("1 second") under TestClock: one attempt a second, until one connects
+      // Schedule.spaced("1 second") under TestClock: one attempt a second, until one (the probe's) gets in, then
+      // the pool's connection at once
       const spaced = flaky(3)
       const attempts = Effect.sync(() => spaced.attempts.length)
       const building = yield* Effect.fork(one.pipe(Effect.provide(spaced.layer(Schedule.spaced("1 second")))))
@@ -609,7 +611,7 @@ describe("PgPool configuration", () => {
         yield* eventually(attempts, (a) => a === n)
       }
       assert.deepStrictEqual(yield* Fiber.join(building), [{ one: 1 }])
-      assert.deepStrictEqual(spaced.attempts, [0, 1000, 2000, 3000])
+      assert.deepStrictEqual(spaced.attempts, [0, 1000, 2000, 3000, 3000])
     }))
 })
 
@@ -803,6 +805,28 @@ describe("configuration that means what it says", () => {
       }),
       () =>
         Effect.gen(function*() {
+          // the variables are in force: node-postgres, told only where to connect (no TLS, which PGSSLMODE and
+          // PGSSLNEGOTIATION would ask for), takes the password, application name and options from them
+          const raw = yield* Effect.promise(async () => {
+            const client = new pg.Client({
+              host: parsed.hostname,
+              port: Number(parsed.port),
+              user: decodeURIComponent(parsed.username),
+              database: parsed.pathname.slice(1),
+              ssl: false,
+              sslnegotiation: "postgres"
+            } as pg.ClientConfig)
+            await client.connect()
+            try {
+              const { rows } = await client.query(
+                "select current_setting('application_name') as app, current_setting('search_path') as path"
+              )
+              return rows[0] as unknown
+            } finally {
+              await client.end()
+            }
+          })
+          assert.deepStrictEqual(raw, { app: "from-the-shell", path: "from_the_shell" })
           const seen = yield* settings.pipe(Effect.provide(PgPool.layer({ url: url() })))
           assert.strictEqual(seen.app, "", "PGAPPNAME is not read behind the configuration")
           assert.notStrictEqual(seen.path, "from_the_shell", "PGOPTIONS is not read behind the configuration")

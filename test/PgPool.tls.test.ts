@@ -12,10 +12,11 @@
  * timeout of 20 s, and checks that there was one connect and that the layer failed within a few seconds.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { ConfigProvider, Context, Effect, Layer, Logger, Redacted, Schedule } from "effect"
+import { ConfigProvider, Context, Effect, Fiber, Layer, Logger, Redacted, Schedule } from "effect"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
+import pg from "pg"
 import * as Connector from "../src/Connector.js"
 import { PgPoolLive } from "../src/index.js"
 import * as PgPool from "../src/PgPool.js"
@@ -146,6 +147,8 @@ const notTls = "the server does not accept TLS"
 const untrusted = "the server's certificate is not signed by a trusted CA"
 const wrongName = "the server's certificate does not name the host 127.0.0.1"
 const keyUnreadable = "the client key cannot be read"
+/** What a client key that is not the certificate's says: the key and the certificate do not match. */
+const keyMismatch = /\bkey\b.*\bdoes not match\b.*\bcertificate\b|\bcertificate\b.*\band\b.*\bkey\b.*\bdo not match\b/i
 
 const pem = (file: string) => fs.readFileSync(file, "utf8")
 
@@ -209,6 +212,81 @@ const recordingProxy = (target: { readonly host: string; readonly port: number }
       })
   )
 
+/** The libpq variables pg (and `PgPoolLive` through the default ConfigProvider) would read. */
+const libpqVariables = [
+  "DATABASE_URL",
+  "PGHOST",
+  "PGPORT",
+  "PGDATABASE",
+  "PGUSER",
+  "PGPASSWORD",
+  "PGPASSFILE",
+  "PGSSLMODE",
+  "PGSSLROOTCERT",
+  "PGSSLCERT",
+  "PGSSLKEY",
+  "PGAPPNAME",
+  "PGOPTIONS",
+  "PGCONNECT_TIMEOUT",
+  "PGTARGETSESSIONATTRS",
+  "PGLOADBALANCEHOSTS",
+  "PGCLIENTENCODING"
+]
+
+/**
+ * Runs `effect` with exactly `vars` of the libpq variables in the process environment (the others removed),
+ * then puts the environment back as it was.
+ */
+const withProcessEnv = <A, E, R>(vars: Readonly<Record<string, string>>, effect: Effect.Effect<A, E, R>) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => {
+      const saved = new Map(libpqVariables.map((name) => [name, process.env[name]] as const))
+      for (const name of libpqVariables) delete process.env[name]
+      Object.assign(process.env, vars)
+      return saved
+    }),
+    () => effect,
+    (saved) =>
+      Effect.sync(() => {
+        for (const [name, value] of saved) {
+          if (value === undefined) delete process.env[name]
+          else process.env[name] = value
+        }
+      })
+  )
+
+/**
+ * What node-postgres itself does with the process environment: a `pg.Client` given only `config` connects
+ * (and says whether its session is TLS, from pg_stat_ssl), or fails with the error's code and message.
+ */
+const plainPg = (config: pg.ClientConfig) =>
+  Effect.promise(async () => {
+    const client = new pg.Client({ ...config, connectionTimeoutMillis: 10_000 })
+    client.on("error", () => {})
+    try {
+      await client.connect()
+    } catch (thrown) {
+      const error = thrown as { code?: string; message?: string }
+      return { ssl: undefined, user: undefined, error: `${error.code ?? ""} ${error.message ?? String(thrown)}` }
+    }
+    try {
+      const { rows } = await client.query(
+        "select s.ssl, current_user as who from pg_stat_ssl s where s.pid = pg_backend_pid()"
+      )
+      return { ssl: rows[0].ssl === true, user: String(rows[0].who), error: undefined }
+    } finally {
+      await client.end()
+    }
+  })
+
+/** The failure of building `pool`, which must be a ConnectionError. */
+const buildFailure = <E>(pool: Layer.Layer<PgPool.PgPool, E>) =>
+  Effect.gen(function*() {
+    const error = yield* Effect.flip(Effect.scoped(Layer.build(pool)))
+    assert.instanceOf(error, ConnectionError, String(error))
+    return error as ConnectionError
+  })
+
 // ---------------------------------------------------------------------------------------------------------
 
 layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS against real servers", (it) => {
@@ -256,6 +334,27 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
         const refused = yield* failsAtOnce({ url: right.url(Tls.tlsOnlyRole, { sslmode: "disable" }) }, [right])
         assert.strictEqual(refused.code, "28000", refused.message)
         assert.include(refused.message, "no encryption")
+      }))
+
+    it.effect("disable against a role with only a hostssl line: the server's 28000, no pg_hba.conf entry, at once", () =>
+      Effect.gen(function*() {
+        const right = yield* Right
+        // the role connects over TLS: the refusal below is about TLS, not the password or the role
+        const tls = yield* session({ url: right.url(Tls.hostsslOnlyRole, { sslmode: "require" }) })
+        assert.deepStrictEqual([tls.ssl, tls.user], [true, Tls.hostsslOnlyRole])
+        const configs: ReadonlyArray<readonly [string, PgPool.Config]> = [
+          ["sslmode=disable in the URL", { url: right.url(Tls.hostsslOnlyRole, { sslmode: "disable" }) }],
+          ["sslMode: disable", right.config(Tls.hostsslOnlyRole, { sslMode: "disable" })],
+          ["ssl: false", right.config(Tls.hostsslOnlyRole, { ssl: false })],
+          ["no TLS setting (the default is disable)", right.config(Tls.hostsslOnlyRole)]
+        ]
+        for (const [name, config] of configs) {
+          const refused = yield* failsAtOnce(config, [right])
+          assert.strictEqual(refused.code, "28000", `${name}: ${refused.message}`)
+          assert.include(refused.message, "no pg_hba.conf entry", name)
+          assert.include(refused.message, `user "${Tls.hostsslOnlyRole}"`, name)
+          assert.include(refused.message, "no encryption", name)
+        }
       }))
 
     it.effect("require, verify-ca, verify-full against a server without TLS: the layer fails at once", () =>
@@ -411,6 +510,51 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
           [right]
         )
         assert.include(none.message, keyUnreadable)
+      }))
+
+    it.effect("a client key that does not match the client certificate: refused at once, saying so", () =>
+      Effect.gen(function*() {
+        const [right, certs] = [yield* Right, yield* Certs]
+        // stranger.key is a valid key, readable without a passphrase, but not the key of client.crt
+        const files = yield* failsAtOnce(
+          right.config(Tls.certRole, {
+            sslMode: "verify-full",
+            sslRootCert: certs.ca,
+            sslCert: certs.clientCert,
+            sslKey: certs.strangerKey
+          }),
+          [right]
+        )
+        const fromUrl = yield* failsAtOnce(
+          {
+            url: right.url(Tls.certRole, {
+              sslmode: "verify-full",
+              sslrootcert: certs.ca,
+              sslcert: certs.clientCert,
+              sslkey: certs.strangerKey
+            })
+          },
+          [right]
+        )
+        const pemText = yield* failsAtOnce(
+          right.config(Tls.certRole, {
+            ssl: {
+              mode: "verify-full",
+              ca: pem(certs.ca),
+              cert: pem(certs.clientCert),
+              key: Redacted.make(pem(certs.strangerKey))
+            }
+          }),
+          [right]
+        )
+        for (const error of [files, fromUrl, pemText]) {
+          assert.match(error.message, keyMismatch, error.message)
+          // the key was read: it is the wrong one, not an unreadable one
+          assert.notInclude(error.message, keyUnreadable)
+          assert.notInclude(error.message, "sslpassword")
+          // no key material in the error
+          assert.notInclude(stringify(error), "PRIVATE KEY")
+        }
       }))
 
     it.effect("no client certificate: the server's refusal, at once", () =>
@@ -631,6 +775,37 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
         assert.strictEqual(proxy.codes.length, 2, JSON.stringify(proxy.codes))
       }))
 
+    it.effect("interrupting a statement over TLS cancels it on the server", () =>
+      Effect.gen(function*() {
+        const right = yield* Right
+        // tls_only: the server lets this role in over TLS only
+        const pool = PgPool.layer({ url: right.url(Tls.tlsOnlyRole, { sslmode: "require" }), maxConnections: 1 })
+        const sleeping = (pid: number) =>
+          right.server.query(
+            "select pid from pg_stat_activity where pid = $1 and state = 'active' and query like 'select pg_sleep(30)%'",
+            [pid]
+          )
+        yield* Effect.gen(function*() {
+          const pid = Number((yield* PgPool.query("select pg_backend_pid() as pid"))[0]!.pid)
+          // the session is TLS, as the server sees it
+          const ssl = yield* right.server.query("select ssl from pg_stat_ssl where pid = $1", [pid])
+          assert.deepStrictEqual(ssl.map((row) => row.ssl), [true])
+          const statement = yield* Effect.fork(timedExit(
+            PgPool.query("select pg_sleep(30)").pipe(Effect.timeout("3 seconds"))
+          ))
+          // the statement runs on the server (so that it being gone below means something)
+          yield* eventually(sleeping(pid), (rows) => rows.length === 1, { attempts: 100, interval: "20 millis" })
+          const { exit, millis } = yield* Fiber.join(statement)
+          assert.strictEqual(failureOf(exit)._tag, "TimeoutException")
+          assert.isBelow(millis, 8_000)
+          // cancelled on the server: the backend runs no pg_sleep any more, long before its 30 seconds are up
+          yield* eventually(sleeping(pid), (rows) => rows.length === 0, { attempts: 100, interval: "50 millis" })
+          // a cancel, not a closed connection: the same backend, still over TLS, runs the next statement
+          const after = yield* PgPool.query(`${sessionQuery.replace(" as who", " as who, pg_backend_pid() as pid")}`)
+          assert.deepStrictEqual([Number(after[0]!.pid), toSession(after).ssl], [pid, true])
+        }).pipe(Effect.provide(Layer.fresh(pool)))
+      }))
+
     it.effect("certificate files are read at every connect: a root certificate replaced on disk applies to the next connection", () =>
       Effect.gen(function*() {
         const [right, certs] = [yield* Right, yield* Certs]
@@ -701,6 +876,101 @@ layer(Servers, { excludeTestServices: true, timeout: "60 seconds" })("TLS agains
           })
         }, [right])
         assert.include(key.message, keyUnreadable)
+      }))
+  })
+
+  describe("the process environment", () => {
+    it.effect("PGSSLMODE=require in the process environment does not override ssl: false", () =>
+      Effect.gen(function*() {
+        const right = yield* Right
+        const plainConfigs: ReadonlyArray<readonly [string, PgPool.Config]> = [
+          ["ssl: false", right.config(Tls.anyRole, { ssl: false })],
+          ["sslMode: disable", right.config(Tls.anyRole, { sslMode: "disable" })],
+          ["sslmode=disable in the URL", { url: right.url(Tls.anyRole, { sslmode: "disable" }) }],
+          ["no TLS setting", right.config(Tls.anyRole)],
+          ["a URL without sslmode", { url: right.url(Tls.anyRole) }]
+        ]
+        const pgOptions = {
+          host: right.host,
+          port: right.port,
+          user: Tls.anyRole,
+          password: Tls.rolePassword,
+          database: "postgres"
+        }
+        // without PGSSLMODE, node-postgres connects without TLS
+        const before = yield* withProcessEnv({}, plainPg(pgOptions))
+        assert.deepStrictEqual(before, { ssl: false, user: Tls.anyRole, error: undefined })
+        yield* withProcessEnv(
+          { PGSSLMODE: "require" },
+          Effect.gen(function*() {
+            // the variable is in force: node-postgres, given no ssl, takes it and tries TLS (verifying, as pg's
+            // `ssl: true` does, so the test CA it does not know fails it)
+            const honoured = yield* plainPg(pgOptions)
+            assert.isDefined(honoured.error, JSON.stringify(honoured))
+            assert.match(honoured.error!, /SELF_SIGNED_CERT_IN_CHAIN|self-signed certificate/, honoured.error)
+            // the pool gives pg its ssl setting every time: none of these sessions is TLS
+            for (const [name, config] of plainConfigs) {
+              const s = yield* session(config)
+              assert.deepStrictEqual([s.ssl, s.user], [false, Tls.anyRole], name)
+            }
+            // PgPoolLive over ConfigProvider.fromMap reads the map only
+            const fromMap = yield* sessionOf(Layer.provide(
+              PgPoolLive,
+              Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_URL", right.url(Tls.anyRole)]])))
+            ))
+            assert.isFalse(fromMap.ssl)
+            // and over the process environment (the default ConfigProvider) it takes PGSSLMODE, as libpq does
+            process.env.DATABASE_URL = right.url(Tls.anyRole)
+            const fromEnv = yield* sessionOf(
+              Layer.provide(PgPoolLive, Layer.setConfigProvider(ConfigProvider.fromEnv()))
+            )
+            assert.deepStrictEqual([fromEnv.ssl, fromEnv.user], [true, Tls.anyRole])
+          })
+        )
+      }))
+
+    it.effect("a PGPASSWORD in the environment is not used by a pool built from ConfigProvider.fromMap", () =>
+      Effect.gen(function*() {
+        const [right, certs] = [yield* Right, yield* Certs]
+        const noPassword = `postgres://${Tls.anyRole}@${right.host}:${right.port}/postgres`
+        const pgOptions = { host: right.host, port: right.port, user: Tls.anyRole, database: "postgres" }
+        const pgpass = path.join(certs.dir, "pgpass")
+        fs.writeFileSync(pgpass, `${right.host}:${right.port}:*:${Tls.anyRole}:${Tls.rolePassword}\n`, { mode: 0o600 })
+        const missing = "the server asked for a password and none was configured"
+        for (const vars of [{ PGPASSWORD: Tls.rolePassword }, { PGPASSFILE: pgpass }]) {
+          const name = Object.keys(vars)[0]!
+          yield* withProcessEnv(
+            vars,
+            Effect.gen(function*() {
+              // the variable is in force: node-postgres, given no password, takes it from there and gets in
+              const honoured = yield* plainPg(pgOptions)
+              assert.deepStrictEqual(honoured, { ssl: false, user: Tls.anyRole, error: undefined }, name)
+              // PgPoolLive over ConfigProvider.fromMap: the map has no password, so the pool has none
+              const fromMap = yield* buildFailure(Layer.provide(
+                PgPoolLive,
+                Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_URL", noPassword]])))
+              ))
+              assert.include(fromMap.message, missing, name)
+              // nor does PgPool.layer read it
+              const layerError = yield* buildFailure(PgPool.layer({ url: noPassword }))
+              assert.include(layerError.message, missing, name)
+              assertNoSecret(fromMap, [right])
+              assertNoSecret(layerError, [right])
+            })
+          )
+        }
+        // PGPASSWORD through the ConfigProvider of the process environment is PgPoolLive's way: it connects
+        const fromEnv = yield* withProcessEnv(
+          { DATABASE_URL: noPassword, PGPASSWORD: Tls.rolePassword },
+          sessionOf(Layer.provide(PgPoolLive, Layer.setConfigProvider(ConfigProvider.fromEnv())))
+        )
+        assert.strictEqual(fromEnv.user, Tls.anyRole)
+        // ~/.pgpass is not supported: PGPASSFILE is not read by PgPoolLive either
+        const pgpassFile = yield* withProcessEnv(
+          { DATABASE_URL: noPassword, PGPASSFILE: pgpass },
+          buildFailure(Layer.provide(PgPoolLive, Layer.setConfigProvider(ConfigProvider.fromEnv())))
+        )
+        assert.include(pgpassFile.message, missing)
       }))
   })
 })

@@ -23,10 +23,11 @@
  * | `postgres` | `host ... scram-sha-256` (the embedded module's admin queries, without TLS) |
  * | `tls_any` | `host ... scram-sha-256`: with or without TLS |
  * | `tls_only` | `hostssl ... scram-sha-256`, `hostnossl ... reject`: only over TLS |
+ * | `tls_hostssl` | `hostssl ... scram-sha-256` and no other line: without TLS no line matches ("no pg_hba.conf entry") |
  * | `tls_never` | `hostssl ... reject`, `hostnossl ... scram-sha-256`: only without TLS |
  * | `tls_cert` | `hostssl ... cert`, `hostnossl ... reject`: a client certificate with CN `tls_cert` |
  *
- * `tls_any`, `tls_only` and `tls_never` share one password, `rolePassword`, which contains a distinctive string
+ * `tls_any`, `tls_only`, `tls_hostssl` and `tls_never` share one password, `rolePassword`, which contains a distinctive string
  * (`secretMarker`) to look for in error messages.
  */
 import { Data, Effect, Redacted } from "effect"
@@ -71,11 +72,13 @@ export const certRole = "tls_cert"
 export const anyRole = "tls_any"
 /** A role allowed only over TLS. */
 export const tlsOnlyRole = "tls_only"
+/** A role with a `hostssl` line only: without TLS the server finds no pg_hba.conf entry for it. */
+export const hostsslOnlyRole = "tls_hostssl"
 /** A role allowed only without TLS. */
 export const plainOnlyRole = "tls_never"
 /** A string that appears in every password and passphrase of these tests, and must appear in no error. */
 export const secretMarker = "Zx9-SECRET-MARKER-q7"
-/** The password of `tls_any` and `tls_only`. */
+/** The password of `tls_any`, `tls_only`, `tls_hostssl` and `tls_never`. */
 export const rolePassword = `pw-${secretMarker}-role`
 const passphrase = `pp-${secretMarker}-key`
 
@@ -246,6 +249,7 @@ host      all      postgres    127.0.0.1/32  scram-sha-256
 host      all      ${anyRole}     127.0.0.1/32  scram-sha-256
 hostssl   all      ${tlsOnlyRole}    127.0.0.1/32  scram-sha-256
 hostnossl all      ${tlsOnlyRole}    127.0.0.1/32  reject
+hostssl   all      ${hostsslOnlyRole} 127.0.0.1/32  scram-sha-256
 hostssl   all      ${plainOnlyRole}   127.0.0.1/32  reject
 hostnossl all      ${plainOnlyRole}   127.0.0.1/32  scram-sha-256
 hostssl   all      ${certRole}    127.0.0.1/32  cert
@@ -293,6 +297,7 @@ export const server = (
     const setup = [
       `create role ${anyRole} login password ${literal(rolePassword)}`,
       `create role ${tlsOnlyRole} login password ${literal(rolePassword)}`,
+      `create role ${hostsslOnlyRole} login password ${literal(rolePassword)}`,
       `create role ${plainOnlyRole} login password ${literal(rolePassword)}`,
       `create role ${certRole} login`,
       "alter system set ssl = on",

@@ -28,12 +28,20 @@ const decode = (part: string): string => {
  * The user info ends at the *last* `@` before the path, as in pg-connection-string and browsers, so an
  * unencoded `@` in a password stays in the password.
  *
+ * An unencoded `/`, `?` or `#` in a password ends the host part early, and the rest of the password (with the
+ * `@` that should have ended it) lands in the database, a parameter's name or the fragment, whence it would be
+ * copied into errors, logs and the pool's name (a metric label). A URL with an `@` in those places is
+ * refused instead (`undefined`: a `ConfigError` that quotes nothing of it): write `%40` for an `@` in a
+ * database name. So is a query with an `@` and a parameter this pool does not know (whose name, quoted in the
+ * error otherwise, may be part of a password with `?` and `=` in it).
+ *
  * @internal
  */
 export const parseUrl = (url: string): ParsedUrl | undefined => {
-  const match = /^postgres(?:ql)?:\/\/([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?(?:#.*)?$/.exec(url.trim())
+  const match = /^postgres(?:ql)?:\/\/([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?(?:#(.*))?$/.exec(url.trim())
   if (match === null) return undefined
-  const [, authority = "", path, query] = match
+  const [, authority = "", path, query, fragment] = match
+  if (path?.includes("@") || fragment?.includes("@")) return undefined
   const at = authority.lastIndexOf("@")
   const userinfo = at === -1 ? undefined : authority.slice(0, at)
   const hostlist = at === -1 ? authority : authority.slice(at + 1)
@@ -60,6 +68,8 @@ export const parseUrl = (url: string): ParsedUrl | undefined => {
     const eq = pair.indexOf("=")
     params.set(decode(eq === -1 ? pair : pair.slice(0, eq)), decode(eq === -1 ? "" : pair.slice(eq + 1)))
   }
+  // `user:?pass=word@host`: an unknown parameter next to an `@` is likely a password's; its name is not quoted
+  if (query?.includes("@") && [...params.keys()].some((name) => !knownUrlParams.has(name))) return undefined
   return { hosts, database: path ? decode(path) : undefined, user, password, params }
 }
 

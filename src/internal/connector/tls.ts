@@ -157,6 +157,9 @@ export const describeTlsFailure = (cause: unknown, host: string, mode: Connector
   ) {
     return `the server rejected the client certificate (${code}): ${message}`
   }
+  if (code === "ERR_OSSL_X509_KEY_VALUES_MISMATCH") {
+    return `the client key does not match the client certificate (sslkey is not the key of sslcert): ${code}`
+  }
   if (code === "ERR_OSSL_BAD_DECRYPT" || (code.startsWith("ERR_OSSL") && /decrypt|PEM|passphrase|key/i.test(message))) {
     return `the client key cannot be read (wrong sslpassword, or not a PEM key): ${code || message}`
   }
