@@ -168,7 +168,14 @@ export interface Config {
   readonly lazy?: boolean | undefined
   /** Validation of idle connections: `true` (default), `false`, or options. */
   readonly healthCheck?: boolean | HealthCheckOptions | undefined
-  /** Retry `PgPool.query` once on a fresh connection when its connection was lost outside a transaction (at-least-once). Default true. */
+  /**
+   * `false` (default): a statement is sent at most once. A `PgPool.query` whose connection was lost after the
+   * statement reached the server fails with `ConnectionError` (its SQLSTATE, e.g. 57P01 for a terminated
+   * backend): it may have run, up to its commit. Only a statement that provably never reached a live backend
+   * (`ConnectionError.safeToRetry`) is sent again, on another connection. `true`: at-least-once, a
+   * `PgPool.query` outside a transaction whose connection was lost is also sent again once on a fresh
+   * connection, so it may run twice (a killed runaway statement runs again; an INSERT may be applied twice).
+   */
   readonly retryLostQueries?: boolean | undefined
   /** Server-side `statement_timeout` for every connection. Default none. */
   readonly statementTimeout?: Duration.DurationInput | undefined

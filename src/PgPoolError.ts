@@ -95,7 +95,15 @@ const exhaustedMessage = (reason: ExhaustedReason, stats: PoolStats, waitedMilli
  *   failing; `cause` is the last failure;
  * - `retryable` is `false` when connecting again cannot succeed without a change of configuration (a wrong
  *   password, no such role or database, no password configured, a TLS failure): the pool then fails at once
- *   instead of retrying.
+ *   instead of retrying;
+ * - `safeToRetry` is `true` when a statement's connection was lost and the statement provably never reached
+ *   a live backend, so that it did not run and may be sent again: no transaction was open on the connection
+ *   (a statement of a lost transaction cannot be sent again alone), and either nothing of the statement was
+ *   written, or it was sent over the extended protocol and the FATAL the server sends to an idle backend
+ *   (57P01 terminated, 57P02 crash, 57P05 idle session timeout) came before any answer to it (the server
+ *   answers ParseComplete and BindComplete before it executes a statement). Otherwise it is absent: the
+ *   statement may have run, up to its commit, when its connection was lost. `PgPool.query` sends such a
+ *   statement again by itself, on another connection, whatever `retryLostQueries` says.
  *
  * @since 0.1.0
  * @category errors
@@ -109,6 +117,7 @@ export class ConnectionError extends Data.TaggedError("ConnectionError")<{
   readonly code?: string | undefined
   readonly attempts?: number | undefined
   readonly retryable?: boolean | undefined
+  readonly safeToRetry?: boolean | undefined
 }> {
   /**
    * @since 0.1.0

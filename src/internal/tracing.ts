@@ -153,7 +153,7 @@ export const fiberClock = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Clock.C
  * @internal
  */
 export const checkedOutFrom = (span: Tracer.Span, core: PoolCore, conn: Physical, waited: number | undefined): void => {
-  const several = core.topology !== undefined
+  const several = core.config.hosts.length > 1
   checkedOut(
     span,
     several ? conn.server.host : undefined,

@@ -16,6 +16,7 @@ import type { PgPool, PooledConnection } from "../PgPool.js"
 import type { ConnectionError, PoolError } from "../PgPoolError.js"
 import { QueryError } from "../PgPoolError.js"
 import type * as Transaction from "../Transaction.js"
+import { TxToken } from "./connection/physical.js"
 import { contextWith, currentReadOnly, findPin, InheritedPin, type Pin, pinsOf } from "./pgpool/pin.js"
 import { type Handle, type PgPoolService, serviceOf, tag as PgPoolTag, usedAfterRelease } from "./pgpool/service.js"
 import type { PoolCore } from "./pool/core.js"
@@ -33,7 +34,9 @@ class TransactionImpl implements Transaction.Transaction {
     readonly owner: PgPoolService,
     readonly handle: Handle,
     readonly depth: number,
-    readonly options: Transaction.TransactionOptions
+    readonly options: Transaction.TransactionOptions,
+    /** The transaction (or savepoint) on its connection: its fibers' turn there (see `Physical.claim`). */
+    readonly token: TxToken
   ) {}
   get connection(): PooledConnection {
     return this.handle
@@ -82,12 +85,12 @@ export interface ErrorMapping<X> {
 
 const identity: ErrorMapping<TxError> = { map: (error) => error }
 
-/** BEGIN, COMMIT, ROLLBACK, SAVEPOINT: run in the transaction's uninterruptible region. */
-const runOn = (handle: Handle, text: string) =>
-  Effect.suspend(() => handle.released ? Effect.fail(usedAfterRelease(handle)) : handle.conn.control(text))
+/** BEGIN, COMMIT, ROLLBACK, SAVEPOINT: run in the transaction's uninterruptible region, in the turn of `token`. */
+const runOn = (handle: Handle, text: string, token: TxToken) =>
+  Effect.suspend(() => handle.released ? Effect.fail(usedAfterRelease(handle)) : handle.conn.control(text, token))
 
-const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionError> =>
-  Effect.flatMap(runOn(handle, "COMMIT"), (result) =>
+const commit = (handle: Handle, token: TxToken): Effect.Effect<void, QueryError | ConnectionError> =>
+  Effect.flatMap(runOn(handle, "COMMIT", token), (result) =>
     result.command === "ROLLBACK"
       ? Effect.fail(
         new QueryError({
@@ -102,10 +105,11 @@ const commit = (handle: Handle): Effect.Effect<void, QueryError | ConnectionErro
 const opening = <A, E, R, X>(
   handle: Handle,
   statement: string,
+  token: TxToken,
   mapping: ErrorMapping<X>,
   body: () => Effect.Effect<A, E | X, R>
 ): Effect.Effect<A, E | X, R> =>
-  Effect.matchCauseEffect(runOn(handle, statement), {
+  Effect.matchCauseEffect(runOn(handle, statement, token), {
     onFailure: (cause) => Effect.failCause(Cause.map(cause, mapping.map)),
     onSuccess: body
   })
@@ -234,21 +238,30 @@ const outermost = <A, E, R, X>(
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
   const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
-    const tx = new TransactionImpl(service, handle, 0, options)
-    const pin: Pin = { owner: service, core: handle.core, handle, next: pins }
-    // BEGIN goes out with the first statement of the body (see Physical.deferBegin)
-    handle.conn.deferBegin(beginStatement(options))
-    return runBody(
-      effect,
-      tx,
-      context,
-      pin,
-      restore,
-      () => commit(handle),
-      () => Effect.asVoid(runOn(handle, "ROLLBACK")),
-      mapping,
-      trace
-    )
+    const token = new TxToken(undefined)
+    const tx = new TransactionImpl(service, handle, 0, options, token)
+    const pin: Pin = { owner: service, core: handle.core, handle, tx: token, next: pins }
+    const conn = handle.conn
+    // the connection is the transaction's until it ends: the other fibers sharing it (forked inside
+    // withConnection) wait, and this one waits for a transaction of theirs
+    return Effect.flatMap(conn.claim(token, undefined, restore), () => {
+      // BEGIN goes out with the first statement of the body (see Physical.deferBegin)
+      conn.deferBegin(beginStatement(options))
+      return Effect.ensuring(
+        runBody(
+          effect,
+          tx,
+          context,
+          pin,
+          restore,
+          () => commit(handle, token),
+          () => Effect.asVoid(runOn(handle, "ROLLBACK", token)),
+          mapping,
+          trace
+        ),
+        Effect.sync(() => conn.releaseOwner(token))
+      )
+    })
   }
   const pinned = findPin(pins, service)?.handle
   if (pinned !== undefined) {
@@ -286,21 +299,28 @@ const nested = <A, E, R, X>(
   mapping: ErrorMapping<X>,
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
-  const tx = new TransactionImpl(outer.owner, outer.handle, outer.depth + 1, outer.options)
+  const token = new TxToken(outer.token)
+  const tx = new TransactionImpl(outer.owner, outer.handle, outer.depth + 1, outer.options, token)
   if (trace !== undefined) Tracing.checkedOutFrom(trace.span, tx.handle.core, tx.handle.conn, undefined)
   const name = `effect_sql_${tx.depth}`
-  const rollbackTo = () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`))
-  return opening(tx.handle, `SAVEPOINT ${name}`, mapping, () =>
-    runBody(
-      effect,
-      tx,
-      context,
-      { owner: tx.owner, core: tx.handle.core, handle: tx.handle, next: pins },
-      restore,
-      () => release(tx.handle, name, rollbackTo),
-      rollbackTo,
-      mapping,
-      trace
+  const rollbackTo = () => Effect.asVoid(runOn(tx.handle, `ROLLBACK TO SAVEPOINT ${name}`, token))
+  const conn = tx.handle.conn
+  // a savepoint of one fiber at a time: the others of the outer transaction wait until it ends
+  return Effect.flatMap(conn.claim(token, outer.token, restore), () =>
+    Effect.ensuring(
+      opening(tx.handle, `SAVEPOINT ${name}`, token, mapping, () =>
+        runBody(
+          effect,
+          tx,
+          context,
+          { owner: tx.owner, core: tx.handle.core, handle: tx.handle, tx: token, next: pins },
+          restore,
+          () => release(tx.handle, name, token, rollbackTo),
+          rollbackTo,
+          mapping,
+          trace
+        )),
+      Effect.sync(() => conn.releaseOwner(token))
     ))
 }
 
@@ -313,9 +333,10 @@ const nested = <A, E, R, X>(
 const release = (
   handle: Handle,
   name: string,
+  token: TxToken,
   rollbackTo: () => Effect.Effect<void, QueryError | ConnectionError>
 ): Effect.Effect<void, QueryError | ConnectionError> =>
-  Effect.matchCauseEffect(runOn(handle, `RELEASE SAVEPOINT ${name}`), {
+  Effect.matchCauseEffect(runOn(handle, `RELEASE SAVEPOINT ${name}`, token), {
     onFailure: (cause) => {
       const failure = Cause.failureOption(cause)
       if (failure._tag === "Some" && failure.value._tag === "ConnectionError") return Effect.failCause(cause)

@@ -73,6 +73,8 @@ export interface PrivateServer {
   /** Stop, then start. */
   readonly restart: Effect.Effect<void, Embedded.EmbeddedPostgresError>
   readonly isRunning: () => boolean
+  /** `pg_postmaster_start_time()`: it changes when the server really restarted. */
+  readonly startTime: Effect.Effect<Date, Embedded.EmbeddedPostgresError>
 }
 
 const defaultSettings: Readonly<Record<string, string | number>> = {
@@ -132,7 +134,11 @@ export const make = (
       stop,
       start,
       restart,
-      isRunning: embedded.isRunning
+      isRunning: embedded.isRunning,
+      startTime: Effect.map(
+        query("select pg_postmaster_start_time() as t"),
+        (rows) => new Date(rows[0]!.t as string | Date)
+      )
     }
     return server
   })

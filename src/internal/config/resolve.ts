@@ -400,7 +400,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     statementTimeout: statementTimeout === Infinity ? undefined : statementTimeout,
     queryTimeout: queryTimeout === Infinity ? undefined : queryTimeout,
     healthCheck,
-    retryLostQueries: config.retryLostQueries ?? true,
+    retryLostQueries: config.retryLostQueries ?? false,
     leakDetectionThreshold: leakDetectionThreshold === Infinity ? undefined : leakDetectionThreshold,
     name: config.name ?? `${user}@${hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${database}`,
     metrics: config.metrics ?? true,

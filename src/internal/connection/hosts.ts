@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import type { ConnectionError } from "../../PgPoolError.js"
 import type { HostPort, ResolvedConfig, TargetSessionAttrs } from "../config/resolve.js"
 import type { Topology } from "./topology.js"
 
@@ -15,7 +16,14 @@ export type Role = "primary" | "standby"
 export class HostState {
   role: Role | undefined = undefined
   readOnly: boolean | undefined = undefined
+  /** It did not answer: no connect is tried until its probe (one at a time, on the reconnect Schedule) gets in. */
   down = false
+  /** Its probe loop runs (until it answers or the reconnect Schedule ends): connects leave it to the probe. */
+  probing = false
+  /** Why it is down. */
+  lastError: ConnectionError | undefined = undefined
+  /** Failed connects since it was last up (the pools' and the probe's). */
+  failures = 0
   /** `host:port`, the host's name in logs, errors and stats. */
   readonly key: string
   constructor(readonly host: HostPort) {
@@ -64,26 +72,21 @@ export interface HostPolicy {
   readonly describe: string
 }
 
-/** The policy of the pool for ordinary work: every host, `target_session_attrs`. @internal */
-export const mainPolicy = (config: ResolvedConfig, topology: Topology | undefined): HostPolicy => {
+/**
+ * The policy of the pool for ordinary work: every host, `target_session_attrs`. Roles are read (at each connect
+ * and by the topology's checks) when there are several hosts or `target_session_attrs` asks for a role.
+ *
+ * @internal
+ */
+export const mainPolicy = (config: ResolvedConfig, topology: Topology): HostPolicy => {
   const attrs = config.targetSessionAttrs
-  if (topology === undefined) {
-    const only = new HostState(config.hosts[0]!)
-    return {
-      checkRole: attrs !== "any",
-      candidates: () => [only],
-      passes: attrs === "prefer-standby" ? 2 : 1,
-      accepts: (server, pass) => accepts(attrs, server, pass),
-      keeps: undefined,
-      describe: `target_session_attrs=${attrs}`
-    }
-  }
+  const several = topology.states.length > 1
   return {
-    checkRole: true,
-    candidates: () => topology.ordered(topology.states),
+    checkRole: several || attrs !== "any",
+    candidates: () => several ? topology.ordered(topology.states) : topology.states,
     passes: attrs === "prefer-standby" ? 2 : 1,
     accepts: (server, pass) => accepts(attrs, server, pass),
-    keeps: attrs === "any" || attrs === "prefer-standby"
+    keeps: !several || attrs === "any" || attrs === "prefer-standby"
       ? undefined
       : (state) =>
         state.role === undefined || accepts(attrs, { role: state.role, readOnly: state.readOnly ?? false }, 0),

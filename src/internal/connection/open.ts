@@ -150,12 +150,16 @@ export interface HostsFailure {
   readonly mismatches: number
   /** Some host did not answer in a way that may go away (see `isTransientConnectError`). */
   readonly transient: boolean
+  /** How many connects were tried (0: every host was known to be down or of the wrong role). */
+  readonly attempted: number
 }
 
 /**
  * The host loop: the candidates in order, pass after pass, until one connects and is accepted. Each host's
  * outcome is marked in the topology (up with its role, or down); a host whose server is not accepted is closed
- * again. Only the connects run through `restore` (interruptible): the caller holds the connection returned
+ * again. With `skipKnown`, a host known to be down, or known to have a role the loop does not accept, is not
+ * tried at all (the topology probes down hosts and rechecks roles, one attempt at a time, whatever the rate of
+ * requests). Only the connects run through `restore` (interruptible): the caller holds the connection returned
  * from the first step after it.
  *
  * @internal
@@ -168,6 +172,7 @@ export const tryHosts = (
     readonly candidates: () => ReadonlyArray<HostState>
     readonly accepts: (server: ServerRole | undefined, pass: number) => boolean
     readonly open: (state: HostState) => Effect.Effect<Opened, ConnectionError>
+    readonly skipKnown: boolean
   }
 ): Effect.Effect<{ readonly opened: Opened; readonly state: HostState }, HostsFailure> =>
   Effect.gen(function*() {
@@ -175,8 +180,24 @@ export const tryHosts = (
     let last: ConnectionError | undefined
     let mismatches = 0
     let transient = false
+    let attempted = 0
     for (let pass = 0; pass < loop.passes; pass++) {
       for (const state of loop.candidates()) {
+        if (loop.skipKnown && state.down && state.probing) {
+          last = state.lastError ?? last
+          transient ||= state.lastError === undefined || isTransientConnectError(state.lastError)
+          if (pass === 0) failures.push(`${state.key} is down (${state.lastError?.message ?? "no answer"})`)
+          continue
+        }
+        if (
+          loop.skipKnown && state.role !== undefined &&
+          !loop.accepts({ role: state.role, readOnly: state.readOnly ?? false }, pass)
+        ) {
+          mismatches++
+          if (pass === 0) failures.push(`${state.key} is a ${state.role}${state.readOnly ? " (read-only)" : ""}`)
+          continue
+        }
+        attempted++
         const attempt = yield* Effect.exit(restore(loop.open(state)))
         if (Exit.isFailure(attempt)) {
           const failure = Cause.failureOption(attempt.cause)
@@ -184,7 +205,8 @@ export const tryHosts = (
           last = failure.value
           transient ||= isTransientConnectError(last)
           if (pass === 0) failures.push(last.message)
-          topology?.markDown(state, last)
+          // a host that did not answer is down; one that answered "no" (a password, TLS) is not probed
+          if (isTransientConnectError(last)) topology?.markDown(state, last)
           continue
         }
         const opened = attempt.value
@@ -199,7 +221,7 @@ export const tryHosts = (
         return { opened, state }
       }
     }
-    return yield* Effect.fail({ failures, last, mismatches, transient })
+    return yield* Effect.fail({ failures, last, mismatches, transient, attempted })
   })
 
 /**

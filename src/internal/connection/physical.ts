@@ -33,6 +33,24 @@ export interface SessionEnv {
   readonly runCloser: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
 }
 
+/**
+ * A transaction (or savepoint) open on a connection: while it is, only its members (the fibers running in it,
+ * and in the transactions nested in it) may use the connection. @internal
+ */
+export class TxToken {
+  /** It ended (committed or rolled back): a fiber forked inside it that outlived it may not use the connection. */
+  ended = false
+  constructor(readonly parent: TxToken | undefined) {}
+}
+
+/** A fiber waiting for the connection: for one statement, or (`claim`) to open a transaction on it. */
+class Turn {
+  granted = false
+  done = false
+  resume: (() => void) | undefined = undefined
+  constructor(readonly member: TxToken | undefined, readonly claim: TxToken | undefined) {}
+}
+
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 
 const CANCEL_SETTLE_TIMEOUT = Duration.seconds(5)
@@ -61,6 +79,15 @@ export class Physical {
    * transaction open: the rest of the transaction must not run outside of it.
    */
   beginLost = false
+  /**
+   * The innermost transaction open on this connection (see `claim`): the fibers that are not its members wait
+   * until it ends, so that two transactions never share one on the server.
+   */
+  owner: TxToken | undefined = undefined
+  /** A statement has the connection: the fibers sharing a pinned connection send one statement at a time. */
+  private turnHeld = false
+  /** The fibers waiting for the connection, in order (a waiter that is not a member of `owner` is passed over). */
+  private readonly turns: Array<Turn> = []
   constructor(
     readonly env: SessionEnv,
     readonly driver: Connector.Connection,
@@ -78,16 +105,103 @@ export class Physical {
     return this.lost || this.driver.isBroken()
   }
 
+  /** `member` may use the connection now: no transaction is open on it, or `member` runs inside it. */
+  private allowed(member: TxToken | undefined): boolean {
+    const owner = this.owner
+    if (owner === undefined) return true
+    for (let token = member; token !== undefined; token = token.parent) if (token === owner) return true
+    return false
+  }
+
+  /** Hands the connection to the waiters it can go to, in order: a statement's turn, or claims. */
+  private grant(): void {
+    let i = 0
+    while (!this.turnHeld && i < this.turns.length) {
+      const turn = this.turns[i]!
+      if (!this.allowed(turn.member)) {
+        i++
+        continue
+      }
+      this.turns.splice(i, 1)
+      turn.granted = true
+      if (turn.claim !== undefined) this.owner = turn.claim
+      else this.turnHeld = true
+      turn.resume!()
+    }
+  }
+
+  private releaseTurn(): void {
+    this.turnHeld = false
+    this.grant()
+  }
+
+  /** A waiter left (interrupted): out of the queue, or, when it was granted meanwhile, what it got given back. */
+  private abandon(turn: Turn): void {
+    if (turn.done) return
+    turn.done = true
+    const index = this.turns.indexOf(turn)
+    if (index >= 0) this.turns.splice(index, 1)
+    else if (turn.granted) {
+      if (turn.claim !== undefined) this.releaseOwner(turn.claim)
+      else this.releaseTurn()
+    }
+  }
+
+  /** Waits (interruptibly, through `restore`) until `turn` is granted, then runs `then`. */
+  private await<A, E>(turn: Turn, restore: Restore, then: Effect.Effect<A, E>): Effect.Effect<A, E> {
+    const wait = Effect.async<void>((resume) => {
+      turn.resume = () => resume(Effect.void)
+      this.turns.push(turn)
+      return Effect.sync(() => this.abandon(turn))
+    })
+    return Effect.matchCauseEffect(restore(wait), {
+      onFailure: (cause) => {
+        this.abandon(turn)
+        return Effect.failCause(cause)
+      },
+      onSuccess: () => {
+        turn.done = true
+        return then
+      }
+    })
+  }
+
   /**
-   * Runs one statement of the fiber that holds the connection and continues with `then`; an interrupted
-   * statement is cancelled in the background, and nothing is sent before an earlier cancel has settled.
+   * Opens the transaction `token` on this connection for `member` (the transaction the fiber runs in on this
+   * connection, if any): once no statement is out and the connection's open transaction, if any, is one
+   * `member` runs in. From then until `releaseOwner`, only the fibers of `token` use the connection.
+   */
+  claim(token: TxToken, member: TxToken | undefined, restore: Restore): Effect.Effect<void> {
+    if (!this.turnHeld && this.allowed(member)) {
+      this.owner = token
+      return Effect.void
+    }
+    return this.await(new Turn(member, token), restore, Effect.void)
+  }
+
+  /** The transaction `token` ended: the connection goes back to the transaction it was opened in. */
+  releaseOwner(token: TxToken): void {
+    token.ended = true
+    if (this.owner !== token) return
+    this.owner = token.parent
+    this.grant()
+  }
+
+  /**
+   * Runs one statement of a fiber that holds the connection (`member`: the transaction it runs in on this
+   * connection) and continues with `then`. The fibers sharing the connection take turns, one statement at a
+   * time, in order; a fiber outside the transaction open on it waits until it ends. An interrupted statement
+   * is cancelled in the background and the next one goes out only once that has settled, so a cancel never
+   * hits another fiber's statement; a fiber interrupted while it waits for its turn just leaves the queue.
    */
   runThen<A>(
     text: string,
     params: ReadonlyArray<unknown> | undefined,
     rowMode: "array" | undefined,
-    then: (result: Connector.QueryResult) => Effect.Effect<A>
+    then: (result: Connector.QueryResult) => Effect.Effect<A>,
+    member: TxToken | undefined
   ): Effect.Effect<A, QueryError | ConnectionError> {
+    if (member?.ended === true) return Effect.fail(endedError())
     const statement = this.countStatement(
       Effect.uninterruptibleMask((restore) => {
         const send = Effect.matchCauseEffect(
@@ -98,30 +212,60 @@ export class Physical {
           })),
           {
             onFailure: (cause) => {
-              if (Cause.isInterrupted(cause)) this.settleInBackground()
+              if (Cause.isInterrupted(cause)) this.settleInBackground(this.releaser)
+              else this.releaseTurn()
               return Effect.failCause(cause)
             },
-            onSuccess: then
+            onSuccess: (result) => {
+              this.releaseTurn()
+              return then(result)
+            }
           }
         )
-        return this.settling === undefined ? send : Effect.zipRight(Fiber.await(this.settling), send)
+        const settled = this.settling === undefined ? send : Effect.zipRight(Fiber.await(this.settling), send)
+        if (!this.turnHeld && this.allowed(member)) {
+          this.turnHeld = true
+          return settled
+        }
+        return this.await(new Turn(member, undefined), restore, settled)
       })
     )
     return this.env.queryTimeout === undefined ? statement : withQueryTimeout(statement, this.env.queryTimeout)
   }
 
+  private readonly releaser = (): void => this.releaseTurn()
+
   rows(
     text: string,
-    params: ReadonlyArray<unknown> | undefined
+    params: ReadonlyArray<unknown> | undefined,
+    member: TxToken | undefined
   ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> {
-    return this.runThen(text, params, undefined, succeedRows)
+    return this.runThen(text, params, undefined, succeedRows, member)
   }
 
   /**
    * A statement run where nothing can interrupt it (the transaction control statements: BEGIN, COMMIT,
-   * ROLLBACK, SAVEPOINT), after the cancel of an interrupted statement, if one is out, has settled.
+   * ROLLBACK, SAVEPOINT), in its turn (`member`: see `runThen`), after the cancel of an interrupted statement,
+   * if one is out, has settled.
    */
-  control(text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+  control(
+    text: string,
+    member: TxToken | undefined
+  ): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    if (!this.turnHeld && this.allowed(member)) {
+      this.turnHeld = true
+      return Effect.ensuring(this.controlInTurn(text), Effect.sync(this.releaser))
+    }
+    return Effect.uninterruptibleMask((restore) =>
+      this.await(
+        new Turn(member, undefined),
+        restore,
+        Effect.ensuring(this.controlInTurn(text), Effect.sync(this.releaser))
+      )
+    )
+  }
+
+  private controlInTurn(text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
     return Effect.suspend(() => {
       // no transaction is open on the server (its BEGIN was never sent, or did not take effect): nothing to end
       const unsent = this.deferred !== undefined && (text === "COMMIT" || text === "ROLLBACK")
@@ -189,13 +333,13 @@ export class Physical {
     if (this.driver.transactionStatus() === "idle") this.beginLost = true
   }
 
-  /** Sends the held-back statements on their own (before a cursor, or a statement that cannot carry them). */
-  get flush(): Effect.Effect<void, QueryError | ConnectionError> {
+  /** Sends the held-back statements on their own (before a cursor), each in a turn of `member`'s. */
+  flush(member: TxToken | undefined): Effect.Effect<void, QueryError | ConnectionError> {
     return Effect.suspend(() => {
       const deferred = this.deferred
       if (deferred === undefined) return Effect.void
       this.deferred = undefined
-      return Effect.forEach(deferred, (text) => this.control(text), { discard: true }).pipe(
+      return Effect.forEach(deferred, (text) => this.control(text, member), { discard: true }).pipe(
         Effect.tapError(() => Effect.sync(() => this.noteBeginFailure()))
       )
     })
@@ -226,13 +370,14 @@ export class Physical {
    * The fiber running a statement was interrupted: cancel the statement in the background, so the
    * interruption is not held up by the network. The connection is not reused until the cancel has settled.
    */
-  settleInBackground(): void {
-    if (this.settling !== undefined || !this.driver.isBusy()) return
+  settleInBackground(then?: () => void): void {
+    if (this.settling !== undefined || !this.driver.isBusy()) return then?.()
     this.settling = this.env.runCloser(
       Effect.ensuring(
         this.cancelAndSettle,
         Effect.sync(() => {
           this.settling = undefined
+          then?.()
         })
       )
     )
@@ -267,6 +412,8 @@ export class Physical {
   }
 }
 
+type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
 const withQueryTimeout = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   timeout: number
@@ -282,6 +429,14 @@ const withQueryTimeout = <A, E, R>(
         })
       )
   )
+
+/** @internal */
+export const endedError = (): QueryError =>
+  new QueryError({
+    message:
+      "The transaction this statement belongs to has ended (a fiber forked inside it outlived it): the statement is refused so that it cannot run outside of it (SQLSTATE 25P01)",
+    code: "25P01"
+  })
 
 const beginLostError = (): QueryError =>
   new QueryError({

@@ -1,5 +1,5 @@
 /**
- * Several hosts: the hosts' states as last seen, the order a new connection tries them in (libpq's
+ * The hosts of a pool (one or several): the hosts' states as last seen, the order a new connection tries them in (libpq's
  * `load_balance_hosts`), and the probing of hosts that are down (per the `reconnect` schedule) or whose role
  * may have changed (every `roleCheckInterval`). It is the only writer of `HostState`.
  *
@@ -20,6 +20,12 @@ import { openOn } from "./open.js"
 /** @internal */
 export class Topology {
   readonly states: ReadonlyArray<HostState>
+  /** Called when a host that was down answers again (the pools start the connects their waiters need). */
+  readonly upListeners: Array<() => void> = []
+  /** Called for every failed probe (the tally of the pool for ordinary work counts them as connect failures). */
+  readonly probeFailureListeners: Array<(error: ConnectionError) => void> = []
+  /** Resumed at the next change of a down host: it answered, or its probe loop ended. */
+  private readonly changeListeners = new Set<() => void>()
   constructor(
     readonly config: ResolvedConfig,
     readonly connector: Connector.Connector,
@@ -42,9 +48,16 @@ export class Topology {
 
   markUp(state: HostState, server: ServerRole): void {
     const changed = state.role !== undefined && state.role !== server.role
+    const wasDown = state.down
     state.role = server.role
     state.readOnly = server.readOnly
     state.down = false
+    state.lastError = undefined
+    state.failures = 0
+    if (wasDown) {
+      for (const listener of this.upListeners) listener()
+      this.notifyChange()
+    }
     if (changed) {
       this.runBackground(
         Effect.logWarning(`host ${state.key} is now a ${server.role}`).pipe(
@@ -59,11 +72,20 @@ export class Topology {
     }
   }
 
-  /** A host failed to answer: mark it down and probe it per the reconnect schedule until it answers. */
+  /**
+   * A host failed to answer: mark it down, and probe it on the reconnect Schedule, one attempt at a time for
+   * every pool of the service, until it answers or the Schedule ends. Meanwhile the pools try no connect to it
+   * (after the Schedule ends, the next connect a pool needs tries it, and a failure starts a new probe loop).
+   */
   markDown(state: HostState, error: ConnectionError): void {
-    if (state.down) return
+    state.lastError = error
+    state.failures++
+    if (state.probing) return
+    const wasDown = state.down
     state.down = true
-    this.runBackground(Effect.ignore(Effect.retry(this.probe(state), { schedule: this.config.reconnect })))
+    state.probing = true
+    this.runBackground(this.probeLoop(state))
+    if (wasDown) return
     this.runBackground(
       Effect.logWarning(`host ${state.key} is down: ${error.message}`).pipe(
         Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port })
@@ -71,11 +93,46 @@ export class Topology {
     )
   }
 
+  /** Waits for the next change of a down host (it answered, or its probe loop ended), or returns `"now"` if `ready`. */
+  waitChange(ready: () => boolean): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (ready()) return resume(Effect.void)
+      const listener = () => {
+        this.changeListeners.delete(listener)
+        resume(Effect.void)
+      }
+      this.changeListeners.add(listener)
+      return Effect.sync(() => this.changeListeners.delete(listener))
+    })
+  }
+
+  private notifyChange(): void {
+    for (const listener of [...this.changeListeners]) listener()
+  }
+
+  /** Probes a down host after each delay of the reconnect Schedule until it answers or the Schedule ends. */
+  private probeLoop(state: HostState): Effect.Effect<void> {
+    return Effect.flatMap(Schedule.driver(this.config.reconnect), (driver) => {
+      const step: Effect.Effect<void> = Effect.matchEffect(driver.next(state.lastError), {
+        onFailure: () => Effect.void,
+        onSuccess: () => Effect.flatMap(Effect.exit(this.probe(state)), () => state.down ? step : Effect.void)
+      })
+      return step
+    }).pipe(Effect.ensuring(Effect.sync(() => {
+      state.probing = false
+      this.notifyChange()
+    })))
+  }
+
   /** One look at a host on a short-lived connection (no `setSession`): is it up, and what is it? */
   probe(state: HostState): Effect.Effect<void, ConnectionError> {
     return openOn(this, state, { setSession: false, checkRole: true }).pipe(
       Effect.tapBoth({
-        onFailure: (error) => Effect.sync(() => this.markDown(state, error)),
+        onFailure: (error) =>
+          Effect.sync(() => {
+            for (const listener of this.probeFailureListeners) listener(error)
+            this.markDown(state, error)
+          }),
         onSuccess: (opened) =>
           Effect.zipRight(
             Scope.close(opened.scope, Exit.void),

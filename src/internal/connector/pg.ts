@@ -73,14 +73,15 @@ const toQueryError = (cause: pg.DatabaseError): QueryError =>
   })
 
 /** @internal */
-const toConnectionError = (target: Target, what: string, cause: unknown): ConnectionError =>
+const toConnectionError = (target: Target, what: string, cause: unknown, safeToRetry = false): ConnectionError =>
   new ConnectionError({
     message: `${what} (${target.host}:${target.port}/${target.database}): ${describe(cause)}`,
     cause,
     host: target.host,
     port: target.port,
     database: target.database,
-    code: isDatabaseError(cause) ? cause.code : undefined
+    code: isDatabaseError(cause) ? cause.code : undefined,
+    ...(safeToRetry ? { safeToRetry } : {})
   })
 
 /** What a connect failure means, in plain words, where the server's message alone does not say it. */
@@ -122,11 +123,18 @@ const toConnectError = (
   })
 }
 
-const toStatementError = (target: Target, cause: unknown): QueryError | ConnectionError =>
+/** A statement's failure; `statement` (when given) tells whether a lost connection's statement never ran. */
+const toStatementError = (
+  target: Target,
+  cause: unknown,
+  statement?: Statement | undefined
+): QueryError | ConnectionError =>
   cause instanceof ClientSideError
     ? new QueryError({ message: `${cause.message} (SQLSTATE ${cause.code})`, code: cause.code, cause: cause.cause })
     : isConnectionFailure(cause)
-    ? toConnectionError(target, "Connection lost", cause)
+    ? statement !== undefined && statement.neverRan(cause as Error)
+      ? toConnectionError(target, "Connection lost before the statement ran", cause, true)
+      : toConnectionError(target, "Connection lost", cause)
     : toQueryError(cause as pg.DatabaseError)
 
 /** The server asked for a password and none was configured. @internal */
@@ -209,7 +217,7 @@ interface ClientState {
 interface PgClientInternals {
   readonly connection: {
     readonly stream: { destroy(error?: Error): void }
-    on(event: "readyForQuery", listener: () => void): void
+    on(event: "readyForQuery" | "parseComplete" | "bindComplete" | "closeComplete", listener: () => void): void
     prependListener(event: "readyForQuery", listener: (message: { readonly status?: string }) => void): void
   }
   readonly readyForQuery: boolean
@@ -296,6 +304,12 @@ const makeConnection = (
   })
   internals.connection.on("readyForQuery", flushReady)
   client.on("end", flushReady)
+  // the first answers to a statement over the extended protocol, which pg does not pass on to the statement:
+  // marked on it, so that a lost connection's statement that was answered is never taken for one that never ran
+  const answered = () => cache.onWire?.answered()
+  internals.connection.on("parseComplete", answered)
+  internals.connection.on("bindComplete", answered)
+  internals.connection.on("closeComplete", answered)
   const whenReady = (fn: () => void) => {
     if (internals.readyForQuery || state.lost) fn()
     else afterReady.push(fn)
@@ -311,7 +325,8 @@ const makeConnection = (
     const statement: Statement = new Statement(text, params, rowMode, types, cache, (error, result) => {
       if (error) {
         if (isConnectionFailure(error)) state.lost = true
-        const mapped = toStatementError(target, error)
+        // a statement of an open transaction is never safe to send again alone: the transaction is lost with it
+        const mapped = toStatementError(target, error, txStatus === "I" ? statement : undefined)
         whenReady(() => {
           // a prepared statement gone stale did not run: outside a transaction it is sent again, as text; as the
           // first statement of a transaction (after its BEGIN) the transaction is rolled back and begun again

@@ -80,6 +80,11 @@ export interface StatementCache {
   runsChars: number
   /** Names of evicted statements, closed in the next write that uses the extended protocol. */
   closing: Array<string>
+  /**
+   * The statement whose messages were written last and that has not finished: the connection marks on it the
+   * answers pg does not pass to a statement (ParseComplete, BindComplete, CloseComplete), see `answered`.
+   */
+  onWire: Statement | undefined
 }
 
 /** @internal */
@@ -91,7 +96,8 @@ export const makeStatementCache = (threshold: number, capacity: number): Stateme
   tick: 0,
   runs: new Map(),
   runsChars: 0,
-  closing: []
+  closing: [],
+  onWire: undefined
 })
 
 /**
@@ -161,15 +167,61 @@ const evictLeastRecentlyUsed = (cache: StatementCache): void => {
   cache.prepared.delete(oldest)
 }
 
-/** Writes a buffer (a dead socket is left to pg, which fails the statement when it ends). */
-const send = (connection: PgConnection, buffer: Buffer): void => {
+/**
+ * Writes a buffer; false when the socket is no longer writable and nothing was written (a dead socket is left
+ * to pg, which fails the statement when it ends).
+ */
+const send = (connection: PgConnection, buffer: Buffer): boolean => {
   const stream = connection.stream
-  if (stream.writable) stream.write(buffer)
+  if (!stream.writable) return false
+  stream.write(buffer)
+  return true
 }
 
 /** Writes the messages as one buffer. */
-const write = (connection: PgConnection, parts: ReadonlyArray<Buffer>): void =>
+const write = (connection: PgConnection, parts: ReadonlyArray<Buffer>): boolean =>
   send(connection, parts.length === 1 ? parts[0]! : Buffer.concat(parts))
+
+/**
+ * How far a statement got on the wire, for `Statement.neverRan`: not written; written as a simple Query (which
+ * the server may be executing without having answered anything yet); written over the extended protocol and
+ * not answered yet (the server answers ParseComplete or BindComplete before it executes anything); answered.
+ */
+const enum Wire {
+  NotWritten,
+  Simple,
+  Extended,
+  Answered
+}
+
+/**
+ * The FATAL errors a server sends to a backend that sits idle, waiting for the client: it was terminated
+ * (`pg_terminate_backend`, a fast shutdown: 57P01), the server is crashing (57P02, from servers that send it as
+ * a FATAL), the session was idle too long (`idle_session_timeout`: 57P05). Such a backend sends the error and
+ * exits without reading anything more.
+ */
+const idleFatalCodes = new Set(["57P01", "57P02", "57P05"])
+
+/** A COPY statement, by its first keyword (after comments). */
+const copyStatement = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[^]*?\*\/)*copy\b/i
+
+/**
+ * Texts that go out as a simple Query even without parameters: more than one statement (a ';' before the
+ * end: the extended protocol takes one statement per Parse; a ';' in a literal or a comment is taken for one
+ * too, which only costs the proof of `neverRan`), and COPY (COPY FROM STDIN answered with CopyFail over the
+ * extended protocol would wait for a Sync that was sent before it).
+ */
+const needsSimpleQuery = (text: string): boolean => {
+  const semicolon = text.indexOf(";")
+  if (semicolon !== -1) {
+    for (let i = semicolon + 1; i < text.length; i++) {
+      const c = text.charCodeAt(i)
+      // anything but white space after the first ';'
+      if (c !== 32 && (c < 9 || c > 13)) return true
+    }
+  }
+  return copyStatement.test(text)
+}
 
 /** @internal */
 export type Done = (error: Error | null, result: Connector.QueryResult | undefined) => void
@@ -205,6 +257,8 @@ export class Statement {
    * the cache has forgotten it, so the text can be sent again.
    */
   stale = false
+  /** How far the statement got on the wire (see Wire and `neverRan`). */
+  wire = Wire.NotWritten
   constructor(
     readonly text: string,
     readonly values: ReadonlyArray<unknown> | undefined,
@@ -231,7 +285,7 @@ export class Statement {
           this.shape = prepared.shape
           // the common case: the same bytes as last time
           if (prepared.run !== undefined && prefix === undefined && cache.closing.length === 0) {
-            send(connection, prepared.run)
+            if (send(connection, prepared.run)) this.written(Wire.Extended)
             return null
           }
         }
@@ -240,8 +294,16 @@ export class Statement {
         this.preparedName = preparedName(text)
       }
     }
-    if (this.mode === Mode.Plain && prefix === undefined && (values === undefined || values.length === 0)) {
-      connection.query(text)
+    // one statement without parameters goes out over the extended protocol too, whose ParseComplete comes before
+    // the statement runs (see neverRan); several statements, and COPY, as a simple Query
+    if (
+      this.mode === Mode.Plain && prefix === undefined && (values === undefined || values.length === 0) &&
+      needsSimpleQuery(text)
+    ) {
+      if (connection.stream.writable) {
+        connection.query(text)
+        this.written(Wire.Simple)
+      }
       return null
     }
     // every message of the statement in one buffer, one write
@@ -258,10 +320,14 @@ export class Statement {
     const statement = this.preparedName
     let bind: Buffer
     try {
-      // the values are serialised first: a value whose serialiser throws must not reach pg-protocol's writer,
-      // whose shared buffer keeps the bytes of a message cut off by a throw (before pg-protocol 1.15)
-      const prepared = (values ?? []).map((value) => pgUtils.prepareValue(value))
-      bind = serialize.bind({ statement, values: prepared as Array<string> })
+      if (values === undefined || values.length === 0) {
+        bind = statement === "" ? BIND_NOTHING : serialize.bind({ statement })
+      } else {
+        // the values are serialised first: a value whose serialiser throws must not reach pg-protocol's writer,
+        // whose shared buffer keeps the bytes of a message cut off by a throw (before pg-protocol 1.15)
+        const prepared = values.map((value) => pgUtils.prepareValue(value))
+        bind = serialize.bind({ statement, values: prepared as Array<string> })
+      }
     } catch (error) {
       // the statement is not sent; what comes before it is, so that the answers end with a ReadyForQuery
       parts.push(SYNC)
@@ -276,8 +342,45 @@ export class Statement {
     } else {
       parts.push(serialize.parse({ text, name: statement }), bind, DESCRIBE_PORTAL, EXECUTE_SYNC)
     }
-    write(connection, parts)
+    if (write(connection, parts)) this.written(Wire.Extended)
     return null
+  }
+
+  /** The server answered something of the statement (called by the connection for every answer). */
+  answered(): void {
+    this.wire = Wire.Answered
+  }
+
+  /** The statement's messages were written to the socket. */
+  written(wire: Wire.Simple | Wire.Extended): void {
+    this.wire = wire
+    this.cache.onWire = this
+  }
+
+  /**
+   * True when the statement, failed with `error`, provably never ran on the server, so that it may be sent again
+   * on another connection:
+   *
+   * - nothing of it was written (the socket was dead already, or pg failed it before its turn);
+   * - it went out over the extended protocol, nothing of it was answered, and the error is a FATAL the server
+   *   sends to an idle backend. The server answers Parse with ParseComplete (Bind with BindComplete) before it
+   *   executes anything, into its output buffer, which it flushes, in order, before the FATAL it sends when
+   *   terminated: a FATAL with no answer before it was raised before the statement's first message was
+   *   processed. A connection that just ends proves nothing (a killed backend or a broken network loses what
+   *   was buffered), nor does a simple Query (a statement without a result, such as an INSERT, answers nothing
+   *   before it completes).
+   */
+  neverRan(error: Error): boolean {
+    switch (this.wire) {
+      case Wire.NotWritten:
+        return true
+      case Wire.Extended: {
+        const { code, severity } = error as { readonly code?: unknown; readonly severity?: unknown }
+        return severity === "FATAL" && typeof code === "string" && idleFatalCodes.has(code)
+      }
+      default:
+        return false
+    }
   }
 
   handleRowDescription(msg: { readonly fields: ReadonlyArray<WireField> }): void {
@@ -375,6 +478,7 @@ export class Statement {
   finish(error: Error | null, result: Connector.QueryResult | undefined): void {
     if (this.finished) return
     this.finished = true
+    if (this.cache.onWire === this) this.cache.onWire = undefined
     if (this.cache.capacity > 0) this.remember(error)
     this.done(error, result)
   }

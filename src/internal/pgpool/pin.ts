@@ -10,32 +10,44 @@ import * as Context from "effect/Context"
 import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
+import type { Physical, TxToken } from "../connection/physical.js"
 import type { PoolCore } from "../pool/core.js"
 import type { Handle, PgPoolService } from "./service.js"
 
-/** A pinned connection: whose pool it is, the pool core it came from, and the pin it was made inside. @internal */
+/**
+ * A pinned connection: whose pool it is, the pool core it came from, the transaction it is the pin of (none
+ * for `withConnection`), and the pin it was made inside. @internal
+ */
 export interface Pin {
   readonly owner: PgPoolService
   readonly core: PoolCore
   readonly handle: Handle
+  readonly tx: TxToken | undefined
   readonly next: Pin | undefined
 }
 
 /**
  * The connections pinned by `withConnection` for one fiber, innermost first. The box is set on a fiber once
  * (a FiberRef write copies all of the fiber's refs, which costs more than a whole checkout) and then changed in
- * place. It is not inherited: a connection serves one fiber at a time, so a fiber forked inside
- * `withConnection` (including the ones `Effect.timeout`, `Effect.race` and a concurrent `Effect.all` run their
- * effects in) checks out connections of its own. A transaction's pin travels in the context instead
- * (`InheritedPin`), so fibers forked inside a transaction stay in it.
+ * place. A fiber forked inside `withConnection` (including the ones `Effect.timeout`, `Effect.race` and a
+ * concurrent `Effect.all` run their effects in) gets a box of its own (`owner` undefined until it pins
+ * something itself) with the pins of its parent at the fork: it uses the same connection, taking turns with
+ * the other fibers on it (see `Physical.runThen`), and never waits for a second connection that the pinned one
+ * blocks. A pin whose `withConnection` has ended is passed over. A transaction's pin travels in the context
+ * instead (`InheritedPin`), so fibers forked inside a transaction stay in it.
  */
 class PinBox {
-  constructor(readonly owner: Fiber.RuntimeFiber<unknown, unknown>, public pins: Pin | undefined) {}
+  constructor(readonly owner: Fiber.RuntimeFiber<unknown, unknown> | undefined, public pins: Pin | undefined) {}
 }
 
 const currentPins: FiberRef.FiberRef<PinBox | undefined> = globalValue(
   Symbol.for("effect-pg-pool/PgPool/currentPins"),
-  () => FiberRef.unsafeMake<PinBox | undefined>(undefined, { fork: () => undefined, join: (parent) => parent })
+  () =>
+    FiberRef.unsafeMake<PinBox | undefined>(undefined, {
+      fork: (parent) =>
+        parent === undefined || parent.pins === undefined ? undefined : new PinBox(undefined, parent.pins),
+      join: (parent) => parent
+    })
 )
 
 /** True inside `PgPool.readOnly`: the work may run on a standby. @internal */
@@ -52,15 +64,16 @@ export const setRef = <A>(fiber: Fiber.RuntimeFiber<unknown, unknown>, ref: Fibe
 export const ownPins = (fiber: Fiber.RuntimeFiber<unknown, unknown>): PinBox => {
   const box = fiber.getFiberRef(currentPins)
   if (box !== undefined && box.owner === fiber) return box
-  const own = new PinBox(fiber, undefined)
+  // a box inherited at a fork: the fiber's own pins go in front of its parent's
+  const own = new PinBox(fiber, box?.owner === undefined ? box?.pins : undefined)
   setRef(fiber, currentPins, own)
   return own
 }
 
-/** The pins `fiber` set itself with `withConnection`. */
+/** The pins `fiber` set with `withConnection`, and those it inherited from the fiber it was forked by. */
 const pinsSetBy = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined => {
   const box = fiber.getFiberRef(currentPins)
-  return box !== undefined && box.owner === fiber ? box.pins : undefined
+  return box !== undefined && (box.owner === fiber || box.owner === undefined) ? box.pins : undefined
 }
 
 /** The pin of a transaction, in the context of the fibers that run in it (forked ones included). @internal */
@@ -88,8 +101,26 @@ export const pinOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, owner: PgPool
 export const pinsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Pin | undefined =>
   pinsSetBy(fiber) ?? serviceIn(fiber, InheritedPin)
 
-/** The innermost pin of the pool `owner` among `pins`. @internal */
+/** The innermost pin of the pool `owner` among `pins` (a pin whose connection went back is passed over). @internal */
 export const findPin = (pins: Pin | undefined, owner: PgPoolService): Pin | undefined => {
-  while (pins !== undefined && pins.owner !== owner) pins = pins.next
+  while (pins !== undefined && (pins.owner !== owner || pins.handle.released)) pins = pins.next
   return pins
+}
+
+/**
+ * True when `fiber` was forked inside a transaction of the pool `owner` that has ended: its statements are
+ * refused rather than run outside of it. @internal
+ */
+export const outlivedTransaction = (fiber: Fiber.RuntimeFiber<unknown, unknown>, owner: PgPoolService): boolean => {
+  const inherited = serviceIn(fiber, InheritedPin)
+  return inherited !== undefined && inherited.owner === owner && inherited.tx?.ended === true
+}
+
+/**
+ * The transaction `fiber` runs in on the connection `conn`, if any: its turn on the connection is that
+ * transaction's (see `Physical.runThen`). @internal
+ */
+export const memberOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, conn: Physical): TxToken | undefined => {
+  const inherited = serviceIn(fiber, InheritedPin)
+  return inherited !== undefined && inherited.handle.conn === conn ? inherited.tx : undefined
 }

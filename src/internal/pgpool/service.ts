@@ -20,7 +20,7 @@ import type * as PgPool from "../../PgPool.js"
 import { ConnectionError, type PoolError, type QueryError } from "../../PgPoolError.js"
 import { resolve, type ResolvedConfig } from "../config/resolve.js"
 import { mainPolicy, standbyPolicy } from "../connection/hosts.js"
-import type { Physical } from "../connection/physical.js"
+import { endedError, type Physical } from "../connection/physical.js"
 import { Topology } from "../connection/topology.js"
 import type { PoolCore } from "../pool/core.js"
 import { makeCore, purgeExpired, startMaintenance, warmup } from "../pool/maintenance.js"
@@ -28,7 +28,7 @@ import { oneShot, rowsOf } from "../pool/oneShot.js"
 import { release, releaseWith } from "../pool/release.js"
 import { aggregate, connectionLog, hostStats, snapshot } from "../pool/stats.js"
 import * as Tracing from "../tracing.js"
-import { currentReadOnly, ownPins, pinOf, setRef } from "./pin.js"
+import { currentReadOnly, memberOf, outlivedTransaction, ownPins, pinOf, setRef } from "./pin.js"
 import { markReroutable, type ReadPool, Router } from "./routing.js"
 
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -56,7 +56,9 @@ export class Handle implements PgPool.PooledConnection {
     text: string,
     params?: ReadonlyArray<unknown>
   ): Effect.Effect<ReadonlyArray<PgPool.Row>, QueryError | ConnectionError> =>
-    Effect.suspend(() => this.released ? Effect.fail(usedAfterRelease(this)) : this.conn.rows(text, params))
+    Effect.withFiberRuntime((fiber) =>
+      this.released ? Effect.fail(usedAfterRelease(this)) : this.conn.rows(text, params, memberOf(fiber, this.conn))
+    )
   get invalidate(): Effect.Effect<void> {
     return Effect.suspend(() => this.released ? Effect.void : this.conn.invalidate)
   }
@@ -214,7 +216,7 @@ export class PgPoolService {
     }
     const box = ownPins(fiber)
     const previous = box.pins
-    box.pins = { owner: this, core, handle, next: previous }
+    box.pins = { owner: this, core, handle, tx: undefined, next: previous }
     // the span of withConnection is the parent of the body's spans: set in the fiber's context in place and put
     // back in `done`, in the steps of this region (Effect.withParentSpan, a FiberRef.locally, costs 3 times more)
     const context = span === undefined ? undefined : fiber.currentContext
@@ -257,8 +259,15 @@ export class PgPoolService {
       const handle = pin.handle
       if (handle.released) return Effect.fail(usedAfterRelease(handle))
       if (span !== undefined) Tracing.checkedOutFrom(span, handle.core, handle.conn, undefined)
-      return handle.conn.runThen(text, params, rowMode, (result) => Effect.succeed(project(result)))
+      return handle.conn.runThen(
+        text,
+        params,
+        rowMode,
+        (result) => Effect.succeed(project(result)),
+        memberOf(fiber, handle.conn)
+      )
     }
+    if (outlivedTransaction(fiber, this)) return Effect.fail(endedError())
     return this.router === undefined
       ? oneShot(this.main, text, params, rowMode, project, this.main.config.retryLostQueries, span)
       : this.routeOr(
@@ -366,10 +375,14 @@ export const make = (
 ): Effect.Effect<PgPool.PgPool, ConnectionError | ConfigError.ConfigError, Scope.Scope | Connector.Connector> =>
   Effect.gen(function*() {
     const resolved = yield* resolve(config)
+    const connector = yield* Connector.Connector
+    const runTopology = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+    const topology = new Topology(resolved, connector, runTopology)
     if (resolved.hosts.length === 1) {
       const core = yield* makeCore(resolved, {
-        policy: mainPolicy(resolved, undefined),
-        topology: undefined,
+        policy: mainPolicy(resolved, topology),
+        topology,
+        hosts: topology.states,
         forReads: false,
         onConnectFailure: undefined
       })
@@ -377,9 +390,6 @@ export const make = (
       startMaintenance(core)
       return new PgPoolService(core, undefined).service
     }
-    const connector = yield* Connector.Connector
-    const runTopology = yield* FiberSet.makeRuntime<never, unknown, unknown>()
-    const topology = new Topology(resolved, connector, runTopology)
     const probeAll = Effect.forEach(topology.states, (state) => Effect.ignore(topology.probe(state)), {
       concurrency: "unbounded",
       discard: true
@@ -392,6 +402,7 @@ export const make = (
     const main = yield* makeCore(resolved, {
       policy: mainPolicy(resolved, topology),
       topology,
+      hosts: topology.states,
       forReads: false,
       onConnectFailure: undefined
     })
@@ -409,6 +420,7 @@ export const make = (
         const read: PoolCore = yield* makeCore(readConfig, {
           policy: standbyPolicy(state),
           topology,
+          hosts: [state],
           forReads: true,
           onConnectFailure: (error) => markReroutable(read)(error)
         })

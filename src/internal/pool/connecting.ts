@@ -1,7 +1,9 @@
 /**
  * Opening the pool's connections: a connect is started for each waiter no connect in flight serves (within
- * `maxConnections`), and for `minConnections`; it tries the hosts of the pool's policy, sets the session up,
- * and retries per `reconnect` while someone still needs the connection and the failure may go away.
+ * `maxConnections`), and for `minConnections`; it tries the hosts of the pool's policy and sets the session
+ * up. A connect is never retried here: a host that did not answer is marked down, and the topology probes it on
+ * the `reconnect` Schedule, one attempt at a time whatever the rate of requests; until it answers, no connect
+ * is started for it, and a checkout that nothing else can serve fails at once (`strandedError`).
  *
  * @internal
  */
@@ -10,44 +12,51 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
-import { ConnectionError } from "../../PgPoolError.js"
+import type { ConnectionError } from "../../PgPoolError.js"
 import type { HostState } from "../connection/hosts.js"
-import { isTransientConnectError, noHostFits, type Opened, openOn, tryHosts } from "../connection/open.js"
+import { noHostFits, type Opened, openOn, tryHosts } from "../connection/open.js"
 import { Physical } from "../connection/physical.js"
 import type { ConnectToken, PoolCore } from "./core.js"
 import { connectionLog, failureLog } from "./stats.js"
 
-/** Starts connects for waiters not yet covered by one in flight; keeps `size + closing <= maxConnections`. @internal */
+/**
+ * Starts connects for waiters not yet covered by one in flight; keeps `size + closing <= maxConnections`. With
+ * every host down, starts none, and fails the waiters nothing will serve (see `strandedError`). With no open
+ * connection, one connect at a time (see `gated`).
+ *
+ * @internal
+ */
 export const fill = (core: PoolCore): void => {
   if (core.closed) return
+  if (!core.reachable()) {
+    failStranded(core)
+    return
+  }
   let demand = core.waiting - core.pending
-  while (demand > 0 && core.size + core.closing < core.config.maxConnections) {
+  while (demand > 0 && core.size + core.closing < core.config.maxConnections && !core.gated()) {
     startConnect(core)
     demand--
   }
 }
 
-/** Starts connects up to `minConnections`; keeps `size + closing <= maxConnections`. @internal */
+/** Starts connects up to `minConnections` (none while every host is down); keeps `size + closing <= maxConnections`. @internal */
 export const topUp = (core: PoolCore): void => {
-  if (core.closed || !core.config.pooling) return
-  while (core.size < core.config.minConnections && core.size + core.closing < core.config.maxConnections) {
-    startConnect(core)
-  }
+  if (core.closed || !core.config.pooling || !core.reachable()) return
+  while (
+    core.size < core.config.minConnections && core.size + core.closing < core.config.maxConnections && !core.gated()
+  ) startConnect(core)
 }
 
-/** Someone still needs a new connection: a waiter, or `minConnections`. */
-const needed = (core: PoolCore): boolean =>
-  !core.closed && (core.waiting > 0 || core.size <= core.config.minConnections)
+/** Fails every waiter when every host is down and no connection is out or being opened to serve them. */
+const failStranded = (core: PoolCore): void => {
+  const error = core.strandedError()
+  if (error === undefined) return
+  while (core.queue.head !== undefined) core.failHead(error)
+}
 
 const startConnect = (core: PoolCore): void => {
   const token = beginConnect(core)
-  const retryWhile = (error: ConnectionError) => !core.role.forReads && isTransientConnectError(error) && needed(core)
-  core.runBackground(
-    openRetrying(core, retryWhile).pipe(
-      Effect.exit,
-      Effect.flatMap((exit) => connected(core, exit, token))
-    )
-  )
+  core.runBackground(Effect.flatMap(Effect.exit(open(core, true)), (exit) => connected(core, exit, token)))
 }
 
 /** A connect starts: it counts in `size` (and `pending`) until `connected`. @internal */
@@ -76,7 +85,12 @@ export const connected = (
     core.tally.created++
     const now = core.clock.unsafeCurrentTimeMillis()
     if (core.closed) core.closeDetached(conn, "poolClosed")
-    else core.offer(conn, now, core.idle.length < core.config.maxIdle || core.size <= core.config.minConnections)
+    else {
+      core.offer(conn, now, core.idle.length < core.config.maxIdle || core.size <= core.config.minConnections)
+      // the host answers: the connects the first one held back
+      fill(core)
+      topUp(core)
+    }
     return Effect.void
   }
   core.updateGauges()
@@ -88,11 +102,12 @@ export const connected = (
 
 /**
  * One connect: the hosts of the policy in order until one connects (and, where roles matter, is a server that
- * fits), with its session set up; then the new connection. Counts the failure.
+ * fits), with its session set up; then the new connection. With `skipKnown`, hosts known to be down or of the
+ * wrong role are not tried (the layer's start-up tries them anyway). A failed attempt is counted and logged.
  *
  * @internal
  */
-export const open = (core: PoolCore): Effect.Effect<Physical, ConnectionError> =>
+export const open = (core: PoolCore, skipKnown: boolean): Effect.Effect<Physical, ConnectionError> =>
   Effect.uninterruptibleMask((restore) => {
     const policy = core.policy
     const startedAt = core.clock.unsafeCurrentTimeMillis()
@@ -100,16 +115,21 @@ export const open = (core: PoolCore): Effect.Effect<Physical, ConnectionError> =
       passes: policy.passes,
       candidates: policy.candidates,
       accepts: (server, pass) => server === undefined || policy.accepts(server, pass),
-      open: (state) => openOn(core, state, { setSession: true, checkRole: policy.checkRole })
+      open: (state) => openOn(core, state, { setSession: true, checkRole: policy.checkRole }),
+      skipKnown
     }).pipe(
       Effect.matchEffect({
         onFailure: (failure) => {
           const error = noHostFits(`No host fits ${policy.describe}`, failure, core.config.database)
+          if (failure.attempted === 0) return Effect.fail(error)
           core.tally.connectFailures++
           core.consecutiveFailures++
           core.lastFailureAt = core.clock.unsafeCurrentTimeMillis()
           core.lastConnectError = error
-          return Effect.fail(error)
+          return Effect.zipRight(
+            Effect.logWarning(`connect failed: ${error.message}`).pipe(Effect.annotateLogs(failureLog(core, error))),
+            Effect.fail(error)
+          )
         },
         onSuccess: ({ opened, state }) => wrap(core, opened, state, startedAt)
       })
@@ -137,32 +157,6 @@ const wrap = (core: PoolCore, opened: Opened, server: HostState, startedAt: numb
     yield* Effect.logDebug("connection opened").pipe(Effect.annotateLogs(connectionLog(core, conn)))
     return conn
   })
-
-/**
- * Opens a connection, retrying per the `reconnect` schedule while `retryWhile` holds; an attempt that comes
- * due when nobody needs the connection any more is not made.
- *
- * @internal
- */
-const openRetrying = (
-  core: PoolCore,
-  retryWhile: (error: ConnectionError) => boolean
-): Effect.Effect<Physical, ConnectionError> => {
-  let attempt = 0
-  const attemptIfNeeded = Effect.suspend(() => attempt === 0 || needed(core) ? open(core) : Effect.fail(notNeeded))
-  return attemptIfNeeded.pipe(
-    Effect.tapError((error) => {
-      if (error === notNeeded) return Effect.void
-      attempt++
-      return Effect.logWarning(`connect failed (attempt ${attempt}): ${error.message}`).pipe(
-        Effect.annotateLogs({ ...failureLog(core, error), attempt })
-      )
-    }),
-    Effect.retry({ schedule: core.config.reconnect, while: (error) => error !== notNeeded && retryWhile(error) })
-  )
-}
-
-const notNeeded = new ConnectionError({ message: "Connect abandoned: no one needs the connection any more" })
 
 /** The driver's report of a lost connection: an idle one is dropped at once; a busy one when it comes back. */
 const lost = (core: PoolCore, conn: Physical, error: ConnectionError): void => {

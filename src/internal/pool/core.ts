@@ -23,9 +23,9 @@ import type * as Random from "effect/Random"
 import * as Scope from "effect/Scope"
 import type * as Connector from "../../Connector.js"
 import type * as PgPool from "../../PgPool.js"
-import { type ConnectionError, PoolClosedError, type PoolError, PoolExhaustedError } from "../../PgPoolError.js"
+import { ConnectionError, PoolClosedError, type PoolError, PoolExhaustedError } from "../../PgPoolError.js"
 import type { ResolvedConfig } from "../config/resolve.js"
-import type { HostPolicy } from "../connection/hosts.js"
+import type { HostPolicy, HostState } from "../connection/hosts.js"
 import type { ConnState, Physical, SessionEnv } from "../connection/physical.js"
 import type { Topology } from "../connection/topology.js"
 import { fill } from "./connecting.js"
@@ -44,7 +44,9 @@ export interface ConnectToken {
 /** What a pool core is for, besides its configuration. @internal */
 export interface CoreRole {
   readonly policy: HostPolicy
-  readonly topology: Topology | undefined
+  readonly topology: Topology
+  /** The hosts this pool's connections may go to. */
+  readonly hosts: ReadonlyArray<HostState>
   /**
    * A standby's read pool: a failed connect goes to its waiter at once (the router picks again), where the pool
    * for ordinary work retries per `reconnect` while someone waits; its name tells spans the connection served
@@ -77,7 +79,7 @@ export class PoolCore {
   readonly limits: LimitLog
   readonly env: SessionEnv
   readonly policy: HostPolicy
-  readonly topology: Topology | undefined
+  readonly topology: Topology
   /** Host stats across the pools of one service (set by the service with several hosts). */
   hostsView: (() => ReadonlyArray<PgPool.HostStats>) | undefined = undefined
 
@@ -222,8 +224,55 @@ export class PoolCore {
     return conn
   }
 
+  /**
+   * With no open connection (a cold pool, or every connection lost: the server may be restarting), one connect
+   * at a time: the waiters wait for its outcome, and a failure marks the host down, so that a burst of demand
+   * is not a burst of connects against a server that may not answer. The others start once it connected.
+   */
+  gated(): boolean {
+    return this.connects.size > 0 && this.all.size - this.closing === 0
+  }
+
+  /** The last `strandedError`. */
+  private stranded: ConnectionError | undefined = undefined
+
+  /** False while every host of the pool is down and probed: no connect is started until a probe gets in. */
+  reachable(): boolean {
+    for (const state of this.role.hosts) if (!state.down || !state.probing) return true
+    return false
+  }
+
+  /**
+   * The error of a checkout nothing can serve: every host is down, and no connection is out (to come back) or
+   * being opened. Undefined when something may still serve it.
+   */
+  strandedError(): ConnectionError | undefined {
+    if (this.inUse > 0 || this.connects.size > 0 || this.reachable()) return undefined
+    const hosts = this.role.hosts
+    const down = (state: HostState) =>
+      `${state.key} is down (${state.failures} failed connects; probed on the reconnect schedule): ${
+        state.lastError?.message ?? "no answer"
+      }`
+    const last = hosts.length === 1 ? hosts[0]!.lastError : hosts.find((state) => state.lastError)?.lastError
+    const attempts = hosts.reduce((n, state) => n + state.failures, 0)
+    // the same state gives the same error: callers failing fast at a high rate build it once
+    const cached = this.stranded
+    if (cached !== undefined && cached.cause === last && cached.attempts === attempts) return cached
+    return this.stranded = new ConnectionError({
+      message: hosts.length === 1 ? down(hosts[0]!) : `No host is up: ${hosts.map(down).join("; ")}`,
+      cause: last,
+      host: last?.host ?? hosts[0]!.host.host,
+      port: last?.port ?? hosts[0]!.host.port,
+      database: this.config.database,
+      code: last?.code,
+      attempts
+    })
+  }
+
   /** Why a checkout that found no idle connection must fail at once, if it must. */
-  refusal(): Effect.Effect<never, PoolExhaustedError> | undefined {
+  refusal(): Effect.Effect<never, PoolExhaustedError | ConnectionError> | undefined {
+    const stranded = this.strandedError()
+    if (stranded !== undefined) return Effect.fail(stranded)
     const config = this.config
     if (!config.blocking && this.size + this.closing >= config.maxConnections) return this.refuse("maxConnections")
     if (config.maxWaiting !== Infinity && this.waitingForBusy() >= config.maxWaiting) return this.refuse("maxWaiting")

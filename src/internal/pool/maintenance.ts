@@ -18,7 +18,7 @@ import { ConnectionError } from "../../PgPoolError.js"
 import type { ResolvedConfig } from "../config/resolve.js"
 import { isTransientConnectError } from "../connection/open.js"
 import type { Physical } from "../connection/physical.js"
-import { beginConnect, connected, open, topUp } from "./connecting.js"
+import { beginConnect, connected, fill, open, topUp } from "./connecting.js"
 import { type CoreRole, PoolCore } from "./core.js"
 import { purge, waitWithin } from "./release.js"
 import { failureLog } from "./stats.js"
@@ -117,6 +117,20 @@ export const makeCore = (
       )
     )
     runBackground(core.timerLoop)
+    // a host that was down answers again: the connects the waiters need, and minConnections
+    role.topology.upListeners.push(() => {
+      fill(core)
+      topUp(core)
+    })
+    // the probes' failed connects count as the pool's (the read pools leave them to the pool for ordinary work)
+    if (!role.forReads) {
+      role.topology.probeFailureListeners.push((error) => {
+        core.tally.connectFailures++
+        core.consecutiveFailures++
+        core.lastFailureAt = core.clock.unsafeCurrentTimeMillis()
+        core.lastConnectError = error
+      })
+    }
     return core
   })
 
@@ -131,26 +145,40 @@ export const startMaintenance = (core: PoolCore): void => {
   core.updateGauges()
 }
 
-/** Opens and checks one connection (plus `minConnections`) within `connectTimeout`, or fails. @internal */
+/**
+ * Opens and checks one connection (plus `minConnections`) within `connectTimeout`, or fails. Every host is
+ * tried first; while a host that did not answer is probed on the reconnect Schedule, the warm-up waits for it
+ * to answer and tries again; when the Schedule ends, it fails with the last error.
+ *
+ * @internal
+ */
 export const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => {
   const count = Math.max(1, core.config.pooling ? core.config.minConnections : 1)
   const tokens = Array.from({ length: count }, () => beginConnect(core))
   let attempts = 0
-  const attempt = open(core).pipe(Effect.tapError((error) =>
-    Effect.suspend(() => {
-      attempts++
-      return Effect.logWarning(`connect failed at start (attempt ${attempts}): ${error.message}`).pipe(
-        Effect.annotateLogs({ ...failureLog(core, error), attempt: attempts })
-      )
-    })
-  ))
+  const hosts = core.role.hosts
+  const attempt = (first: boolean): Effect.Effect<Physical, ConnectionError> =>
+    open(core, !first).pipe(Effect.catchAll((error) =>
+      Effect.suspend(() => {
+        attempts++
+        const log = Effect.logWarning(`connect failed at start (attempt ${attempts}): ${error.message}`).pipe(
+          Effect.annotateLogs({ ...failureLog(core, error), attempt: attempts })
+        )
+        if (!isTransientConnectError(error)) return Effect.zipRight(log, Effect.fail(error))
+        // again once a host answers (at once if one has meanwhile), unless no host is probed any more
+        const up = () => hosts.some((state) => !state.down)
+        const probed = () => hosts.some((state) => state.probing)
+        const again: Effect.Effect<Physical, ConnectionError> = Effect.suspend(() => {
+          if (up()) return attempt(false)
+          if (!probed()) return Effect.fail(hosts.length === 1 ? hosts[0]!.lastError ?? error : error)
+          return Effect.zipRight(core.topology.waitChange(() => up() || !probed()), again)
+        })
+        return Effect.zipRight(log, again)
+      })
+    ))
   return Effect.forEach(
     tokens,
-    (token) =>
-      attempt.pipe(
-        Effect.retry({ schedule: core.config.reconnect, while: isTransientConnectError }),
-        Effect.onExit((exit) => connected(core, exit, token))
-      ),
+    (token) => attempt(true).pipe(Effect.onExit((exit) => connected(core, exit, token))),
     { concurrency: "unbounded", discard: true }
   ).pipe(
     Effect.timeoutFail({

@@ -59,7 +59,9 @@ class QueryOp<A = unknown> implements Waiter {
     readonly retry: boolean,
     readonly restore: Restore,
     /** The span of `PgPool.query`, when a tracer is installed. */
-    readonly span: Tracer.Span | undefined
+    readonly span: Tracer.Span | undefined,
+    /** How many times the statement was sent again already because it provably never ran (see `lostAgain`). */
+    readonly resent: number
   ) {}
   /** The handlers of the wait (the op is its own `matchCauseEffect` options, to save allocations). */
   readonly onFailure = (cause: Cause.Cause<PoolError>): Effect.Effect<never, PoolError> =>
@@ -150,8 +152,28 @@ const handOut = <A>(
 export const rowsOf = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => result.rows
 
 /**
+ * What to do with a one-shot statement that failed with `error` on `conn`: `"resend"` when its connection was
+ * lost before the statement reached a live backend (`safeToRetry`: it never ran, so it is sent again on another
+ * connection, whatever `retryLostQueries` says; at most `maxConnections` times, each of which cost a broken
+ * connection), `"retry"` when its connection was lost otherwise and `retry` (`retryLostQueries`: at-least-once,
+ * once), else `undefined`: the caller gets the error.
+ */
+const lostAgain = (
+  core: PoolCore,
+  conn: Physical,
+  error: PoolError | QueryError,
+  retry: boolean,
+  resent: number
+): "resend" | "retry" | undefined => {
+  if (error._tag !== "ConnectionError" || !conn.broken || core.closed) return undefined
+  if (error.safeToRetry === true && resent < core.config.maxConnections) return "resend"
+  return retry ? "retry" : undefined
+}
+
+/**
  * A statement outside of a pinned connection: check out, send, return, in one suspension of the fiber.
- * A statement that failed because its connection was lost is retried once on a fresh connection.
+ * A statement whose connection was lost before it reached a live backend is sent again on another connection;
+ * with `retry` (`retryLostQueries`) one whose connection was lost otherwise is too, once (at-least-once).
  *
  * @internal
  */
@@ -162,12 +184,15 @@ export const oneShot = <A>(
   rowMode: "array" | undefined,
   project: (result: Connector.QueryResult) => A,
   retry: boolean,
-  span?: Tracer.Span | undefined
+  span?: Tracer.Span | undefined,
+  resent = 0
 ): Effect.Effect<A, PoolError | QueryError> => {
-  if (core.config.queryTimeout !== undefined) return oneShotTimed(core, text, params, rowMode, project, retry, span)
+  if (core.config.queryTimeout !== undefined) {
+    return oneShotTimed(core, text, params, rowMode, project, retry, span, resent)
+  }
   return Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
     if (core.closed) return Effect.fail(core.closedError())
-    const op = new QueryOp(core, text, params, rowMode, project, retry, restore, span)
+    const op = new QueryOp(core, text, params, rowMode, project, retry, restore, span, resent)
     const now = core.clock.unsafeCurrentTimeMillis()
     const conn = core.takeIdleOrPing(now)
     if (conn === undefined) {
@@ -180,7 +205,7 @@ export const oneShot = <A>(
       op.conn = conn
     } else {
       return Effect.flatMap(core.validate(conn), (alive) => {
-        if (!alive) return restore(oneShot(core, text, params, rowMode, project, retry, span))
+        if (!alive) return restore(oneShot(core, text, params, rowMode, project, retry, span, resent))
         if (span !== undefined) checkedOutFrom(span, core, conn, conn.checkedOutAt - now)
         op.conn = conn
         return Effect.matchCauseEffect(restore(Effect.async(op.register)), op)
@@ -201,22 +226,26 @@ const oneShotTimed = <A>(
   rowMode: "array" | undefined,
   project: (result: Connector.QueryResult) => A,
   retry: boolean,
-  span: Tracer.Span | undefined
+  span: Tracer.Span | undefined,
+  resent: number
 ): Effect.Effect<A, PoolError | QueryError> =>
   Effect.uninterruptibleMask((restore) => {
     const since = span === undefined ? 0 : core.clock.unsafeCurrentTimeMillis()
     return Effect.flatMap(core.checkout(restore), (conn) => {
       if (span !== undefined) checkedOutFrom(span, core, conn, conn.checkedOutAt - since)
       return Effect.matchCauseEffect(
-        restore(conn.runThen(text, params, rowMode, (result) => Effect.succeed(project(result)))),
+        restore(conn.runThen(text, params, rowMode, (result) => Effect.succeed(project(result)), undefined)),
         {
           onFailure: (cause) => {
             const failure = Cause.failureOption(cause)
-            const lost = retry && Option.isSome(failure) && failure.value._tag === "ConnectionError" && conn.broken &&
-              !core.closed
+            const again = Option.isSome(failure) ? lostAgain(core, conn, failure.value, retry, resent) : undefined
             return Effect.zipRight(
               release(core, conn),
-              lost ? restore(oneShot(core, text, params, rowMode, project, false, span)) : Effect.failCause(cause)
+              again === "resend"
+                ? restore(oneShot(core, text, params, rowMode, project, retry, span, resent + 1))
+                : again === "retry"
+                ? restore(oneShot(core, text, params, rowMode, project, false, span, resent))
+                : Effect.failCause(cause)
             )
           },
           onSuccess: (value) => Effect.as(release(core, conn), value)
@@ -245,10 +274,15 @@ const finish = <A>(op: QueryOp<A>, usage: number): Effect.Effect<A, PoolError | 
   const released = releaseWith(core, conn, usage)
   const error = op.error
   if (error === undefined) return handOut(op.project, op.result!, released)
-  if (op.retry && error._tag === "ConnectionError" && conn.broken && !core.closed) {
+  const again = lostAgain(core, conn, error, op.retry, op.resent)
+  if (again !== undefined) {
     return Effect.zipRight(
       released,
-      op.restore(oneShot(core, op.text, op.params, op.rowMode, op.project, false, op.span))
+      op.restore(
+        again === "resend"
+          ? oneShot(core, op.text, op.params, op.rowMode, op.project, op.retry, op.span, op.resent + 1)
+          : oneShot(core, op.text, op.params, op.rowMode, op.project, false, op.span, op.resent)
+      )
     )
   }
   return Effect.zipRight(released, Effect.fail(error))

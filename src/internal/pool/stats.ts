@@ -88,7 +88,7 @@ export const aggregate = (main: PoolCore, cores: ReadonlyArray<PoolCore>): PgPoo
  * @internal
  */
 export const hostStats = (main: PoolCore, cores: ReadonlyArray<PoolCore>): ReadonlyArray<PgPool.HostStats> => {
-  const states = main.topology?.states ?? [...new Set([...main.all].map((conn) => conn.server))]
+  const states = main.topology.states
   if (states.length === 0) {
     const host = main.config.hosts[0]!
     return [{ host: host.host, port: host.port, role: "unknown", up: true, size: 0, idle: 0, inUse: 0, forReads: 0 }]

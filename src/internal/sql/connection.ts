@@ -15,7 +15,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Connector from "../../Connector.js"
 import type { ConnectionError, PoolError, QueryError } from "../../PgPoolError.js"
-import { pinOf } from "../pgpool/pin.js"
+import { memberOf, pinOf } from "../pgpool/pin.js"
 import { type Handle, type PgPoolService, usedAfterRelease } from "../pgpool/service.js"
 
 /** @internal */
@@ -61,7 +61,15 @@ export class PooledSqlConnection implements SqlConnection.Connection {
       ? this.service.statement(sql, params, rowMode, project)
       : handle.released
       ? Effect.fail(usedAfterRelease(handle))
-      : handle.conn.runThen(sql, params, rowMode, (result) => Effect.succeed(project(result)))
+      : Effect.withFiberRuntime<A, QueryError | ConnectionError>((fiber) =>
+        handle.conn.runThen(
+          sql,
+          params,
+          rowMode,
+          (result) => Effect.succeed(project(result)),
+          memberOf(fiber, handle.conn)
+        )
+      )
     return Effect.mapError(effect, toSqlError)
   }
 
@@ -82,7 +90,10 @@ export class PooledSqlConnection implements SqlConnection.Connection {
     const own = this.handle
     return Stream.unwrapScoped(Effect.gen(function*() {
       const handle = own ?? (yield* pinnedOrRouted(service))
-      yield* Effect.mapError(handle.conn.flush, toSqlError)
+      const fiber = yield* Effect.withFiberRuntime<Fiber.RuntimeFiber<unknown, unknown>>((fiber) =>
+        Effect.succeed(fiber)
+      )
+      yield* Effect.mapError(handle.conn.flush(memberOf(fiber, handle.conn)), toSqlError)
       const cursor = handle.conn.cursor(sql, params)
       yield* Effect.addFinalizer(() => cursor.close)
       const pull = cursor.read(STREAM_BATCH).pipe(

@@ -67,7 +67,8 @@ const openListen = (
       passes: 1,
       candidates: () => [...policy.candidates()].sort((a, b) => listenRank(a) - listenRank(b)),
       accepts: (server) => server === undefined || server.role === "primary",
-      open: (state) => openOn(core, state, { setSession: true, checkRole: policy.checkRole })
+      open: (state) => openOn(core, state, { setSession: true, checkRole: policy.checkRole }),
+      skipKnown: true
     }).pipe(
       Effect.matchEffect({
         onFailure: (failure) =>

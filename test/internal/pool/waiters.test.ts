@@ -140,18 +140,57 @@ describe("waiters", () => {
   it.effect("maxWaiting counts only the waiters for busy connections, not those a connect will serve", () =>
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
+      // one connection open (held): the pool is not cold, connects run side by side
+      const holder = yield* hold(1)
       yield* server.setConnectLatency("1 second")
       const a = yield* Effect.fork(PgPool.query("select 'a' as x"))
       const b = yield* Effect.fork(PgPool.query("select 'b' as x"))
-      yield* expectStats({ waiting: 2, pending: 2, size: 2 })
+      yield* expectStats({ waiting: 2, pending: 2, size: 3 })
       // no room for a third connect: this one would wait for a busy connection
       const error = yield* Effect.flip(PgPool.query("select 'c' as x"))
       assert.strictEqual(error._tag === "PoolExhaustedError" ? error.reason : error._tag, "maxWaiting")
       yield* TestClock.adjust("1 second")
       assert.deepStrictEqual(yield* Fiber.join(a), [{ x: "a" }])
       assert.deepStrictEqual(yield* Fiber.join(b), [{ x: "b" }])
-      yield* expectStats({ size: 2, idle: 2, pending: 0, waiting: 0, created: 2 })
-    }).pipe(Effect.provide(fake({ maxConnections: 2, maxWaiting: 0, lazy: true }))))
+      yield* holder.release
+      yield* expectStats({ size: 3, idle: 3, pending: 0, waiting: 0, created: 3 })
+    }).pipe(Effect.provide(fake({ maxConnections: 3, maxWaiting: 0, lazy: true }))))
+
+  it.effect("a cold pool opens one connection at a time until one connects: a burst of callers is one connect", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.setConnectLatency("1 second")
+      const fibers = yield* Effect.forEach(
+        Array.from({ length: 10 }, (_, i) => i),
+        (i) => Effect.fork(PgPool.query(`select ${i} as x`))
+      )
+      yield* expectStats({ waiting: 10, pending: 1, size: 1 })
+      // it connected: the others start at once, within maxConnections
+      yield* TestClock.adjust("1 second")
+      yield* expectStats({ pending: 3, size: 4 })
+      yield* TestClock.adjust("1 second")
+      const rows = yield* Effect.forEach(fibers, joinNow)
+      assert.deepStrictEqual(rows, Array.from({ length: 10 }, (_, i) => [{ x: i }]))
+      yield* expectStats({ size: 4, idle: 4, pending: 0, waiting: 0, created: 4 })
+      assert.strictEqual(yield* server.connects, 4)
+    }).pipe(Effect.provide(fake({ maxConnections: 4, lazy: true }))))
+
+  it.effect("a cold pool whose server refuses: one connect for a burst of callers, every one fails fast", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      yield* server.refuseConnections({ code: "57P03", message: "the database system is shutting down" })
+      const errors = yield* Effect.forEach(
+        Array.from({ length: 10 }, (_, i) => i),
+        () => Effect.flip(PgPool.query("select 1")),
+        { concurrency: "unbounded" }
+      )
+      assert.deepStrictEqual(
+        errors.map((error) => error._tag === "ConnectionError" ? error.code : error._tag),
+        Array.from({ length: 10 }, () => "57P03")
+      )
+      assert.strictEqual(yield* server.connects, 1)
+      yield* expectStats({ waiting: 0, pending: 0, size: 0, timeouts: 0, connectFailures: 1 })
+    }).pipe(Effect.provide(fake({ maxConnections: 4, lazy: true, acquireTimeout: "1 minute" }))))
 
   it.effect("blocking: false fails at once with PoolExhaustedError(maxConnections) when no connection can be had", () =>
     Effect.gen(function*() {
@@ -233,28 +272,50 @@ describe("waiters", () => {
       assert.deepStrictEqual(yield* PgPool.query("select 1 as x"), [{ x: 1 }])
     }).pipe(Effect.provide(fake({ lazy: true, acquireTimeout: "5 seconds" }))))
 
-  it.effect("an acquire timeout while connects keep failing is a ConnectionError with the attempts and the last failure", () =>
+  it.effect("while the only host is down, callers fail at once with its last failure; one probe per reconnect interval, whatever the demand", () =>
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
+      const connects = server.connects
       yield* server.refuseConnections({ code: "57P03", message: "the database system is starting up" })
-      const waiter = yield* Effect.fork(Effect.flip(PgPool.query("select 1")))
-      yield* expectStats({ waiting: 1, connectFailures: 1 })
-      // attempts at 0, 2 and 4 seconds (the reconnect schedule), the deadline at 5
-      yield* TestClock.adjust("4999 millis")
-      assert.isTrue(Option.isNone(yield* Fiber.poll(waiter)))
-      yield* TestClock.adjust("1 milli")
-      const error = yield* joinNow(waiter)
-      assert.strictEqual(error._tag, "ConnectionError")
-      if (error._tag === "ConnectionError") {
-        assert.include(error.message, "kept failing")
-        assert.strictEqual(error.attempts, 3)
+      const first = yield* Effect.flip(PgPool.query("select 1"))
+      assert.strictEqual(first._tag === "ConnectionError" ? first.code : first._tag, "57P03")
+      assert.strictEqual(yield* connects, 1)
+      // a hundred callers meanwhile: each fails at once from the known state, none tries a connect
+      const errors = yield* Effect.forEach(
+        Array.from({ length: 100 }, (_, i) => i),
+        () => Effect.flip(PgPool.query("select 1")),
+        { concurrency: "unbounded" }
+      )
+      for (const error of errors) {
+        assert.strictEqual(error._tag, "ConnectionError")
+        if (error._tag !== "ConnectionError") continue
         assert.strictEqual(error.code, "57P03")
-        assert.strictEqual((error.cause as { readonly code?: string } | undefined)?.code, "57P03")
+        assert.include(error.message, "is down")
+        assert.include(error.message, "the database system is starting up")
+        assert.isString(error.host)
+        assert.include(error.message, `${error.host}:${error.port}`)
       }
-      // nobody needs a connection any more: no further attempt
+      assert.strictEqual(yield* connects, 1)
+      yield* expectStats({ waiting: 0, pending: 0, size: 0, timeouts: 0, connectFailures: 1 })
+      // the probe, every 2 seconds: one connect each, counted as a connect failure
+      yield* TestClock.adjust("1999 millis")
+      assert.strictEqual(yield* connects, 1)
+      yield* TestClock.adjust("1 milli")
+      yield* settle(connects, (n) => n === 2)
+      yield* TestClock.adjust("2 seconds")
+      yield* settle(connects, (n) => n === 3)
+      const later = yield* Effect.flip(PgPool.query("select 1"))
+      assert.strictEqual(later._tag === "ConnectionError" ? later.attempts : later._tag, 3)
+      // the server answers again: the next probe gets in, and callers are served
+      yield* server.refuseConnections(false)
+      yield* TestClock.adjust("2 seconds")
+      yield* settle(connects, (n) => n === 4)
+      assert.deepStrictEqual(yield* PgPool.query("select 1 as x"), [{ x: 1 }])
+      assert.strictEqual(yield* connects, 5)
+      yield* expectStats({ waiting: 0, pending: 0, size: 1, timeouts: 0, connectFailures: 3, created: 1 })
+      // it stays up: no probe any more
       yield* TestClock.adjust("1 minute")
-      yield* expectStats({ waiting: 0, pending: 0, size: 0, timeouts: 1, connectFailures: 3 })
-      assert.strictEqual(yield* server.connects, 3)
+      assert.strictEqual(yield* connects, 5)
     }).pipe(Effect.provide(fake({ lazy: true, acquireTimeout: "5 seconds", reconnect: Schedule.spaced("2 seconds") }))))
 
   it.effect("a connect failure that retrying cannot mend fails the head waiter at once, not at its deadline", () =>
