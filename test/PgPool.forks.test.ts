@@ -149,6 +149,36 @@ describe("forks inside one checkout, with maxConnections: 1", () => {
     }).pipe(Effect.provide(one)))
 })
 
+describe("a fiber forked inside withConnection that outlives it", () => {
+  it.live("never runs a statement on the connection once it went back (it checks out its own)", () =>
+    Effect.gen(function*() {
+      yield* PgPool.query("create table fork_outlived (id int primary key)")
+      // the child inserts rows one after the other, before and after the withConnection it was forked in ends
+      const child = yield* PgPool.withConnection(Effect.fork(Effect.forEach(
+        Array.from({ length: 40 }, (_, i) => i + 1),
+        (id) => Effect.exit(PgPool.query("insert into fork_outlived values ($1)", [id])),
+        { concurrency: 1 }
+      )))
+      // meanwhile, transactions that roll back: a row of the child's inside one of them would vanish
+      const rolledBack = yield* Effect.forEach(
+        Array.from({ length: 5 }, (_, i) => i),
+        () =>
+          Effect.exit(Transaction.withTransaction(Effect.zipRight(
+            PgPool.query("select pg_sleep(0.01)"),
+            Effect.fail("roll back")
+          ))),
+        { concurrency: 1 }
+      )
+      assert.isTrue(rolledBack.every(Exit.isFailure))
+      const outcomes = yield* Fiber.join(child)
+      const inserted = outcomes.flatMap((exit, i) => Exit.isSuccess(exit) ? [i + 1] : [])
+      const rows = yield* PgPool.query("select id from fork_outlived order by id")
+      assert.deepStrictEqual(rows.map((row) => row.id), inserted)
+      assert.isAtLeast(inserted.length, 39, JSON.stringify(outcomes.filter(Exit.isFailure).map(String)))
+      yield* eventually(PgPool.stats, (stats) => stats.inUse === 0 && stats.waiting === 0)
+    }).pipe(Effect.provide(testLayer({ maxConnections: 2, acquireTimeout: "5 seconds" }))))
+})
+
 describe("interrupting one of several concurrent statements on one connection", () => {
   const backendsRunning = (text: string) =>
     Effect.map(

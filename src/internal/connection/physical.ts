@@ -105,6 +105,14 @@ export class Physical {
     return this.lost || this.driver.isBroken()
   }
 
+  /**
+   * Fibers forked inside the checkout that outlived it still use the connection, wait for it, or hold a
+   * transaction open on it: it cannot go to another checkout.
+   */
+  get shared(): boolean {
+    return this.turnHeld || this.turns.length > 0 || this.owner !== undefined
+  }
+
   /** `member` may use the connection now: no transaction is open on it, or `member` runs inside it. */
   private allowed(member: TxToken | undefined): boolean {
     const owner = this.owner

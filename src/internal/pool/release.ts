@@ -48,7 +48,7 @@ export const release = (core: PoolCore, conn: Physical): Effect.Effect<void> =>
 /**
  * The whole "may this connection go back?" decision, one gate a line, in this order: a cancel still settling,
  * the leak watch, invalidated, lost or broken, no longer on a fitting server, the pool closed, a statement
- * still running, then a transaction left open (or `reset` asking for more) resets it before `checkin`.
+ * still running (or forked fibers that outlived the checkout still using it), then a transaction left open (or `reset` asking for more) resets it before `checkin`.
  *
  * @internal
  */
@@ -75,7 +75,7 @@ export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effe
   if (conn.broken) return discard(core, conn, "broken")
   if (!core.fits(conn)) return discard(core, conn, "role")
   if (core.closed) return discard(core, conn, "poolClosed")
-  if (conn.driver.isBusy()) return discard(core, conn, "busy")
+  if (conn.driver.isBusy() || conn.shared) return discard(core, conn, "busy")
   if (core.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") return reset(core, conn, usage)
   return checkin(core, conn, usage)
 }
