@@ -190,14 +190,30 @@ const processAlive = (pid: number): boolean => {
   }
 }
 
-/** Polls (real time) until the process is gone; false if it is still there after `millis`. */
+/** Whether the pid still names a process, a zombie included. */
+const pidExists = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/**
+ * Polls (real time) until the process is gone; false if it is still there after `millis`. Once it has exited,
+ * waits a little more (within the bound) for it to be reaped (our child: Node reaps it), so that its pid names
+ * no process when this returns.
+ */
 const waitForExit = (pid: number, millis: number): Effect.Effect<boolean> =>
   Effect.gen(function*() {
-    const deadline = Date.now() + millis
+    const deadline = liveClock.unsafeCurrentTimeMillis() + millis
     while (processAlive(pid)) {
-      if (Date.now() >= deadline) return false
+      if (liveClock.unsafeCurrentTimeMillis() >= deadline) return false
       yield* pause(20)
     }
+    const reaped = Math.min(deadline, liveClock.unsafeCurrentTimeMillis() + 2_000)
+    while (pidExists(pid) && liveClock.unsafeCurrentTimeMillis() < reaped) yield* pause(5)
     return true
   })
 
