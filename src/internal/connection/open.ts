@@ -152,6 +152,8 @@ export interface HostsFailure {
   readonly transient: boolean
   /** How many connects were tried (0: every host was known to be down or of the wrong role). */
   readonly attempted: number
+  /** The failed connects of the hosts passed over as down, since each was last up. */
+  readonly downFailures: number
 }
 
 /**
@@ -181,12 +183,20 @@ export const tryHosts = (
     let mismatches = 0
     let transient = false
     let attempted = 0
+    let downFailures = 0
     for (let pass = 0; pass < loop.passes; pass++) {
       for (const state of loop.candidates()) {
         if (loop.skipKnown && state.down && state.probing) {
           last = state.lastError ?? last
           transient ||= state.lastError === undefined || isTransientConnectError(state.lastError)
-          if (pass === 0) failures.push(`${state.key} is down (${state.lastError?.message ?? "no answer"})`)
+          if (pass === 0) {
+            downFailures += state.failures
+            failures.push(
+              `${state.key} is down (${state.failures} failed connects; probed on the reconnect schedule): ${
+                state.lastError?.message ?? "no answer"
+              }`
+            )
+          }
           continue
         }
         if (
@@ -221,25 +231,28 @@ export const tryHosts = (
         return { opened, state }
       }
     }
-    return yield* Effect.fail({ failures, last, mismatches, transient, attempted })
+    return yield* Effect.fail({ failures, last, mismatches, transient, attempted, downFailures })
   })
 
 /**
  * The error of a host loop that found no host: the connect error itself when there was one host and it did not
- * answer, else the failures of each host. When some host answered with the wrong role, retrying now will not
- * change it (a failover takes its time): `retryable` false.
+ * answer, else the failures of each host, with the last failure's SQLSTATE and the failed connects of the hosts
+ * known to be down. When some host answered with the wrong role, retrying now will not change it (a failover
+ * takes its time): `retryable` false.
  *
  * @internal
  */
 export const noHostFits = (what: string, failure: HostsFailure, database: string): ConnectionError => {
-  const { failures, last, mismatches } = failure
-  if (failures.length === 1 && last !== undefined && mismatches === 0) return last
+  const { downFailures, failures, last, mismatches } = failure
+  if (failures.length === 1 && last !== undefined && mismatches === 0 && downFailures === 0) return last
   return new ConnectionError({
     message: `${what}: ${failures.join("; ")}`,
     cause: last,
     host: last?.host,
     port: last?.port,
     database: last?.database ?? database,
+    code: last?.code,
+    ...(downFailures > 0 ? { attempts: downFailures } : {}),
     ...(mismatches > 0 ? { retryable: false } : {})
   })
 }

@@ -81,6 +81,7 @@ export const connected = (
   core.connects.delete(token)
   if (Exit.isSuccess(exit)) {
     const conn = exit.value
+    core.suspect = false
     core.all.add(conn)
     core.tally.created++
     const now = core.clock.unsafeCurrentTimeMillis()

@@ -224,13 +224,16 @@ export class PoolCore {
     return conn
   }
 
+  /** A connection broke since the last successful connect: the server may be going away. */
+  suspect = false
+
   /**
-   * With no open connection (a cold pool, or every connection lost: the server may be restarting), one connect
-   * at a time: the waiters wait for its outcome, and a failure marks the host down, so that a burst of demand
-   * is not a burst of connects against a server that may not answer. The others start once it connected.
+   * With no open connection (a cold pool), or after a connection broke (the server may be restarting), one
+   * connect at a time until one succeeds: the waiters wait for its outcome, and a failure marks the host down,
+   * so that a burst of demand is not a burst of connects against a server that may not answer.
    */
   gated(): boolean {
-    return this.connects.size > 0 && this.all.size - this.closing === 0
+    return this.connects.size > 0 && (this.suspect || this.all.size - this.closing === 0)
   }
 
   /** The last `strandedError`. */
@@ -428,6 +431,7 @@ export class PoolCore {
 
   /** Closes a connection that is neither idle (the caller took it off the list) nor handed out, in the background. */
   closeDetached(conn: Physical, reason: PgPool.CloseReason): void {
+    if (reason === "broken") this.suspect = true
     this.setState(conn, "closing", this.clock.unsafeCurrentTimeMillis())
     this.tally.closed++
     this.tally.closedByReason[reason]++
