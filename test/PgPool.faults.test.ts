@@ -8,11 +8,12 @@
  * only around something that is expected to hang, to show that it does.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError, PoolError, QueryError } from "../src/PgPoolError.js"
 import { eventually } from "./support/db.js"
 import { failureOf, now, timedExit, valueOf } from "./support/exits.js"
+import { describeOutcomes, startLoad, workersWithSuccessAfter } from "./support/load.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
 import * as PrivateServer from "./support/server.js"
@@ -52,75 +53,6 @@ const stopBackend = (pid: number) =>
     // the backend may be gone already
     () => Effect.ignore(Effect.try(() => process.kill(pid, "SIGCONT")))
   )
-
-interface Outcome {
-  readonly worker: number
-  readonly startedAt: number
-  readonly endedAt: number
-  /** Undefined on success, else the failure's tag (or "defect" / "interrupted"). */
-  readonly error: string | undefined
-  readonly message: string | undefined
-}
-
-/**
- * `workers` fibers, each running one short statement after the other through `pool.query` until `stop`,
- * recording every outcome with its real start and end time. A failure does not stop a worker: it just goes
- * on with its next statement (nothing is retried by the test).
- */
-const startLoad = (pool: PgPool.PgPool, workers: number) =>
-  Effect.gen(function*() {
-    const outcomes: Array<Outcome> = []
-    let running = true
-    const worker = (index: number) =>
-      Effect.gen(function*() {
-        while (running) {
-          const startedAt = yield* now
-          const exit = yield* Effect.exit(pool.query("select pg_sleep(0.005), $1::int as worker", [index]))
-          const endedAt = yield* now
-          if (Exit.isSuccess(exit)) {
-            const ok = exit.value.length === 1 && exit.value[0]!.worker === index
-            outcomes.push({
-              worker: index,
-              startedAt,
-              endedAt,
-              error: ok ? undefined : "wrong result",
-              message: undefined
-            })
-          } else {
-            // a caller that failed (fast, while the server is down) pauses a moment, as a real client would
-            yield* Effect.sleep("5 millis")
-            const failure = Cause.failureOption(exit.cause)
-            outcomes.push({
-              worker: index,
-              startedAt,
-              endedAt,
-              error: Option.isSome(failure)
-                ? failure.value._tag
-                : Cause.isInterruptedOnly(exit.cause)
-                ? "interrupted"
-                : "defect",
-              message: Option.isSome(failure) ? failure.value.message : Cause.pretty(exit.cause)
-            })
-          }
-        }
-      })
-    const fiber = yield* Effect.forkScoped(
-      Effect.forEach(Array.from({ length: workers }, (_, i) => i), worker, { concurrency: "unbounded", discard: true })
-    )
-    return {
-      outcomes: Effect.sync(() => outcomes.slice()),
-      stop: Effect.sync(() => void (running = false)).pipe(
-        Effect.zipRight(Fiber.join(fiber)),
-        Effect.zipRight(Effect.sync(() => outcomes.slice()))
-      )
-    }
-  })
-
-const workersWithSuccessAfter = (outcomes: ReadonlyArray<Outcome>, time: number): Set<number> =>
-  new Set(outcomes.filter((o) => o.error === undefined && o.startedAt > time).map((o) => o.worker))
-
-const describeOutcomes = (outcomes: ReadonlyArray<Outcome>) =>
-  JSON.stringify(outcomes.map((o) => ({ ...o, startedAt: Math.round(o.startedAt), endedAt: Math.round(o.endedAt) })))
 
 // ---------------------------------------------------------------------------------------------------------
 

@@ -9,11 +9,12 @@
  * bound; the clocks are live.
  */
 import { assert, layer } from "@effect/vitest"
-import { Context, Deferred, Effect, Either, Fiber, Layer, Redacted, Ref, Schedule } from "effect"
+import { Context, Deferred, Effect, Fiber, Layer, Redacted, Ref, Schedule } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError } from "../src/PgPoolError.js"
 import * as Transaction from "../src/Transaction.js"
 import { failureOf, now, timedExit, valueOf } from "./support/exits.js"
+import { poll } from "./support/load.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
 import * as Replication from "./support/replication.js"
@@ -49,24 +50,6 @@ const toWhere = (rows: ReadonlyArray<PgPool.Row>): Where => ({
 
 /** `PgPool.query` of where it ran. */
 const where = Effect.map(PgPool.query(whereSql), toWhere)
-
-/**
- * Polls `effect` until it succeeds with a value satisfying `done` (a failure counts as "not yet"), every
- * 25 ms, for at most `ms` of real time; returns the value and how long it took.
- */
-const poll = <A, E, R>(label: string, effect: Effect.Effect<A, E, R>, done: (a: A) => boolean, ms: number) =>
-  Effect.gen(function*() {
-    const start = yield* now
-    for (;;) {
-      const result = yield* Effect.either(effect)
-      if (Either.isRight(result) && done(result.right)) return { value: result.right, millis: (yield* now) - start }
-      if ((yield* now) - start >= ms) {
-        const last = Either.isRight(result) ? JSON.stringify(result.right) : String(result.left)
-        return assert.fail(`${label}: not done after ${ms} ms; last: ${last}`)
-      }
-      yield* Effect.sleep("25 millis")
-    }
-  })
 
 /** The stats of the host on `port`. */
 const hostOn = (stats: PgPool.PoolStats, port: number): PgPool.HostStats => {

@@ -31,7 +31,7 @@ export interface Options extends Embedded.EmbeddedOptions {
 }
 
 /** A client backend as `pg_stat_activity` shows it. */
-interface Backend {
+export interface Backend {
   readonly pid: number
   /** `active`, `idle`, `idle in transaction`, ... (null while the backend starts up) */
   readonly state: string | null
