@@ -285,6 +285,7 @@ export type CloseReason =
   | "busy"
   | "role"
   | "poolClosed"
+  | "resized"
 
 /**
  * A connection checked out of the pool. It goes back when the Scope of the checkout closes.
@@ -321,6 +322,19 @@ export interface PgPool {
   readonly readOnly: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   readonly stats: Effect.Effect<PoolStats>
   readonly purgeExpired: Effect.Effect<number>
+  /** See {@link resize}. */
+  readonly resize: (options: ResizeOptions) => Effect.Effect<void, ConfigError.ConfigError>
+}
+
+/**
+ * The new sizes of {@link resize}; a size left out keeps its value.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ResizeOptions {
+  readonly minConnections?: number | undefined
+  readonly maxConnections?: number | undefined
 }
 
 /**
@@ -450,3 +464,17 @@ export const stats: Effect.Effect<PoolStats, never, PgPool> = Effect.flatMap(PgP
  * @category accessors
  */
 export const purgeExpired: Effect.Effect<number, never, PgPool> = Effect.flatMap(PgPool, (pool) => pool.purgeExpired)
+
+/**
+ * Changes `minConnections` and `maxConnections` of the running pool, at once: growing serves waiting fibers
+ * right away; shrinking closes idle connections first and the surplus busy ones as they come back (close
+ * reason `"resized"`), never interrupting a statement. `maxIdle` follows `maxConnections` when it was equal to
+ * it, else stays (at most `maxConnections`). With several hosts it applies to every pool: the pool for ordinary
+ * work and each standby's read pool (whose `minConnections` stays 0). Invalid values fail with a `ConfigError`
+ * naming the field, and change nothing.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const resize = (options: ResizeOptions): Effect.Effect<void, ConfigError.ConfigError, PgPool> =>
+  Effect.flatMap(PgPool, (pool) => pool.resize(options))

@@ -104,6 +104,36 @@ const integer = (field: string, value: unknown, min: number, fallback: number): 
   return value
 }
 
+/**
+ * The sizes of `PgPool.resize`, from the pool's current ones: each given value an integer (`maxConnections`
+ * >= 1 and finite, `minConnections` >= 0), `minConnections` not above `maxConnections`. @internal
+ */
+export const resolveSizes = (
+  current: ResolvedConfig,
+  options: { readonly minConnections?: number | undefined; readonly maxConnections?: number | undefined }
+): { readonly minConnections: number; readonly maxConnections: number } | ConfigError.ConfigError => {
+  if (typeof options !== "object" || options === null) {
+    return invalid("resize", "resize takes { minConnections?, maxConnections? }")
+  }
+  for (const key of Object.keys(options)) {
+    if (key !== "minConnections" && key !== "maxConnections") {
+      return invalid(key, `resize takes minConnections and maxConnections only, not ${JSON.stringify(key)}`)
+    }
+  }
+  const maxConnections = integer("maxConnections", options.maxConnections, 1, current.maxConnections)
+  if (isError(maxConnections)) return maxConnections
+  if (maxConnections === Infinity) return invalid("maxConnections", "maxConnections must be finite")
+  const minConnections = integer("minConnections", options.minConnections, 0, current.minConnections)
+  if (isError(minConnections)) return minConnections
+  if (minConnections > maxConnections) {
+    return invalid(
+      "minConnections",
+      `minConnections (${minConnections}) must not exceed maxConnections (${maxConnections})`
+    )
+  }
+  return { minConnections, maxConnections }
+}
+
 const millis = (
   field: string,
   value: unknown,

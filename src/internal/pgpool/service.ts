@@ -6,7 +6,7 @@
  *
  * @internal
  */
-import type * as ConfigError from "effect/ConfigError"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
@@ -18,12 +18,12 @@ import * as Tracer from "effect/Tracer"
 import * as Connector from "../../Connector.js"
 import type * as PgPool from "../../PgPool.js"
 import { ConnectionError, type PoolError, type QueryError } from "../../PgPoolError.js"
-import { resolve, type ResolvedConfig } from "../config/resolve.js"
+import { resolve, type ResolvedConfig, resolveSizes } from "../config/resolve.js"
 import { mainPolicy, standbyPolicy } from "../connection/hosts.js"
 import { endedError, type Physical } from "../connection/physical.js"
 import { Topology } from "../connection/topology.js"
 import type { PoolCore } from "../pool/core.js"
-import { makeCore, purgeExpired, startMaintenance, warmup } from "../pool/maintenance.js"
+import { makeCore, purgeExpired, resize, startMaintenance, warmup } from "../pool/maintenance.js"
 import { oneShot, rowsOf } from "../pool/oneShot.js"
 import { release, releaseWith } from "../pool/release.js"
 import { aggregate, connectionLog, hostStats, snapshot } from "../pool/stats.js"
@@ -117,7 +117,19 @@ export class PgPoolService {
       purgeExpired: Effect.map(
         Effect.forEach(cores, (core) => purgeExpired(core)),
         (counts) => counts.reduce((a, b) => a + b, 0)
-      )
+      ),
+      resize: (options) =>
+        Effect.suspend(() => {
+          const sizes = resolveSizes(main.config, options)
+          if (ConfigError.isConfigError(sizes)) return Effect.fail(sizes)
+          for (const core of cores) {
+            // a standby's read pool keeps its minConnections (0)
+            resize(core, core === main ? sizes : { ...sizes, minConnections: core.config.minConnections })
+          }
+          return Effect.logDebug(
+            `pool resized: minConnections ${sizes.minConnections}, maxConnections ${sizes.maxConnections}`
+          ).pipe(Effect.annotateLogs({ pool: main.config.name }))
+        })
     }
   }
 

@@ -86,7 +86,10 @@ export const connected = (
     core.tally.created++
     const now = core.clock.unsafeCurrentTimeMillis()
     if (core.closed) core.closeDetached(conn, "poolClosed")
-    else {
+    else if (core.size > core.config.maxConnections && core.queue.head === undefined) {
+      // opened before the pool was made smaller (PgPool.resize), and nobody waits for it
+      core.closeDetached(conn, "resized")
+    } else {
       core.offer(conn, now, core.idle.length < core.config.maxIdle || core.size <= core.config.minConnections)
       // the host answers: the connects the first one held back
       fill(core)

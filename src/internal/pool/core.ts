@@ -84,7 +84,8 @@ export class PoolCore {
   hostsView: (() => ReadonlyArray<PgPool.HostStats>) | undefined = undefined
 
   constructor(
-    readonly config: ResolvedConfig,
+    /** Replaced as a whole by `PgPool.resize` (its sizes): read it where it is used, never keep it. */
+    public config: ResolvedConfig,
     readonly connector: Connector.Connector,
     readonly clock: Clock.Clock,
     readonly random: Random.Random,

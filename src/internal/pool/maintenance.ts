@@ -134,6 +134,30 @@ export const makeCore = (
     return core
   })
 
+/**
+ * New sizes for a running pool core (`PgPool.resize`): the limit gauges follow; a smaller `maxConnections`
+ * closes idle connections beyond it at once (the busy ones go as they come back, see `releaseWith`); room
+ * for more serves the waiters and `minConnections` at once.
+ *
+ * @internal
+ */
+export const resize = (core: PoolCore, sizes: { readonly minConnections: number; readonly maxConnections: number }) => {
+  const old = core.config
+  const maxIdle = old.maxIdle >= old.maxConnections
+    ? sizes.maxConnections
+    : Math.max(sizes.minConnections, Math.min(old.maxIdle, sizes.maxConnections))
+  core.config = { ...old, minConnections: sizes.minConnections, maxConnections: sizes.maxConnections, maxIdle }
+  core.metrics?.setLimits({ max: sizes.maxConnections, idleMax: maxIdle, idleMin: sizes.minConnections })
+  while (core.size > sizes.maxConnections && core.idle.length > 0) {
+    const conn = core.idle[0]!
+    core.removeIdle(conn)
+    core.closeDetached(conn, "resized")
+  }
+  fill(core)
+  topUp(core)
+  core.updateGauges()
+}
+
 /** Forks the maintenance fiber of a core, after its warm-up. @internal */
 export const startMaintenance = (core: PoolCore): void => {
   core.runBackground(

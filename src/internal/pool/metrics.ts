@@ -39,6 +39,8 @@ export interface PoolMetrics {
   readonly createTime: (millis: number) => void
   readonly waitTime: (millis: number) => void
   readonly useTime: (millis: number) => void
+  /** Sets the limit gauges (after `PgPool.resize`). */
+  readonly setLimits: (limits: { readonly max: number; readonly idleMax: number; readonly idleMin: number }) => void
 }
 
 /** @internal */
@@ -87,10 +89,17 @@ export const make = (
   const createTime = histogram(names.createTime, "Time to open a connection, in seconds")
   const waitTime = histogram(names.waitTime, "Time a checkout waited for a connection, in seconds")
   const useTime = histogram(names.useTime, "Time a connection was checked out, in seconds")
-  metric(MetricKey.gauge(names.max, { description: "maxConnections" })).unsafeUpdate(limits.max, noTags)
-  metric(MetricKey.gauge(names.idleMax, { description: "maxIdle" })).unsafeUpdate(limits.idleMax, noTags)
-  metric(MetricKey.gauge(names.idleMin, { description: "minConnections" })).unsafeUpdate(limits.idleMin, noTags)
+  const max = metric(MetricKey.gauge(names.max, { description: "maxConnections" }))
+  const idleMax = metric(MetricKey.gauge(names.idleMax, { description: "maxIdle" }))
+  const idleMin = metric(MetricKey.gauge(names.idleMin, { description: "minConnections" }))
+  const setLimits = (limits: { readonly max: number; readonly idleMax: number; readonly idleMin: number }) => {
+    max.unsafeUpdate(limits.max, noTags)
+    idleMax.unsafeUpdate(limits.idleMax, noTags)
+    idleMin.unsafeUpdate(limits.idleMin, noTags)
+  }
+  setLimits(limits)
   return {
+    setLimits,
     setCounts: (idleCount, usedCount, pendingCount) => {
       idle.unsafeUpdate(idleCount, noTags)
       used.unsafeUpdate(usedCount, noTags)

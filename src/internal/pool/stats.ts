@@ -24,7 +24,8 @@ const emptyReasons = (): Record<PgPool.CloseReason, number> => ({
   reset: 0,
   busy: 0,
   role: 0,
-  poolClosed: 0
+  poolClosed: 0,
+  resized: 0
 })
 
 /** Events counted since the pool started (what cannot be derived from the connections' states). @internal */
