@@ -26,7 +26,7 @@ import type * as Scope from "effect/Scope"
 import * as Connector from "./Connector.js"
 import * as configInternal from "./internal/config/env.js"
 import * as internal from "./internal/pgpool/service.js"
-import type { ConnectionError, PoolError, QueryError } from "./PgPoolError.js"
+import type { ConnectionError, DrainTimeoutError, PoolError, QueryError } from "./PgPoolError.js"
 
 /**
  * @since 0.1.0
@@ -286,6 +286,7 @@ export type CloseReason =
   | "role"
   | "poolClosed"
   | "resized"
+  | "drained"
 
 /**
  * A connection checked out of the pool. It goes back when the Scope of the checkout closes.
@@ -324,6 +325,8 @@ export interface PgPool {
   readonly purgeExpired: Effect.Effect<number>
   /** See {@link resize}. */
   readonly resize: (options: ResizeOptions) => Effect.Effect<void, ConfigError.ConfigError>
+  /** See {@link drain}. */
+  readonly drain: Effect.Effect<void, DrainTimeoutError>
 }
 
 /**
@@ -478,3 +481,16 @@ export const purgeExpired: Effect.Effect<number, never, PgPool> = Effect.flatMap
  */
 export const resize = (options: ResizeOptions): Effect.Effect<void, ConfigError.ConfigError, PgPool> =>
   Effect.flatMap(PgPool, (pool) => pool.resize(options))
+
+/**
+ * Replaces every connection of the running pool (psycopg_pool's `drain`, HikariCP's `softEvictConnections`):
+ * idle ones are closed at once (and reopened as `minConnections` or demand needs), busy ones when they come
+ * back (close reason `"drained"`); it completes when no connection opened before the call is left, or fails
+ * with `DrainTimeoutError` after `drainTimeout` (the rest are still replaced as they come back). The pool serves
+ * callers throughout. After a failover behind one DNS name, a server configuration change that only new
+ * sessions see, or a rotated certificate. With several hosts, every pool.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const drain: Effect.Effect<void, DrainTimeoutError, PgPool> = Effect.flatMap(PgPool, (pool) => pool.drain)

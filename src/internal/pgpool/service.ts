@@ -23,7 +23,7 @@ import { mainPolicy, standbyPolicy } from "../connection/hosts.js"
 import { endedError, type Physical } from "../connection/physical.js"
 import { Topology } from "../connection/topology.js"
 import type { PoolCore } from "../pool/core.js"
-import { makeCore, purgeExpired, resize, startMaintenance, warmup } from "../pool/maintenance.js"
+import { drain, makeCore, purgeExpired, resize, startMaintenance, warmup } from "../pool/maintenance.js"
 import { oneShot, rowsOf } from "../pool/oneShot.js"
 import { release, releaseWith } from "../pool/release.js"
 import { aggregate, connectionLog, hostStats, snapshot } from "../pool/stats.js"
@@ -118,6 +118,7 @@ export class PgPoolService {
         Effect.forEach(cores, (core) => purgeExpired(core)),
         (counts) => counts.reduce((a, b) => a + b, 0)
       ),
+      drain: Effect.forEach(cores, (core) => drain(core), { concurrency: "unbounded", discard: true }),
       resize: (options) =>
         Effect.suspend(() => {
           const sizes = resolveSizes(main.config, options)

@@ -28,7 +28,7 @@ import type { ResolvedConfig } from "../config/resolve.js"
 import type { HostPolicy, HostState } from "../connection/hosts.js"
 import type { ConnState, Physical, SessionEnv } from "../connection/physical.js"
 import type { Topology } from "../connection/topology.js"
-import { fill } from "./connecting.js"
+import { fill, topUp } from "./connecting.js"
 import * as Metrics from "./metrics.js"
 import { release } from "./release.js"
 import { connectionLog, hostStats, LimitLog, snapshot, Tally, timeoutError } from "./stats.js"
@@ -223,6 +223,28 @@ export class PoolCore {
     if (health.enabled && now - conn.idleSince >= health.idleThreshold) this.setState(conn, "checking", now)
     else this.markBusy(conn, now, 0)
     return conn
+  }
+
+  /** `PgPool.drain`: connections opened at or before this time are closed instead of reused. */
+  drainBefore = -Infinity
+  /** The drains in progress, resumed once no connection of theirs is left (see `checkDrains`). */
+  readonly drains = new Set<{ readonly before: number; readonly done: () => void }>()
+
+  /** How many connections opened at or before `before` are still open (or closing). */
+  olderThan(before: number): number {
+    let n = 0
+    for (const conn of this.all) if (conn.createdAt <= before) n++
+    return n
+  }
+
+  /** Resumes the drains that have nothing left to wait for. */
+  checkDrains(): void {
+    for (const drain of this.drains) {
+      if (this.olderThan(drain.before) === 0) {
+        this.drains.delete(drain)
+        drain.done()
+      }
+    }
   }
 
   /** A connection broke since the last successful connect: the server may be going away. */
@@ -444,6 +466,9 @@ export class PoolCore {
           this.closing--
           this.all.delete(conn)
           fill(this)
+          // a drained connection is replaced at once (minConnections), not at the next maintenance
+          if (reason === "drained") topUp(this)
+          if (this.drains.size > 0) this.checkDrains()
         })),
         Effect.uninterruptible
       )

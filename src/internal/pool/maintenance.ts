@@ -14,7 +14,7 @@ import * as FiberSet from "effect/FiberSet"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Connector from "../../Connector.js"
-import { ConnectionError } from "../../PgPoolError.js"
+import { ConnectionError, DrainTimeoutError } from "../../PgPoolError.js"
 import type { ResolvedConfig } from "../config/resolve.js"
 import { isTransientConnectError } from "../connection/open.js"
 import type { Physical } from "../connection/physical.js"
@@ -157,6 +157,50 @@ export const resize = (core: PoolCore, sizes: { readonly minConnections: number;
   topUp(core)
   core.updateGauges()
 }
+
+/**
+ * `PgPool.drain` on one pool core: the connections opened until now are closed, the idle ones at once, the
+ * busy ones as they come back; new ones are opened as the waiters and `minConnections` need. Completes when
+ * none of them is left, or fails after `drainTimeout`.
+ *
+ * @internal
+ */
+export const drain = (core: PoolCore): Effect.Effect<void, DrainTimeoutError> =>
+  Effect.suspend(() => {
+    const before = core.clock.unsafeCurrentTimeMillis()
+    const startedAt = before
+    core.drainBefore = Math.max(core.drainBefore, before)
+    for (const conn of core.idle.slice()) {
+      if (conn.createdAt <= before) {
+        core.removeIdle(conn)
+        core.closeDetached(conn, "drained")
+      }
+    }
+    fill(core)
+    topUp(core)
+    if (core.olderThan(before) === 0) return Effect.void
+    const wait = Effect.async<void>((resume) => {
+      const entry = { before, done: () => resume(Effect.void) }
+      core.drains.add(entry)
+      return Effect.sync(() => core.drains.delete(entry))
+    })
+    return wait.pipe(
+      Effect.timeoutFail({
+        duration: Duration.millis(core.config.drainTimeout),
+        onTimeout: () => {
+          const remaining = core.olderThan(before)
+          const waitedMillis = core.clock.unsafeCurrentTimeMillis() - startedAt
+          return new DrainTimeoutError({
+            message: `Drain not complete within drainTimeout (${waitedMillis} ms): ${remaining} connection${
+              remaining === 1 ? "" : "s"
+            } opened before it still checked out; they are closed when they come back`,
+            remaining,
+            waitedMillis
+          })
+        }
+      })
+    )
+  })
 
 /** Forks the maintenance fiber of a core, after its warm-up. @internal */
 export const startMaintenance = (core: PoolCore): void => {

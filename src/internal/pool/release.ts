@@ -76,6 +76,8 @@ export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effe
   if (!core.fits(conn)) return discard(core, conn, "role")
   if (core.closed) return discard(core, conn, "poolClosed")
   if (conn.driver.isBusy() || conn.shared) return discard(core, conn, "busy")
+  // opened before a PgPool.drain: replaced
+  if (conn.createdAt <= core.drainBefore) return discard(core, conn, "drained")
   // the pool was made smaller (PgPool.resize) and this connection is beyond it
   if (core.size > core.config.maxConnections) return discard(core, conn, "resized")
   if (core.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") return reset(core, conn, usage)

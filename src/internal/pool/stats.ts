@@ -25,7 +25,8 @@ const emptyReasons = (): Record<PgPool.CloseReason, number> => ({
   busy: 0,
   role: 0,
   poolClosed: 0,
-  resized: 0
+  resized: 0,
+  drained: 0
 })
 
 /** Events counted since the pool started (what cannot be derived from the connections' states). @internal */
