@@ -131,6 +131,12 @@ export interface Config {
   readonly acquireTimeout?: Duration.DurationInput | undefined
   /** How many fibers may wait for a connection; one more fails at once. Default unbounded. */
   readonly maxWaiting?: number | undefined
+  /**
+   * Admission control: a checkout whose wait is predictably longer than `acquireTimeout` (from the queue's
+   * length and how long checkouts have held connections lately) fails at once with
+   * `PoolExhaustedError` reason `"overloaded"` instead of queueing to time out. Default false.
+   */
+  readonly shedLoad?: boolean | undefined
   /** Statements per physical connection before it is closed and replaced at the next safe point. Default unlimited (0). */
   readonly maxUsage?: number | undefined
   /**
@@ -240,8 +246,10 @@ export interface PoolStats {
   readonly closedByReason: Readonly<Record<CloseReason, number>>
   /** Checkouts served. */
   readonly acquired: number
-  /** Checkouts that ran out of time. */
+  /** Checkouts that ran out of time, or were refused as sure to (`shed`). */
   readonly timeouts: number
+  /** Checkouts refused at once because the predicted wait exceeded `acquireTimeout` (`shedLoad`). */
+  readonly shed: number
   /** Connect attempts that failed. */
   readonly connectFailures: number
   /** Open connections per host, with the host's role as last seen (`"unknown"` until it is checked). */

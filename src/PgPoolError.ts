@@ -34,11 +34,13 @@ export type TypeId = typeof TypeId
  * @since 0.1.0
  * @category models
  */
-export type ExhaustedReason = "maxConnections" | "maxWaiting" | "acquireTimeout"
+export type ExhaustedReason = "maxConnections" | "maxWaiting" | "acquireTimeout" | "overloaded"
 
 /**
- * Every connection is busy: the pool refused a checkout at its limit, its waiter queue was full, or the
- * caller's acquire timeout ran out while connections stayed busy. `stats` is a snapshot taken at that moment.
+ * Every connection is busy: the pool refused a checkout at its limit, its waiter queue was full, the
+ * caller's acquire timeout ran out while connections stayed busy, or (`"overloaded"`, with `shedLoad`) the
+ * predicted wait exceeded the acquire timeout, so the checkout was refused at once. `stats` is a snapshot taken
+ * at that moment; `waitedMillis` is how long it waited (for `"overloaded"`: the predicted wait).
  *
  * @since 0.1.0
  * @category errors
@@ -78,6 +80,10 @@ const exhaustedMessage = (reason: ExhaustedReason, stats: PoolStats, waitedMilli
       return `Pool exhausted: all ${stats.size} connections are in use (maxConnections reached, blocking: false) [${state}]`
     case "maxWaiting":
       return `Pool exhausted: the waiter queue is full (maxWaiting reached) [${state}]`
+    case "overloaded":
+      return `Pool overloaded: the predicted wait for a connection${
+        waitedMillis === undefined ? "" : ` (${waitedMillis} ms)`
+      } exceeds the acquire timeout, so the checkout is refused at once (shedLoad) [${state}]`
     case "acquireTimeout":
       return `Pool exhausted: no connection came free within the acquire timeout${
         waitedMillis === undefined ? "" : ` (waited ${waitedMillis} ms)`

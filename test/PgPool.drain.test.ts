@@ -45,9 +45,10 @@ describe("PgPool.drain", () => {
           params: [index]
         })
       })
-      yield* eventually(PgPool.stats, (s) => s.size === 6 && s.waiting > 0, { interval: "10 millis" })
-      const old = yield* settingsOfBackends(name)
-      assert.strictEqual(old.length, 6)
+      yield* eventually(PgPool.stats, (s) => s.size === 6 && s.pending === 0 && s.waiting > 0, {
+        interval: "10 millis"
+      })
+      const old = yield* eventually(settingsOfBackends(name), (pids) => pids.length === 6)
       yield* setOnServer("on")
       // the sessions open before the change keep the old value
       assert.strictEqual(seen(yield* PgPool.query(`select current_setting('${setting}') as value`)), "off")

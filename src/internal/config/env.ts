@@ -62,7 +62,7 @@ const durationKnobs = [
   "leakDetectionThreshold",
   "roleCheckInterval"
 ] as const
-const booleanKnobs = ["blocking", "pooling", "lazy", "retryLostQueries", "metrics", "readFallback"] as const
+const booleanKnobs = ["blocking", "pooling", "lazy", "retryLostQueries", "metrics", "readFallback", "shedLoad"] as const
 const stringKnobs = ["name", "readRouting", "readBalancing"] as const
 
 /** Every `PGPOOL_` variable this pool reads. @internal */

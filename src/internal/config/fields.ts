@@ -35,6 +35,7 @@ const configFields: ReadonlyArray<keyof Config> = [
   "blocking",
   "acquireTimeout",
   "maxWaiting",
+  "shedLoad",
   "maxUsage",
   "prepareThreshold",
   "statementCacheSize",

@@ -38,6 +38,7 @@ export interface ResolvedConfig {
   readonly maxConnections: number
   readonly maxIdle: number
   readonly blocking: boolean
+  readonly shedLoad: boolean
   readonly acquireTimeout: number
   readonly maxWaiting: number
   readonly maxUsage: number
@@ -285,6 +286,9 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     return invalid("maxIdle", `maxIdle (${maxIdleRaw}) must not be below minConnections (${minConnections})`)
   }
   const maxIdle = Math.min(maxIdleRaw, maxConnections)
+  if (config.shedLoad !== undefined && typeof config.shedLoad !== "boolean") {
+    return invalid("shedLoad", "shedLoad must be a boolean")
+  }
   if (config.blocking !== undefined && typeof config.blocking !== "boolean") {
     return invalid("blocking", "blocking must be a boolean")
   }
@@ -411,6 +415,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     maxConnections,
     maxIdle,
     blocking: config.blocking ?? true,
+    shedLoad: config.shedLoad ?? false,
     acquireTimeout: acquireTimeout!,
     maxWaiting,
     maxUsage,

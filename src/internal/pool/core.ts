@@ -158,7 +158,11 @@ export class PoolCore {
     const previous = conn.state
     if (previous === "busy") {
       this.inUse--
-      if (this.metrics !== undefined) this.metrics.useTime(now - conn.checkedOutAt)
+      const held = now - conn.checkedOutAt
+      if (this.metrics !== undefined) this.metrics.useTime(held)
+      // how long checkouts hold a connection lately (shedLoad's prediction)
+      this.holdAverage = this.holdSamples === 0 ? held : this.holdAverage * 0.9 + held * 0.1
+      this.holdSamples++
     }
     if (next === "busy") {
       this.inUse++
@@ -223,6 +227,22 @@ export class PoolCore {
     if (health.enabled && now - conn.idleSince >= health.idleThreshold) this.setState(conn, "checking", now)
     else this.markBusy(conn, now, 0)
     return conn
+  }
+
+  /** The moving average of how long a checkout held its connection (ms), and how many it has seen. */
+  holdAverage = 0
+  holdSamples = 0
+
+  /**
+   * The wait a new checkout can expect when it must queue for a busy connection: the waiters ahead of it
+   * (and itself), served `maxConnections` at a time, each holding a connection `holdAverage` (undefined
+   * before enough checkouts were seen, or when a connect will serve it).
+   */
+  predictedWait(): number | undefined {
+    if (this.holdSamples < 10) return undefined
+    const ahead = this.waitingForBusy() + 1
+    if (ahead <= 0) return undefined
+    return (ahead / this.config.maxConnections) * this.holdAverage
   }
 
   /** `PgPool.drain`: connections opened at or before this time are closed instead of reused. */
@@ -302,6 +322,10 @@ export class PoolCore {
     const config = this.config
     if (!config.blocking && this.size + this.closing >= config.maxConnections) return this.refuse("maxConnections")
     if (config.maxWaiting !== Infinity && this.waitingForBusy() >= config.maxWaiting) return this.refuse("maxWaiting")
+    if (config.shedLoad) {
+      const predicted = this.predictedWait()
+      if (predicted !== undefined && predicted > config.acquireTimeout) return this.shed(predicted)
+    }
     return undefined
   }
 
@@ -313,6 +337,19 @@ export class PoolCore {
   waitingForBusy(): number {
     const room = Math.max(0, this.config.maxConnections - this.size - this.closing)
     return this.waiting - this.pending - room
+  }
+
+  /** A checkout refused as sure to time out (`shedLoad`): counted as a timeout and as shed. */
+  shed(predicted: number): Effect.Effect<never, PoolExhaustedError> {
+    this.tally.timeouts++
+    this.tally.shed++
+    if (this.metrics !== undefined) this.metrics.shed()
+    const error = new PoolExhaustedError({
+      reason: "overloaded",
+      stats: snapshot(this),
+      waitedMillis: Math.round(predicted)
+    })
+    return Effect.zipRight(this.limits.log(error, this.clock.unsafeCurrentTimeMillis()), Effect.fail(error))
   }
 
   refuse(reason: "maxConnections" | "maxWaiting"): Effect.Effect<never, PoolExhaustedError> {

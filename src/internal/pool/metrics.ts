@@ -36,6 +36,8 @@ export interface PoolMetrics {
   /** Sets the connection counts (by state) and the pending requests. */
   readonly setCounts: (idle: number, used: number, pending: number) => void
   readonly timeout: () => void
+  /** A checkout refused as sure to time out (`shedLoad`): counted as a timeout, and as shed. */
+  readonly shed: () => void
   readonly createTime: (millis: number) => void
   readonly waitTime: (millis: number) => void
   readonly useTime: (millis: number) => void
@@ -51,6 +53,7 @@ const names = {
   idleMin: "db.client.connection.idle.min",
   pending: "db.client.connection.pending_requests",
   timeouts: "db.client.connection.timeouts",
+  shed: "db.client.connection.shed",
   createTime: "db.client.connection.create_time",
   waitTime: "db.client.connection.wait_time",
   useTime: "db.client.connection.use_time"
@@ -84,6 +87,10 @@ export const make = (
     description: "Checkouts that ran out of time",
     incremental: true
   }))
+  const shedCounter = metric(MetricKey.counter(names.shed, {
+    description: "Checkouts refused at once because the predicted wait exceeded the acquire timeout (shedLoad)",
+    incremental: true
+  }))
   const histogram = (name: string, description: string) =>
     metric(MetricKey.histogram(name, timeBoundaries, description))
   const createTime = histogram(names.createTime, "Time to open a connection, in seconds")
@@ -106,6 +113,10 @@ export const make = (
       pending.unsafeUpdate(pendingCount, noTags)
     },
     timeout: () => timeouts.unsafeUpdate(1, noTags),
+    shed: () => {
+      timeouts.unsafeUpdate(1, noTags)
+      shedCounter.unsafeUpdate(1, noTags)
+    },
     createTime: (millis) => createTime.unsafeUpdate(millis / 1000, noTags),
     waitTime: (millis) => waitTime.unsafeUpdate(millis / 1000, noTags),
     useTime: (millis) => useTime.unsafeUpdate(millis / 1000, noTags)

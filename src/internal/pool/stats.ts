@@ -36,6 +36,7 @@ export class Tally {
   readonly closedByReason = emptyReasons()
   acquired = 0
   timeouts = 0
+  shed = 0
   connectFailures = 0
 }
 
@@ -52,6 +53,7 @@ export const snapshot = (core: PoolCore): PgPool.PoolStats => ({
   closedByReason: { ...core.tally.closedByReason },
   acquired: core.tally.acquired,
   timeouts: core.tally.timeouts,
+  shed: core.tally.shed,
   connectFailures: core.tally.connectFailures,
   hosts: core.hostStats()
 })
@@ -78,6 +80,7 @@ export const aggregate = (main: PoolCore, cores: ReadonlyArray<PoolCore>): PgPoo
     closedByReason,
     acquired: sum((s) => s.acquired),
     timeouts: sum((s) => s.timeouts),
+    shed: sum((s) => s.shed),
     connectFailures: sum((s) => s.connectFailures),
     hosts: hostStats(main, cores)
   }
