@@ -100,7 +100,13 @@ export interface Config {
   readonly database?: string | undefined
   /** Default `postgres`. */
   readonly user?: string | undefined
-  readonly password?: Redacted.Redacted | undefined
+  /**
+   * The password, or an Effect that fetches it (an IAM token, a secret manager), run for each new physical
+   * connection (not for each checkout); connects that start while it runs share its result. Its failure is a
+   * `ConnectionError` carrying the cause, retried on the `reconnect` Schedule. Never logged, put in an error,
+   * a span or stats.
+   */
+  readonly password?: Redacted.Redacted | Effect.Effect<Redacted.Redacted, unknown> | undefined
   /** TLS: `false`, `true` (`sslMode` `"require"`) or options with certificates; see `Connector.SslConfig`. */
   readonly ssl?: Connector.SslConfig | undefined
   /** libpq's `sslmode` (see `Connector.SslMode`). Default `"disable"` unless `ssl` says otherwise. */

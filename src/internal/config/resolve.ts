@@ -6,12 +6,15 @@
  * @internal
  */
 import * as ConfigError from "effect/ConfigError"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as FiberId from "effect/FiberId"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Connector from "../../Connector.js"
 import type { Config, ResetMode } from "../../PgPool.js"
+import { ConnectionError } from "../../PgPoolError.js"
 import { invalid, unknownField } from "./fields.js"
 import { isSslMode, knownUrlParams, libpqSeconds, type ParsedUrl, parseUrl, sslModes } from "./url.js"
 
@@ -29,6 +32,8 @@ export interface ResolvedConfig {
   readonly database: string
   readonly user: string
   readonly password: Redacted.Redacted | undefined
+  /** The password as an Effect run for each new connection (see `PgPool.Config.password`), shared while it runs. */
+  readonly passwordSource: { readonly get: Effect.Effect<Redacted.Redacted, ConnectionError> } | undefined
   /** TLS settings with their mode resolved; `undefined` for no TLS. */
   readonly ssl: Connector.SslOptions | undefined
   readonly applicationName: string | undefined
@@ -133,6 +138,40 @@ export const resolveSizes = (
     )
   }
   return { minConnections, maxConnections }
+}
+
+/**
+ * A password fetched by an Effect for each new connection: connects that start while an evaluation runs share
+ * it. The evaluation runs uninterruptibly, so that every connect waiting for it gets its outcome.
+ */
+class SharedPassword {
+  private inFlight: Deferred.Deferred<Redacted.Redacted, ConnectionError> | undefined = undefined
+  constructor(readonly effect: Effect.Effect<Redacted.Redacted, unknown>) {}
+  readonly get: Effect.Effect<Redacted.Redacted, ConnectionError> = Effect.suspend(() => {
+    if (this.inFlight !== undefined) return Deferred.await(this.inFlight)
+    const done = Deferred.unsafeMake<Redacted.Redacted, ConnectionError>(FiberId.none)
+    this.inFlight = done
+    return Effect.uninterruptible(
+      this.effect.pipe(
+        Effect.flatMap((value) =>
+          Redacted.isRedacted(value) ? Effect.succeed(value) : Effect.fail("the Effect did not yield a Redacted value")
+        ),
+        Effect.mapError((cause) =>
+          new ConnectionError({
+            message: "Cannot connect: the password Effect failed (see the cause)",
+            cause,
+            retryable: true
+          })
+        ),
+        Effect.exit,
+        Effect.flatMap((exit) => {
+          this.inFlight = undefined
+          Deferred.unsafeDone(done, exit)
+          return exit
+        })
+      )
+    )
+  })
 }
 
 const millis = (
@@ -249,10 +288,14 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   if (typeof database !== "string" || database === "") {
     return invalid("database", "database must be a non-empty string")
   }
-  if (config.password !== undefined && !Redacted.isRedacted(config.password)) {
-    return invalid("password", "password must be a Redacted value (Redacted.make(...) or Config.redacted(...))")
+  const passwordSource = Effect.isEffect(config.password) ? new SharedPassword(config.password) : undefined
+  if (config.password !== undefined && passwordSource === undefined && !Redacted.isRedacted(config.password)) {
+    return invalid(
+      "password",
+      "password must be a Redacted value (Redacted.make(...) or Config.redacted(...)) or an Effect that yields one"
+    )
   }
-  const password = config.password ??
+  const password = (passwordSource === undefined ? config.password as Redacted.Redacted | undefined : undefined) ??
     parsed?.password ??
     (params.has("password") ? Redacted.make(params.get("password")!) : undefined)
 
@@ -407,6 +450,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     database,
     user,
     password,
+    passwordSource,
     ssl,
     applicationName,
     options,

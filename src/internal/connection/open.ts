@@ -117,29 +117,37 @@ export const openOn = (
   return Effect.flatMap(
     Scope.make(),
     (scope) =>
-      Effect.flatMap(opener.connector.connect(options, loss.report), (driver) =>
-        Effect.zipRight(
-          steps.setSession ? setSession(driver, config.setSession, options) : Effect.void,
-          Effect.map(
-            steps.checkRole ? readRole(driver, state, config.database) : Effect.succeed(undefined),
-            (server): Opened => ({ driver, scope, server, loss })
+      Effect.flatMap(
+        config.passwordSource === undefined
+          ? opener.connector.connect(options, loss.report)
+          : Effect.flatMap(
+            config.passwordSource.get,
+            (password) => opener.connector.connect({ ...options, password }, loss.report)
+          ),
+        (driver) =>
+          Effect.zipRight(
+            steps.setSession ? setSession(driver, config.setSession, options) : Effect.void,
+            Effect.map(
+              steps.checkRole ? readRole(driver, state, config.database) : Effect.succeed(undefined),
+              (server): Opened => ({ driver, scope, server, loss })
+            )
           )
-        )).pipe(
-          Scope.extend(scope),
-          Effect.timeoutFail({
-            duration: config.connectTimeout,
-            onTimeout: () =>
-              new ConnectionError({
-                message: `Cannot connect (${host.host}:${host.port}/${config.database}): connectTimeout of ${
-                  Duration.format(config.connectTimeout)
-                } ran out`,
-                host: host.host,
-                port: host.port,
-                database: config.database
-              })
-          }),
-          Effect.onExit((exit) => Exit.isFailure(exit) ? Scope.close(scope, exit) : Effect.void)
-        )
+      ).pipe(
+        Scope.extend(scope),
+        Effect.timeoutFail({
+          duration: config.connectTimeout,
+          onTimeout: () =>
+            new ConnectionError({
+              message: `Cannot connect (${host.host}:${host.port}/${config.database}): connectTimeout of ${
+                Duration.format(config.connectTimeout)
+              } ran out`,
+              host: host.host,
+              port: host.port,
+              database: config.database
+            })
+        }),
+        Effect.onExit((exit) => Exit.isFailure(exit) ? Scope.close(scope, exit) : Effect.void)
+      )
   )
 }
 

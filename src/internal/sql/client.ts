@@ -331,7 +331,8 @@ const reportedConfig = (config: PgPoolSql.ClientConfig): PgClient.PgClientConfig
     host: config.host ?? parsed?.hosts[0]?.host,
     port: config.port ?? parsed?.hosts[0]?.port,
     username: config.username ?? parsed?.user,
-    password: config.password ?? parsed?.password,
+    // a password Effect (fetched per connect) has no value to show here
+    password: (Redacted.isRedacted(config.password) ? config.password : undefined) ?? parsed?.password,
     database: config.database ?? parsed?.database
   }
 }

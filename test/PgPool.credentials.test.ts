@@ -1,0 +1,109 @@
+/**
+ * The password as an Effect run for each new connection (issue 17, point 1), on a real server: the password
+ * of a role is rotated (`ALTER ROLE ... PASSWORD`) while 32 fibers run; old connections keep working, new
+ * ones use the new password, nothing fails; connects that start together share one evaluation; a failing
+ * Effect is a ConnectionError carrying its cause and no secret.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Layer, Redacted } from "effect"
+import * as PgPool from "../src/PgPool.js"
+import { adminQuery, backends, eventually, testConfig, testDatabase } from "./support/db.js"
+import { failureOf } from "./support/exits.js"
+import { describeOutcomes, startLoad } from "./support/load.js"
+
+let roles = 0
+
+/** A login role of its own with password `first`, dropped when the scope closes. */
+const role = (first: string) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const name = `rotating_${process.pid}_${++roles}`
+      yield* adminQuery(`create role ${name} login password '${first}'`)
+      yield* adminQuery(`grant all on database "${testDatabase()}" to ${name}`)
+      return name
+    }),
+    (name) =>
+      Effect.orDie(Effect.zipRight(
+        adminQuery(
+          "select pg_terminate_backend(pid) from pg_stat_activity where usename = $1",
+          [name]
+        ),
+        Effect.zipRight(adminQuery(`drop owned by ${name}`), adminQuery(`drop role if exists ${name}`))
+      ))
+  )
+
+describe("password as an Effect, per connect", () => {
+  it.scopedLive("a password rotated on the server while 32 fibers run: no failure, new connections use the new one", () =>
+    Effect.gen(function*() {
+      let current = "first-secret"
+      let evaluations = 0
+      const name = yield* role(current)
+      const app = `${name}-app`
+      const password = Effect.sync(() => {
+        evaluations++
+        return Redacted.make(current)
+      }).pipe(Effect.delay("20 millis"))
+      const pool = Context.get(
+        yield* Layer.build(PgPool.layer(testConfig({
+          user: name,
+          password,
+          applicationName: app,
+          minConnections: 4,
+          maxConnections: 4
+        }))),
+        PgPool.PgPool
+      )
+      // the four connects of the start shared one evaluation
+      assert.strictEqual(evaluations, 1)
+      const load = yield* startLoad(pool, 32, {
+        statement: (index) => ({ text: "select current_user as who, $1::int as worker", params: [index] }),
+        check: (rows) => rows[0]!.who === name
+      })
+      yield* eventually(load.outcomes, (o) => o.length >= 200)
+      const old = (yield* backends(app)).map((row) => Number(row.pid))
+      assert.strictEqual(old.length, 4)
+      // rotate: the server takes only the new password from now on
+      current = "second-secret"
+      yield* adminQuery(`alter role ${name} password '${current}'`)
+      const before = (yield* load.outcomes).length
+      yield* eventually(load.outcomes, (o) => o.length >= before + 200)
+      // the old connections keep working until they are replaced
+      const stillOld = (yield* backends(app)).map((row) => Number(row.pid))
+      assert.deepStrictEqual(stillOld.sort(), [...old].sort())
+      yield* pool.drain
+      const now = (yield* backends(app)).map((row) => Number(row.pid))
+      assert.isTrue(now.every((pid) => !old.includes(pid)), `${JSON.stringify(old)} -> ${JSON.stringify(now)}`)
+      const after = (yield* load.outcomes).length
+      yield* eventually(load.outcomes, (o) => o.length >= after + 200)
+      const outcomes = yield* load.stop
+      const failures = outcomes.filter((o) => o.error !== undefined)
+      assert.deepStrictEqual(failures, [], describeOutcomes(failures.slice(0, 5)))
+      // evaluated per new connection, not per checkout
+      assert.isAtMost(evaluations, 1 + 4 + 1, `${evaluations} evaluations for ${outcomes.length} statements`)
+      assert.isAtLeast(evaluations, 2)
+    }))
+
+  it.scopedLive("a failing password Effect: a ConnectionError with the cause, no secret in it", () =>
+    Effect.gen(function*() {
+      const name = yield* role("never-shown-secret")
+      const exit = yield* Effect.exit(Layer.build(PgPool.layer(testConfig({
+        user: name,
+        password: Effect.fail(new Error("the vault is sealed")),
+        connectTimeout: "1 second"
+      }))))
+      const error = failureOf(exit)
+      assert.strictEqual(error._tag, "ConnectionError")
+      assert.include(error.message, "password Effect failed")
+      // the Effect's own failure is in the cause chain
+      const causes: Array<string> = []
+      for (
+        let e: unknown = error;
+        e !== undefined && causes.length < 5;
+        e = (e as { readonly cause?: unknown }).cause
+      ) {
+        causes.push(String(e))
+      }
+      assert.isTrue(causes.some((text) => text.includes("the vault is sealed")), JSON.stringify(causes))
+      assert.notInclude(JSON.stringify(error), "never-shown-secret")
+    }))
+})
