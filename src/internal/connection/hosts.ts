@@ -24,6 +24,10 @@ export class HostState {
   lastError: ConnectionError | undefined = undefined
   /** Failed connects since it was last up (the pools' and the probe's). */
   failures = 0
+  /** Down and being probed: connects leave it to the probe. */
+  get leftToProbe(): boolean {
+    return this.down && this.probing
+  }
   /** `host:port`, the host's name in logs, errors and stats. */
   readonly key: string
   constructor(readonly host: HostPort) {

@@ -194,7 +194,7 @@ export const tryHosts = (
     let downFailures = 0
     for (let pass = 0; pass < loop.passes; pass++) {
       for (const state of loop.candidates()) {
-        if (loop.skipKnown && state.down && state.probing) {
+        if (loop.skipKnown && state.leftToProbe) {
           last = state.lastError ?? last
           transient ||= state.lastError === undefined || isTransientConnectError(state.lastError)
           if (pass === 0) {

@@ -260,17 +260,12 @@ export class Physical {
     text: string,
     member: TxToken | undefined
   ): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    const inTurn = Effect.ensuring(this.controlInTurn(text), Effect.sync(this.releaser))
     if (!this.turnHeld && this.allowed(member)) {
       this.turnHeld = true
-      return Effect.ensuring(this.controlInTurn(text), Effect.sync(this.releaser))
+      return inTurn
     }
-    return Effect.uninterruptibleMask((restore) =>
-      this.await(
-        new Turn(member, undefined),
-        restore,
-        Effect.ensuring(this.controlInTurn(text), Effect.sync(this.releaser))
-      )
-    )
+    return Effect.uninterruptibleMask((restore) => this.await(new Turn(member, undefined), restore, inTurn))
   }
 
   private controlInTurn(text: string): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {

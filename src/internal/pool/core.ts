@@ -160,9 +160,11 @@ export class PoolCore {
       this.inUse--
       const held = now - conn.checkedOutAt
       if (this.metrics !== undefined) this.metrics.useTime(held)
-      // how long checkouts hold a connection lately (shedLoad's prediction)
-      this.holdAverage = this.holdSamples === 0 ? held : this.holdAverage * 0.9 + held * 0.1
-      this.holdSamples++
+      if (this.config.shedLoad) {
+        // how long checkouts hold a connection lately (shedLoad's prediction)
+        this.holdAverage = this.holdSamples === 0 ? held : this.holdAverage * 0.9 + held * 0.1
+        this.holdSamples++
+      }
     }
     if (next === "busy") {
       this.inUse++
@@ -284,7 +286,7 @@ export class PoolCore {
 
   /** False while every host of the pool is down and probed: no connect is started until a probe gets in. */
   reachable(): boolean {
-    for (const state of this.role.hosts) if (!state.down || !state.probing) return true
+    for (const state of this.role.hosts) if (!state.leftToProbe) return true
     return false
   }
 

@@ -172,13 +172,19 @@ const liveClock = Clock.make()
 /** Waits `millis` of real time. */
 const pause = (millis: number): Effect.Effect<void> => Effect.sleep(millis).pipe(Effect.withClock(liveClock))
 
-/** Whether a process exists and is not a zombie (exited, not yet reaped by its parent). */
-const processAlive = (pid: number): boolean => {
+/** Whether the pid still names a process, a zombie included. */
+const pidExists = (pid: number): boolean => {
   try {
     process.kill(pid, 0)
+    return true
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === "EPERM"
   }
+}
+
+/** Whether a process exists and is not a zombie (exited, not yet reaped by its parent). */
+const processAlive = (pid: number): boolean => {
+  if (!pidExists(pid)) return false
   try {
     // "pid (comm) S ...": the state follows the last ")"
     const stat = fsSync.readFileSync(`/proc/${pid}/stat`, "utf8")
@@ -187,16 +193,6 @@ const processAlive = (pid: number): boolean => {
   } catch {
     // gone between the two looks (Linux), or no /proc (macOS): signal 0 is all there is
     return !fsSync.existsSync("/proc/self/stat")
-  }
-}
-
-/** Whether the pid still names a process, a zombie included. */
-const pidExists = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM"
   }
 }
 
