@@ -98,8 +98,11 @@ export interface Config {
   readonly hosts?: ReadonlyArray<{ readonly host: string; readonly port?: number | undefined }> | undefined
   /** Default: the user name. */
   readonly database?: string | undefined
-  /** Default `postgres`. */
-  readonly user?: string | undefined
+  /**
+   * Default `postgres`. Or an Effect that fetches it (dynamic database credentials from a secret manager), run
+   * with `password`'s for each new physical connection, as `password`'s; then `database` must be given.
+   */
+  readonly user?: string | Effect.Effect<Redacted.Redacted | string, unknown> | undefined
   /**
    * The password, or an Effect that fetches it (an IAM token, a secret manager), run for each new physical
    * connection (not for each checkout); connects that start while it runs share its result. Its failure is a
@@ -381,19 +384,40 @@ export const layer = (config: Config): Layer.Layer<PgPool, ConnectionError | Con
   Layer.scoped(PgPool, make(config)).pipe(Layer.provide(Connector.layer))
 
 /**
+ * What `layerConfig` reads: `Config.Wrap<Config>` (each field a `Config`, or the whole a `Config`), where
+ * `password` and `user` may also be Effects run for each new connection (see `Config.password`); an Effect that
+ * is not a `Config` is taken as such, a `Config` is read once at start.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type LayerConfig =
+  | Config_.Config.Wrap<Config>
+  | {
+    readonly [K in keyof Config]: K extends "password" | "user" ?
+        | Config_.Config.Wrap<Config[K]>
+        | Exclude<Config[K], string | Redacted.Redacted | undefined>
+      : Config_.Config.Wrap<Config[K]>
+  }
+
+/**
  * The pool as a Layer, its configuration read with `Config`:
  *
  * ```ts
  * PgPool.layerConfig({ url: Config.redacted("DATABASE_URL"), maxConnections: Config.integer("POOL_SIZE") })
+ * // a password fetched for each new connection (an IAM token): an Effect that is not a Config
+ * PgPool.layerConfig({ url: Config.redacted("DATABASE_URL"), password: fetchToken })
  * ```
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerConfig = (
-  config: Config_.Config.Wrap<Config>
+  config: LayerConfig
 ): Layer.Layer<PgPool, ConnectionError | ConfigError.ConfigError> =>
-  Layer.scoped(PgPool, Effect.flatMap(Config_.unwrap(config), make)).pipe(Layer.provide(Connector.layer))
+  Layer.scoped(PgPool, Effect.flatMap(Config_.unwrap(configInternal.perConnectEffects(config)), make)).pipe(
+    Layer.provide(Connector.layer)
+  )
 
 /**
  * The configuration read from the environment, as libpq reads it: `DATABASE_URL`, whose values win, and libpq's

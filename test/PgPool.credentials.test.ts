@@ -2,12 +2,13 @@
  * The password as an Effect run for each new connection (issue 17, point 1), on a real server: the password
  * of a role is rotated (`ALTER ROLE ... PASSWORD`) while 32 fibers run; old connections keep working, new
  * ones use the new password, nothing fails; connects that start together share one evaluation; a failing
- * Effect is a ConnectionError carrying its cause and no secret.
+ * Effect is a ConnectionError carrying its cause and no secret. The user as an Effect too (dynamic credentials:
+ * a new role for each lease), and both through `layerConfig`.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Redacted } from "effect"
+import { Config, Context, Effect, Layer, Redacted } from "effect"
 import * as PgPool from "../src/PgPool.js"
-import { adminQuery, backends, eventually, testConfig, testDatabase } from "./support/db.js"
+import { adminQuery, backends, eventually, testConfig, testDatabase, testServer } from "./support/db.js"
 import { failureOf } from "./support/exits.js"
 import { describeOutcomes, startLoad } from "./support/load.js"
 
@@ -106,4 +107,91 @@ describe("password as an Effect, per connect", () => {
       assert.isTrue(causes.some((text) => text.includes("the vault is sealed")), JSON.stringify(causes))
       assert.notInclude(JSON.stringify(error), "never-shown-secret")
     }))
+
+  it.scopedLive("user and password as Effects through layerConfig: a new role for each lease, under 32 fibers", () =>
+    Effect.gen(function*() {
+      const first = yield* role("lease-one")
+      const second = yield* role("lease-two")
+      let lease = { user: first, password: "lease-one" }
+      let evaluations = 0
+      const app = `${first}-lease`
+      const server = testServer()
+      const pool = Context.get(
+        yield* Layer.build(PgPool.layerConfig({
+          host: Config.succeed(server.host),
+          port: Config.succeed(server.port),
+          database: Config.succeed(testDatabase()),
+          // Effects that are not Configs: run for each new connection, not read once
+          user: Effect.sync(() => lease.user),
+          password: Effect.sync(() => {
+            evaluations++
+            return Redacted.make(lease.password)
+          }).pipe(Effect.delay("20 millis")),
+          applicationName: Config.succeed(app),
+          minConnections: Config.succeed(4),
+          maxConnections: Config.succeed(4)
+        })),
+        PgPool.PgPool
+      )
+      assert.strictEqual(evaluations, 1)
+      let asSecond = 0
+      const load = yield* startLoad(pool, 32, {
+        statement: (index) => ({ text: "select current_user as who, $1::int as worker", params: [index] }),
+        check: (rows) => {
+          if (rows[0]!.who === second) asSecond++
+          return rows[0]!.who === first || rows[0]!.who === second
+        }
+      })
+      yield* eventually(load.outcomes, (o) => o.length >= 200)
+      const users = Effect.map(
+        adminQuery(
+          "select distinct usename from pg_stat_activity where datname = $1 and application_name = $2",
+          [testDatabase(), app]
+        ),
+        (rows) => rows.map((row) => String(row.usename))
+      )
+      assert.deepStrictEqual(yield* users, [first])
+      // the next lease: another role; connections opened from now on log in as it
+      lease = { user: second, password: "lease-two" }
+      yield* pool.drain
+      // every connection now is one opened after the drain's call (reopened ones may still be connecting)
+      assert.deepStrictEqual(yield* eventually(users, (names) => names.length > 0), [second])
+      const before = (yield* load.outcomes).length
+      yield* eventually(load.outcomes, (o) => o.length >= before + 200)
+      const outcomes = yield* load.stop
+      const failures = outcomes.filter((o) => o.error !== undefined)
+      assert.deepStrictEqual(failures, [], describeOutcomes(failures.slice(0, 5)))
+      assert.isAbove(asSecond, 100)
+      assert.isAtMost(evaluations, 1 + 4 + 1, `${evaluations} evaluations for ${outcomes.length} statements`)
+    }))
+
+  it.live("a user Effect needs the database named; a bad user value is a ConnectionError naming the user Effect", () =>
+    Effect.gen(function*() {
+      const server = testServer()
+      const missing = failureOf(
+        yield* Effect.exit(
+          Layer.build(PgPool.layer({ host: server.host, port: server.port, user: Effect.succeed("x") }))
+        )
+      )
+      assert.strictEqual(missing._tag, "ConfigError")
+      assert.include(String(missing), "database must be given when user is an Effect")
+      const bad = failureOf(
+        yield* Effect.exit(Layer.build(PgPool.layer({
+          ...server,
+          user: Effect.succeed(""),
+          connectTimeout: "1 second"
+        })))
+      )
+      assert.strictEqual(bad._tag, "ConnectionError")
+      assert.include(bad.message, "the user Effect failed")
+      const thrown = failureOf(
+        yield* Effect.exit(Layer.build(PgPool.layer({
+          ...server,
+          user: Effect.die(new Error("no lease")),
+          connectTimeout: "1 second"
+        })))
+      )
+      assert.strictEqual(thrown._tag, "ConnectionError")
+      assert.include(thrown.message, "the user Effect failed")
+    }).pipe(Effect.scoped))
 })

@@ -14,7 +14,7 @@ import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError } from "../src/PgPoolError.js"
 import * as Transaction from "../src/Transaction.js"
 import { failureOf, now, timedExit, valueOf } from "./support/exits.js"
-import { poll } from "./support/load.js"
+import { describeOutcomes, poll, startLoad } from "./support/load.js"
 import { watchProcessErrors } from "./support/processErrors.js"
 import * as Proxy from "./support/proxy.js"
 import * as Replication from "./support/replication.js"
@@ -632,6 +632,63 @@ pairs("PgPool on a primary and a streaming standby", (it) => {
   // ---------------------------------------------------------------------------------------------------
   // 4. failover (on the spare pair, which it destroys)
   // ---------------------------------------------------------------------------------------------------
+
+  it.effect("resize and drain apply to every pool: the primary's and the standby's read pool, under 32 fibers", () =>
+    Effect.gen(function*() {
+      const pair = yield* Shared
+      const app = "resize-hosts"
+      const sessions = (server: Replication.Replication["primary"]) =>
+        Effect.map(
+          server.query("select pid from pg_stat_activity where application_name = $1 order by pid", [app]),
+          (rows) => rows.map((row) => Number(row.pid))
+        )
+      const both = Effect.all([sessions(pair.primary), sessions(pair.standby)])
+      const pool = Context.get(
+        yield* buildPool(pair.config({ applicationName: app, minConnections: 2, maxConnections: 2 })),
+        PgPool.PgPool
+      )
+      // 16 writers' statements on the primary, 16 readers' on the standby, each a few ms long
+      const statement = () => ({ text: "select pg_sleep(0.005), pg_is_in_recovery() as standby", params: [] })
+      const writers = yield* startLoad(pool, 16, { statement, check: (rows) => rows[0]!.standby === false })
+      const readers = yield* startLoad(
+        { ...pool, query: (text, params) => pool.readOnly(pool.query(text, params)) },
+        16,
+        { statement, check: (rows) => rows[0]!.standby === true }
+      )
+      yield* poll("2 sessions on each server", both, ([p, s]) => p.length === 2 && s.length === 2, 10_000)
+
+      // growing: both servers get their 6 at once (32 fibers wait for them)
+      yield* pool.resize({ maxConnections: 6 })
+      yield* poll("6 sessions on each server", both, ([p, s]) => p.length === 6 && s.length === 6, 10_000)
+      const grown = yield* pool.stats
+      assert.deepStrictEqual(grown.hosts.map((h) => h.size), [6, 6], JSON.stringify(grown.hosts))
+
+      // drain: every connection on both servers replaced while the load runs
+      const [oldPrimary, oldStandby] = yield* both
+      yield* pool.drain
+      const drained = yield* pool.stats
+      // the pool closed every old connection; the servers see their backends exit a moment later
+      const { value: [newPrimary, newStandby] } = yield* poll(
+        "old sessions gone",
+        both,
+        ([p, s]) => !p.some((pid) => oldPrimary.includes(pid)) && !s.some((pid) => oldStandby.includes(pid)),
+        5_000
+      )
+      assert.deepStrictEqual(drained.hosts.map((h) => h.up), [true, true])
+      assert.isTrue(newPrimary.every((pid) => !oldPrimary.includes(pid)), `${oldPrimary} -> ${newPrimary}`)
+      assert.isTrue(newStandby.every((pid) => !oldStandby.includes(pid)), `${oldStandby} -> ${newStandby}`)
+
+      // shrinking: down to 2 on each server, busy ones closed as they come back
+      yield* pool.resize({ maxConnections: 2 })
+      yield* poll("back to 2 on each server", both, ([p, s]) => p.length === 2 && s.length === 2, 10_000)
+      const shrunk = yield* pool.stats
+      assert.deepStrictEqual(shrunk.hosts.map((h) => h.size), [2, 2], JSON.stringify(shrunk.hosts))
+
+      const outcomes = [...(yield* writers.stop), ...(yield* readers.stop)]
+      const failures = outcomes.filter((o) => o.error !== undefined)
+      assert.deepStrictEqual(failures, [], describeOutcomes(failures.slice(0, 5)))
+      assert.isAbove(outcomes.length, 500)
+    }).pipe(Effect.scoped))
 
   it.effect("failover: writes fail fast while reads go on; after the promotion writes succeed on the same pool", () =>
     Effect.gen(function*() {

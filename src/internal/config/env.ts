@@ -12,7 +12,7 @@ import * as Either from "effect/Either"
 import * as HashSet from "effect/HashSet"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import type { Config } from "../../PgPool.js"
+import type { Config, LayerConfig } from "../../PgPool.js"
 import { closest } from "./fields.js"
 import { resolveSync } from "./resolve.js"
 import { isSslMode, libpqSeconds, parseUrl, sslModes } from "./url.js"
@@ -310,3 +310,20 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
       : Either.right(config as Config)
   })
 )
+
+/**
+ * `layerConfig`'s input made a `Config.Wrap<Config>`: a `password` or `user` that is an Effect but not a
+ * `Config` is an Effect to run for each connection, so it is carried as a value (`Config.succeed`) instead of
+ * being read at start.
+ *
+ * @internal
+ */
+export const perConnectEffects = (config: LayerConfig): EffectConfig.Config.Wrap<Config> => {
+  if (EffectConfig.isConfig(config)) return config
+  const fields: Record<string, unknown> = { ...config }
+  for (const key of ["password", "user"] as const) {
+    const value = fields[key]
+    if (Effect.isEffect(value) && !EffectConfig.isConfig(value)) fields[key] = EffectConfig.succeed(value)
+  }
+  return fields as EffectConfig.Config.Wrap<Config>
+}

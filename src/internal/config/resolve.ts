@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import * as Cause from "effect/Cause"
 import * as ConfigError from "effect/ConfigError"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -30,10 +31,14 @@ export interface ResolvedConfig {
   readonly url: Redacted.Redacted | undefined
   readonly hosts: ReadonlyArray<HostPort>
   readonly database: string
-  readonly user: string
+  /** `undefined` when an Effect gives the user for each connection (see `credentials`). */
+  readonly user: string | undefined
   readonly password: Redacted.Redacted | undefined
-  /** The password as an Effect run for each new connection (see `PgPool.Config.password`), shared while it runs. */
-  readonly passwordSource: { readonly get: Effect.Effect<Redacted.Redacted, ConnectionError> } | undefined
+  /**
+   * The user and/or the password as Effects run for each new connection (see `PgPool.Config.password`), one
+   * evaluation shared by the connects that start while it runs; what they give overrides `user` and `password`.
+   */
+  readonly credentials: { readonly get: Effect.Effect<Credentials, ConnectionError> } | undefined
   /** TLS settings with their mode resolved; `undefined` for no TLS. */
   readonly ssl: Connector.SslOptions | undefined
   readonly applicationName: string | undefined
@@ -140,29 +145,52 @@ export const resolveSizes = (
   return { minConnections, maxConnections }
 }
 
+/** What the credential Effects gave for one connect. @internal */
+export interface Credentials {
+  readonly user?: string | undefined
+  readonly password?: Redacted.Redacted | undefined
+}
+
 /**
- * A password fetched by an Effect for each new connection: connects that start while an evaluation runs share
- * it. The evaluation runs uninterruptibly, so that every connect waiting for it gets its outcome.
+ * The user and the password fetched by Effects for each new connection: connects that start while an
+ * evaluation runs share it. The evaluation runs uninterruptibly, so that every connect waiting for it gets its
+ * outcome. Neither value is ever put in the error: a failure names which Effect failed and keeps its cause.
  */
-class SharedPassword {
-  private inFlight: Deferred.Deferred<Redacted.Redacted, ConnectionError> | undefined = undefined
-  constructor(readonly effect: Effect.Effect<Redacted.Redacted, unknown>) {}
-  readonly get: Effect.Effect<Redacted.Redacted, ConnectionError> = Effect.suspend(() => {
+class SharedCredentials {
+  private inFlight: Deferred.Deferred<Credentials, ConnectionError> | undefined = undefined
+  constructor(
+    readonly user: Effect.Effect<Redacted.Redacted | string, unknown> | undefined,
+    readonly password: Effect.Effect<Redacted.Redacted, unknown> | undefined
+  ) {}
+  private evaluate(): Effect.Effect<Credentials, ConnectionError> {
+    return Effect.all({
+      user: this.user === undefined ? Effect.void : Effect.flatMap(
+        credentialEffect("user", this.user),
+        (value) =>
+          typeof value === "string" && value !== "" ?
+            Effect.succeed(value) :
+            Redacted.isRedacted(value) && typeof Redacted.value(value) === "string" && Redacted.value(value) !== "" ?
+            Effect.succeed(Redacted.value(value) as string) :
+            Effect.fail(failedCredential("user", "it did not yield a non-empty string or a Redacted one"))
+      ),
+      password: this.password === undefined ? Effect.void : Effect.flatMap(
+        credentialEffect("password", this.password),
+        (value) =>
+          Redacted.isRedacted(value) ?
+            Effect.succeed(value) :
+            Effect.fail(failedCredential("password", "it did not yield a Redacted value"))
+      )
+    }).pipe(Effect.map(({ password, user }): Credentials => ({
+      ...(user === undefined ? {} : { user }),
+      ...(password === undefined ? {} : { password })
+    })))
+  }
+  readonly get: Effect.Effect<Credentials, ConnectionError> = Effect.suspend(() => {
     if (this.inFlight !== undefined) return Deferred.await(this.inFlight)
-    const done = Deferred.unsafeMake<Redacted.Redacted, ConnectionError>(FiberId.none)
+    const done = Deferred.unsafeMake<Credentials, ConnectionError>(FiberId.none)
     this.inFlight = done
     return Effect.uninterruptible(
-      this.effect.pipe(
-        Effect.flatMap((value) =>
-          Redacted.isRedacted(value) ? Effect.succeed(value) : Effect.fail("the Effect did not yield a Redacted value")
-        ),
-        Effect.mapError((cause) =>
-          new ConnectionError({
-            message: "Cannot connect: the password Effect failed (see the cause)",
-            cause,
-            retryable: true
-          })
-        ),
+      this.evaluate().pipe(
         Effect.exit,
         Effect.flatMap((exit) => {
           this.inFlight = undefined
@@ -173,6 +201,17 @@ class SharedPassword {
     )
   })
 }
+
+const failedCredential = (which: "user" | "password", cause: unknown) =>
+  new ConnectionError({
+    message: `Cannot connect: the ${which} Effect failed (see the cause)`,
+    cause,
+    retryable: true
+  })
+
+/** Runs a credential Effect; its failure, or a defect, becomes a retryable `ConnectionError` with the cause. */
+const credentialEffect = <A>(which: "user" | "password", effect: Effect.Effect<A, unknown>) =>
+  Effect.catchAllCause(effect, (cause) => Effect.fail(failedCredential(which, Cause.squash(cause))))
 
 const millis = (
   field: string,
@@ -282,20 +321,35 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     }
   }
 
-  const user = config.user ?? parsed?.user ?? params.get("user") ?? "postgres"
-  if (typeof user !== "string" || user === "") return invalid("user", "user must be a non-empty string")
+  const givenUser: unknown = config.user
+  const userEffect = Effect.isEffect(givenUser) ?
+    givenUser as Effect.Effect<Redacted.Redacted | string, unknown> :
+    undefined
+  const user = userEffect !== undefined ? undefined : givenUser ?? parsed?.user ?? params.get("user") ?? "postgres"
+  if (user !== undefined && (typeof user !== "string" || user === "")) {
+    return invalid("user", "user must be a non-empty string or an Effect that yields one (or a Redacted one)")
+  }
   const database = config.database ?? parsed?.database ?? params.get("dbname") ?? user
+  if (database === undefined) {
+    return invalid(
+      "database",
+      "database must be given when user is an Effect (its default is the user name, not known before a connect)"
+    )
+  }
   if (typeof database !== "string" || database === "") {
     return invalid("database", "database must be a non-empty string")
   }
-  const passwordSource = Effect.isEffect(config.password) ? new SharedPassword(config.password) : undefined
-  if (config.password !== undefined && passwordSource === undefined && !Redacted.isRedacted(config.password)) {
+  const passwordEffect = Effect.isEffect(config.password) ? config.password : undefined
+  if (config.password !== undefined && passwordEffect === undefined && !Redacted.isRedacted(config.password)) {
     return invalid(
       "password",
       "password must be a Redacted value (Redacted.make(...) or Config.redacted(...)) or an Effect that yields one"
     )
   }
-  const password = (passwordSource === undefined ? config.password as Redacted.Redacted | undefined : undefined) ??
+  const credentials = userEffect === undefined && passwordEffect === undefined ?
+    undefined :
+    new SharedCredentials(userEffect, passwordEffect)
+  const password = (passwordEffect === undefined ? config.password as Redacted.Redacted | undefined : undefined) ??
     parsed?.password ??
     (params.has("password") ? Redacted.make(params.get("password")!) : undefined)
 
@@ -450,7 +504,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     database,
     user,
     password,
-    passwordSource,
+    credentials,
     ssl,
     applicationName,
     options,
@@ -481,7 +535,8 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     healthCheck,
     retryLostQueries: config.retryLostQueries ?? false,
     leakDetectionThreshold: leakDetectionThreshold === Infinity ? undefined : leakDetectionThreshold,
-    name: config.name ?? `${user}@${hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${database}`,
+    name: config.name ??
+      `${user === undefined ? "" : `${user}@`}${hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${database}`,
     metrics: config.metrics ?? true,
     targetSessionAttrs: targetSessionAttrs as TargetSessionAttrs,
     loadBalanceHosts,
@@ -588,15 +643,20 @@ const resolveSsl = (
  *
  * @internal
  */
-export const connectOptions = (config: ResolvedConfig, host: HostPort): Connector.ConnectOptions => {
+export const connectOptions = (
+  config: ResolvedConfig,
+  host: HostPort,
+  credentials: Credentials = {}
+): Connector.ConnectOptions => {
   const parameters: Record<string, string> = {}
   if (config.statementTimeout !== undefined) parameters.statement_timeout = String(Math.round(config.statementTimeout))
   return {
     host: host.host,
     port: host.port,
     database: config.database,
-    user: config.user,
-    password: config.password,
+    // a user from an Effect is always in `credentials` (config.user is undefined only then)
+    user: credentials.user ?? config.user ?? "",
+    password: credentials.password ?? config.password,
     ssl: config.ssl,
     applicationName: config.applicationName,
     options: config.options,

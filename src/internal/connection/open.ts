@@ -112,26 +112,23 @@ export const openOn = (
 ): Effect.Effect<Opened, ConnectionError> => {
   const config = opener.config
   const host = state.host
-  const options = connectOptions(config, host)
   const loss = new LossSignal()
   return Effect.flatMap(
     Scope.make(),
     (scope) =>
       Effect.flatMap(
-        config.passwordSource === undefined
-          ? opener.connector.connect(options, loss.report)
-          : Effect.flatMap(
-            config.passwordSource.get,
-            (password) => opener.connector.connect({ ...options, password }, loss.report)
-          ),
-        (driver) =>
-          Effect.zipRight(
-            steps.setSession ? setSession(driver, config.setSession, options) : Effect.void,
-            Effect.map(
-              steps.checkRole ? readRole(driver, state, config.database) : Effect.succeed(undefined),
-              (server): Opened => ({ driver, scope, server, loss })
-            )
-          )
+        config.credentials === undefined ? Effect.succeed({}) : config.credentials.get,
+        (credentials) => {
+          const options = connectOptions(config, host, credentials)
+          return Effect.flatMap(opener.connector.connect(options, loss.report), (driver) =>
+            Effect.zipRight(
+              steps.setSession ? setSession(driver, config.setSession, options) : Effect.void,
+              Effect.map(
+                steps.checkRole ? readRole(driver, state, config.database) : Effect.succeed(undefined),
+                (server): Opened => ({ driver, scope, server, loss })
+              )
+            ))
+        }
       ).pipe(
         Scope.extend(scope),
         Effect.timeoutFail({
