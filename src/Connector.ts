@@ -122,6 +122,22 @@ export interface TypeParsers {
 export interface StatementCacheOptions {
   readonly threshold: number
   readonly capacity: number
+  /** Shared by the connections of a pool: whether they may prepare statements now (see {@link PoolerSigns}). */
+  readonly pooler?: PoolerSigns | undefined
+}
+
+/**
+ * What the connections of one pool share about a transaction pooler (PgBouncer, Supavisor, a cloud proxy in
+ * transaction mode) between them and the server: while `prepare` is false no connection prepares a statement
+ * under a name (nor closes one); a connection that sees a sign of a pooler (a statement name of its own that
+ * already exists, or vanished, on the server) calls `sign`, which turns `prepare` off for all of them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PoolerSigns {
+  readonly prepare: boolean
+  readonly sign: (what: string) => void
 }
 
 /**

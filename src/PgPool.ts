@@ -87,7 +87,8 @@ export interface Config {
    * A libpq connection URI, `postgres://user:password@host:port/database?sslmode=require`. Its parameters:
    * `host`, `port`, `dbname`, `user`, `password`, `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslpassword`,
    * `application_name`, `fallback_application_name`, `options`, `connect_timeout`, `target_session_attrs`,
-   * `load_balance_hosts`; any other is a `ConfigError`. The fields below win over the URL's values.
+   * `load_balance_hosts`, and this pool's `pooler`; any other is a `ConfigError`. The fields below win over the
+   * URL's values.
    */
   readonly url?: Redacted.Redacted | string | undefined
   /** Default `localhost`. */
@@ -230,6 +231,24 @@ export interface Config {
   readonly readFallback?: boolean | undefined
   /** How often the role of each host (primary or standby) is checked again. Default 5 seconds. */
   readonly roleCheckInterval?: Duration.DurationInput | undefined
+  /**
+   * Read-your-writes for all work (see {@link readYourWrites}, which turns it on for one effect): once a fiber
+   * has written on the primary, its read-only work runs only on a standby that has replayed that write (waiting
+   * up to `readYourWritesTimeout` for one), else on the primary. Default false.
+   */
+  readonly readYourWrites?: boolean | undefined
+  /** How long read-only work waits for a standby to replay the fiber's last write before running on the primary. Default 500 ms. */
+  readonly readYourWritesTimeout?: Duration.DurationInput | undefined
+
+  /**
+   * What sits between the pool and the server. `"transaction"`: a transaction pooler (PgBouncer, Supavisor, a
+   * cloud proxy in transaction mode): no named prepared statements (the unnamed extended protocol only), no
+   * session state set by the pool (`setSession`, `reset: "full"` and `statementTimeout` are `ConfigError`s),
+   * `listen` refused, and a Warning (once per text) for work that sets session state. `"auto"` (default):
+   * statements are prepared until a connection sees a sign of a transaction pooler, then never again, with a
+   * Warning. Also `?pooler=transaction` in `url`, `PGPOOL_POOLER`.
+   */
+  readonly pooler?: "auto" | "transaction" | undefined
 }
 
 /**

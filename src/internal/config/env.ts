@@ -60,10 +60,20 @@ const durationKnobs = [
   "statementTimeout",
   "queryTimeout",
   "leakDetectionThreshold",
-  "roleCheckInterval"
+  "roleCheckInterval",
+  "readYourWritesTimeout"
 ] as const
-const booleanKnobs = ["blocking", "pooling", "lazy", "retryLostQueries", "metrics", "readFallback", "shedLoad"] as const
-const stringKnobs = ["name", "readRouting", "readBalancing"] as const
+const booleanKnobs = [
+  "blocking",
+  "pooling",
+  "lazy",
+  "retryLostQueries",
+  "metrics",
+  "readFallback",
+  "shedLoad",
+  "readYourWrites"
+] as const
+const stringKnobs = ["name", "readRouting", "readBalancing", "pooler"] as const
 
 /** Every `PGPOOL_` variable this pool reads. @internal */
 const knownPoolVariables: ReadonlySet<string> = new Set([

@@ -62,7 +62,10 @@ const configFields: ReadonlyArray<keyof Config> = [
   "readRouting",
   "readBalancing",
   "readFallback",
-  "roleCheckInterval"
+  "roleCheckInterval",
+  "readYourWrites",
+  "readYourWritesTimeout",
+  "pooler"
 ]
 const knownConfigFields = new Set<string>(configFields)
 

@@ -16,6 +16,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Connector from "../../Connector.js"
 import type { Config, ResetMode } from "../../PgPool.js"
 import { ConnectionError } from "../../PgPoolError.js"
+import { PoolerWatch } from "../connection/pooler.js"
 import { invalid, unknownField } from "./fields.js"
 import { isSslMode, knownUrlParams, libpqSeconds, type ParsedUrl, parseUrl, sslModes } from "./url.js"
 
@@ -78,6 +79,10 @@ export interface ResolvedConfig {
   readonly readBalancing: "round-robin" | "random" | "least-busy"
   readonly readFallback: boolean
   readonly roleCheckInterval: number
+  readonly readYourWrites: boolean
+  readonly readYourWritesTimeout: number
+  /** The pooler mode, and what the pool's connections share about a transaction pooler. */
+  readonly pooler: PoolerWatch
 }
 
 /** @internal */
@@ -497,6 +502,46 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   }
   const roleCheckInterval = millis("roleCheckInterval", config.roleCheckInterval, 5_000, { allowZero: false })
   if (isError(roleCheckInterval)) return roleCheckInterval
+  if (config.readYourWrites !== undefined && typeof config.readYourWrites !== "boolean") {
+    return invalid("readYourWrites", "readYourWrites must be a boolean")
+  }
+  const readYourWritesTimeout = millis("readYourWritesTimeout", config.readYourWritesTimeout, 500, {
+    allowZero: true
+  })
+  if (isError(readYourWritesTimeout)) return readYourWritesTimeout
+  if (readYourWritesTimeout === Infinity) {
+    return invalid("readYourWritesTimeout", "readYourWritesTimeout must be finite (reads then run on the primary)")
+  }
+
+  const pooler = config.pooler ?? params.get("pooler") ?? "auto"
+  if (pooler !== "auto" && pooler !== "transaction") {
+    return invalid(
+      config.pooler === undefined ? "url" : "pooler",
+      `pooler must be "auto" or "transaction", got ${JSON.stringify(pooler)}`
+    )
+  }
+  if (pooler === "transaction") {
+    // what the pool would otherwise set on a session: behind a transaction pooler it lands on one server
+    // connection among many, which other clients get next
+    if (setSession.length > 0) {
+      return invalid(
+        "setSession",
+        "setSession cannot be used with pooler: \"transaction\": its SET statements would run on one server connection of the pooler, which other clients get next; set them on the role or database (ALTER ROLE ... SET), or with SET LOCAL in each transaction"
+      )
+    }
+    if (reset === "full") {
+      return invalid(
+        "reset",
+        "reset: \"full\" cannot be used with pooler: \"transaction\": DISCARD ALL would run on a server connection the pooler shares, dropping other clients' state; use \"transaction\" or \"always\""
+      )
+    }
+    if (statementTimeout !== undefined && statementTimeout !== Infinity) {
+      return invalid(
+        "statementTimeout",
+        "statementTimeout cannot be used with pooler: \"transaction\": it is sent at connect as a startup parameter, which a transaction pooler refuses or drops; set statement_timeout on the role or database (ALTER ROLE ... SET statement_timeout = ...), or use queryTimeout"
+      )
+    }
+  }
 
   return {
     url,
@@ -543,7 +588,10 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     readRouting,
     readBalancing,
     readFallback: config.readFallback ?? true,
-    roleCheckInterval: roleCheckInterval!
+    roleCheckInterval: roleCheckInterval!,
+    readYourWrites: config.readYourWrites ?? false,
+    readYourWritesTimeout: readYourWritesTimeout!,
+    pooler: new PoolerWatch(pooler)
   }
 }
 
@@ -663,6 +711,10 @@ export const connectOptions = (
     types: config.types,
     connectTimeout: config.connectTimeout,
     parameters,
-    statementCache: { threshold: config.prepareThreshold, capacity: config.statementCacheSize }
+    statementCache: {
+      threshold: config.prepareThreshold,
+      capacity: config.statementCacheSize,
+      pooler: config.pooler
+    }
   }
 }

@@ -109,5 +109,7 @@ export const knownUrlParams = new Set([
   "options",
   "connect_timeout",
   "target_session_attrs",
-  "load_balance_hosts"
+  "load_balance_hosts",
+  // not libpq's: this pool's `pooler` knob, as poolers' users put it in the URL they are given
+  "pooler"
 ])

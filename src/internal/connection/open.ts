@@ -120,14 +120,17 @@ export const openOn = (
         config.credentials === undefined ? Effect.succeed({}) : config.credentials.get,
         (credentials) => {
           const options = connectOptions(config, host, credentials)
-          return Effect.flatMap(opener.connector.connect(options, loss.report), (driver) =>
-            Effect.zipRight(
-              steps.setSession ? setSession(driver, config.setSession, options) : Effect.void,
-              Effect.map(
-                steps.checkRole ? readRole(driver, state, config.database) : Effect.succeed(undefined),
-                (server): Opened => ({ driver, scope, server, loss })
+          return Effect.flatMap(
+            Effect.map(opener.connector.connect(options, loss.report), (driver) => config.pooler.watch(driver)),
+            (driver) =>
+              Effect.zipRight(
+                steps.setSession ? setSession(driver, config.setSession, options) : Effect.void,
+                Effect.map(
+                  steps.checkRole ? readRole(driver, state, config.database) : Effect.succeed(undefined),
+                  (server): Opened => ({ driver, scope, server, loss })
+                )
               )
-            ))
+          )
         }
       ).pipe(
         Scope.extend(scope),

@@ -285,7 +285,8 @@ const makeConnection = (
   const types = typesOf(client)
   const cache = makeStatementCache(
     options.statementCache?.threshold ?? DEFAULT_PREPARE_THRESHOLD,
-    options.statementCache?.capacity ?? DEFAULT_STATEMENT_CACHE_SIZE
+    options.statementCache?.capacity ?? DEFAULT_STATEMENT_CACHE_SIZE,
+    options.statementCache?.pooler
   )
   // pg reports a statement's error on ErrorResponse, before the ReadyForQuery that carries the transaction
   // status: an error is passed on only once that ReadyForQuery has been read (or the connection has ended).

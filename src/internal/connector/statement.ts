@@ -85,13 +85,20 @@ export interface StatementCache {
    * answers pg does not pass to a statement (ParseComplete, BindComplete, CloseComplete), see `answered`.
    */
   onWire: Statement | undefined
+  /** The pool's view of a transaction pooler: no statement is prepared (or closed) while it says no. */
+  readonly pooler: Connector.PoolerSigns | undefined
 }
 
 /** @internal */
-export const makeStatementCache = (threshold: number, capacity: number): StatementCache => ({
+export const makeStatementCache = (
+  threshold: number,
+  capacity: number,
+  pooler: Connector.PoolerSigns | undefined = undefined
+): StatementCache => ({
   last: undefined,
   threshold,
   capacity,
+  pooler,
   prepared: new Map(),
   tick: 0,
   runs: new Map(),
@@ -99,6 +106,14 @@ export const makeStatementCache = (threshold: number, capacity: number): Stateme
   closing: [],
   onWire: undefined
 })
+
+/** Whether statements may be prepared now: a cache, and no transaction pooler in the way. */
+const preparing = (cache: StatementCache): boolean =>
+  cache.capacity > 0 && (cache.pooler === undefined || cache.pooler.prepare)
+
+/** A statement name of this cache's own that the server says exists already (42P05) or does not exist (26000). */
+const namedInError = (error: Error, name: string, code: string): boolean =>
+  (error as { readonly code?: unknown }).code === code && error.message.includes(`"${name}"`)
 
 /**
  * The name of a text's prepared statement: the same on every connection, so that a name always means the same
@@ -274,7 +289,7 @@ export class Statement {
     const prefix = this.prefix
     const cache = this.cache
     const text = this.text
-    if (cache.capacity > 0) {
+    if (preparing(cache)) {
       const prepared = cache.prepared.get(text)
       if (prepared !== undefined) {
         prepared.used = ++cache.tick
@@ -309,8 +324,9 @@ export class Statement {
     // every message of the statement in one buffer, one write
     const parts: Array<Buffer> = []
     if (cache.closing.length > 0) {
-      // first in the write, so that an error later in it (which skips the rest up to Sync) cannot skip them
-      for (const name of cache.closing) parts.push(serialize.close({ type: "S", name }))
+      // first in the write, so that an error later in it (which skips the rest up to Sync) cannot skip them;
+      // never behind a transaction pooler, where a Close would reach another client's server connection
+      if (preparing(cache)) { for (const name of cache.closing) parts.push(serialize.close({ type: "S", name })) }
       cache.closing = []
     }
     if (prefix !== undefined) {
@@ -507,6 +523,13 @@ export class Statement {
         return
       }
       case Mode.Preparing: {
+        if (error !== null && namedInError(error, this.preparedName, "42P05")) {
+          // a name of this connection's own already on the server: not prepared here, so another client put it
+          // on this server connection, which only a transaction pooler does. Nothing ran (the Parse failed)
+          this.stale = true
+          cache.pooler?.sign(`prepared statement ${this.preparedName} already exists on the server (42P05)`)
+          return
+        }
         if (error !== null || this.results?.length !== 1) {
           // the Parse may have gone through before the error (closing a missing statement is no error)
           cache.closing.push(this.preparedName)
@@ -523,6 +546,11 @@ export class Statement {
       case Mode.Prepared: {
         if (error === null || !isStale(error, this.preparedName)) return
         this.stale = true
+        if (namedInError(error, this.preparedName, "26000")) {
+          // prepared on this connection and gone, with no DEALLOCATE seen: a transaction pooler moved this
+          // connection's statements to another server connection (or something ran DEALLOCATE by name)
+          cache.pooler?.sign(`prepared statement ${this.preparedName} vanished from the server (26000)`)
+        }
         if ((error as { readonly code?: unknown }).code === "26000") {
           // names gone behind the cache's back: forget them all, and close them in case some are still there
           // (closing a missing statement is no error)

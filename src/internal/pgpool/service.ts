@@ -391,6 +391,7 @@ export const make = (
     const connector = yield* Connector.Connector
     const runTopology = yield* FiberSet.makeRuntime<never, unknown, unknown>()
     const topology = new Topology(resolved, connector, runTopology)
+    resolved.pooler.report = (log) => void runTopology(Effect.annotateLogs(log, { pool: resolved.name }))
     if (resolved.hosts.length === 1) {
       const core = yield* makeCore(resolved, {
         policy: mainPolicy(resolved, topology),

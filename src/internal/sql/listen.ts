@@ -250,6 +250,14 @@ class Listener {
 const listenError = (channel: string, error: QueryError): SqlError =>
   new SqlError({ cause: error, message: `LISTEN ${quoteIdent(channel)} failed: ${error.message}` })
 
+/** `listen` with `pooler: "transaction"`: refused, as a transaction pooler does not keep a LISTEN anywhere. */
+const behindPooler = (channel: string): SqlError =>
+  new SqlError({
+    message: `Cannot listen to ${
+      quoteIdent(channel)
+    } with pooler: "transaction": a transaction pooler keeps no session, so a LISTEN would stay on a server connection other clients get next and its notifications would never reach this one. Listen on a pool with a direct connection to the server (its own url, without the pooler)`
+  })
+
 /**
  * `PgClient.listen` on the pool `core`: the streams of all channels share one dedicated connection, opened
  * while some stream is listening (and a second longer).
@@ -269,25 +277,29 @@ export const makeListen = (
       idleTimeToLive: "1 second"
     }),
     (listener) => (channel: string) =>
-      Stream.asyncPush<string, SqlError>((emit) =>
-        Effect.gen(function*() {
-          const active = yield* RcRef.get(listener)
-          const failed = yield* Deferred.make<void>()
-          const subscriber: Subscriber = {
-            emit: (payload) => {
-              emit.single(payload)
-            },
-            fail: (error) => {
-              emit.fail(error)
-              Deferred.unsafeDone(failed, Exit.void)
+      core.config.pooler.mode === "transaction" ?
+        Stream.fail(behindPooler(channel)) :
+        Stream.asyncPush<string, SqlError>((emit) =>
+          Effect.gen(function*() {
+            const active = yield* RcRef.get(listener)
+            const failed = yield* Deferred.make<void>()
+            const subscriber: Subscriber = {
+              emit: (payload) => {
+                emit.single(payload)
+              },
+              fail: (error) => {
+                emit.fail(error)
+                Deferred.unsafeDone(failed, Exit.void)
+              }
             }
-          }
-          yield* Effect.acquireRelease(active.subscribe(channel, subscriber), () =>
-            active.unsubscribe(channel, subscriber))
-          yield* Effect.timeoutOption(
-            Effect.raceFirst(active.ready, Deferred.await(failed)),
-            core.config.connectTimeout
-          )
-        })
-      )
+            yield* Effect.acquireRelease(
+              active.subscribe(channel, subscriber),
+              () => active.unsubscribe(channel, subscriber)
+            )
+            yield* Effect.timeoutOption(
+              Effect.raceFirst(active.ready, Deferred.await(failed)),
+              core.config.connectTimeout
+            )
+          })
+        )
   )
