@@ -20,6 +20,7 @@ import type * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
@@ -357,12 +358,34 @@ export interface PgPool {
   ) => Effect.Effect<ReadonlyArray<Row>, PoolError | QueryError>
   readonly withConnection: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | PoolError, R>
   readonly readOnly: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** See {@link readYourWrites}. */
+  readonly readYourWrites: <A, E, R>(
+    effect: Effect.Effect<A, E, R>,
+    options?: ReadYourWritesOptions
+  ) => Effect.Effect<A, E | QueryError, R>
+  /** See {@link writeLsn}. */
+  readonly writeLsn: Effect.Effect<Option.Option<string>, PoolError | QueryError>
   readonly stats: Effect.Effect<PoolStats>
   readonly purgeExpired: Effect.Effect<number>
   /** See {@link resize}. */
   readonly resize: (options: ResizeOptions) => Effect.Effect<void, ConfigError.ConfigError>
   /** See {@link drain}. */
   readonly drain: Effect.Effect<void, DrainTimeoutError>
+}
+
+/**
+ * Options of {@link readYourWrites}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ReadYourWritesOptions {
+  /**
+   * A write position carried from another request (what {@link writeLsn} gave there, e.g. in a cookie): reads
+   * in the effect see at least everything written up to it. A text that is not an LSN fails the effect with a
+   * `QueryError` (SQLSTATE 22P02) before it runs.
+   */
+  readonly after?: string | undefined
 }
 
 /**
@@ -510,6 +533,40 @@ export const withConnection = <A, E, R>(
  */
 export const readOnly = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | PgPool> =>
   Effect.flatMap(PgPool, (pool) => pool.readOnly(effect))
+
+/**
+ * Read-your-writes for `effect` (one request): once work in it has run on the primary (a write, a transaction,
+ * anything not read-only), its read-only work (`readOnly`, read-only transactions) runs only on a standby that
+ * has replayed the primary's WAL position after that work, waiting up to `readYourWritesTimeout` for one, else
+ * on the primary. Read-only work before any write goes to a standby as usual. `after` starts from a position
+ * carried from another request (see {@link writeLsn}). The positions of the effect's writes are forgotten
+ * after it. With one host (or `readRouting: "off"`) every statement runs on the one server anyway.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const readYourWrites: {
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | PgPool>
+  <A, E, R>(
+    effect: Effect.Effect<A, E, R>,
+    options: ReadYourWritesOptions
+  ): Effect.Effect<A, E | QueryError, R | PgPool>
+} = <A, E, R>(effect: Effect.Effect<A, E, R>, options?: ReadYourWritesOptions) =>
+  Effect.flatMap(PgPool, (pool) => pool.readYourWrites(effect, options))
+
+/**
+ * The primary's WAL position after this fiber's last work there (in the current `readYourWrites` scope, or
+ * with the `readYourWrites` knob), as text (`"16/B374D848"`) to carry to another request (a cookie, a header)
+ * and give to `readYourWrites({ after })` there; `None` when the fiber has done no such work. Reads it from the
+ * primary when work came there since it was last read.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const writeLsn: Effect.Effect<Option.Option<string>, PoolError | QueryError, PgPool> = Effect.flatMap(
+  PgPool,
+  (pool) => pool.writeLsn
+)
 
 /**
  * @since 0.1.0

@@ -9,7 +9,7 @@
  * bound; the clocks are live.
  */
 import { assert, layer } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber, Layer, Redacted, Ref, Schedule } from "effect"
+import { Context, Deferred, Effect, Fiber, Layer, Option, Redacted, Ref, Schedule } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError } from "../src/PgPoolError.js"
 import * as Transaction from "../src/Transaction.js"
@@ -684,10 +684,94 @@ pairs("PgPool on a primary and a streaming standby", (it) => {
       const shrunk = yield* pool.stats
       assert.deepStrictEqual(shrunk.hosts.map((h) => h.size), [2, 2], JSON.stringify(shrunk.hosts))
 
-      const outcomes = [...(yield* writers.stop), ...(yield* readers.stop)]
-      const failures = outcomes.filter((o) => o.error !== undefined)
+      const written = yield* writers.stop
+      const read = yield* readers.stop
+      const failures = [...written, ...read].filter((o) => o.error !== undefined)
       assert.deepStrictEqual(failures, [], describeOutcomes(failures.slice(0, 5)))
-      assert.isAbove(outcomes.length, 500)
+      // both loads ran throughout (every worker was served)
+      assert.strictEqual(new Set(written.map((o) => o.worker)).size, 16)
+      assert.strictEqual(new Set(read.map((o) => o.worker)).size, 16)
+    }).pipe(Effect.scoped))
+
+  it.effect("read-your-writes: with replay paused, a read after a write sees it (on the primary); without the mode it is stale", () =>
+    Effect.gen(function*() {
+      const pair = yield* Shared
+      const onPrimary: Where = { standby: false, port: pair.primary.port }
+      const onStandby: Where = { standby: true, port: pair.standby.port }
+      yield* pair.primary.query("create table ryw (id int primary key)")
+      yield* pair.waitForReplay()
+      const pool = yield* buildPool(
+        pair.config({ applicationName: "ryw", maxConnections: 4, readYourWritesTimeout: 300 })
+      )
+      const seen = (id: number) =>
+        Effect.map(
+          PgPool.query(`${whereSql}, exists (select 1 from ryw where id = $1) as seen`, [id]),
+          (rows) => ({ ...toWhere(rows), seen: rows[0]!.seen as boolean })
+        )
+      const insert = (id: number) => PgPool.query("insert into ryw values ($1)", [id])
+      const paused = Effect.acquireRelease(
+        pair.standby.query("select pg_wal_replay_pause()"),
+        () => Effect.orDie(pair.standby.query("select pg_wal_replay_resume()"))
+      )
+      yield* Effect.gen(function*() {
+        yield* Effect.scoped(Effect.gen(function*() {
+          yield* paused
+          // without the mode: the write is on the primary, the read on the standby, which has not replayed it
+          yield* insert(1)
+          assert.deepStrictEqual(
+            yield* PgPool.readOnly(seen(1)),
+            { ...onStandby, seen: false },
+            "stale without the mode"
+          )
+
+          // with it: a read before any write still goes to the standby; after the write, to the primary (after
+          // waiting readYourWritesTimeout for the paused standby)
+          const [before, after, elapsed] = yield* PgPool.readYourWrites(Effect.gen(function*() {
+            const before = yield* PgPool.readOnly(seen(2))
+            yield* insert(2)
+            const start = yield* now
+            const after = yield* PgPool.readOnly(seen(2))
+            return [before, after, (yield* now) - start] as const
+          }))
+          assert.deepStrictEqual(before, { ...onStandby, seen: false })
+          assert.deepStrictEqual(after, { ...onPrimary, seen: true }, "read-your-writes while replay is paused")
+          assert.isAtLeast(elapsed, 250)
+          // the scope is over: the write's position is forgotten, reads go to the (stale) standby again
+          assert.deepStrictEqual(yield* PgPool.readOnly(seen(2)), { ...onStandby, seen: false })
+
+          // a read-only transaction after a write transaction, in the scope
+          const tx = yield* PgPool.readYourWrites(Effect.zipRight(
+            Transaction.withTransaction(insert(3)),
+            Transaction.withTransaction(seen(3), { readOnly: true })
+          ))
+          assert.deepStrictEqual(tx, { ...onPrimary, seen: true }, "read-only transaction after a write")
+
+          // the position carried to another request (a cookie), with writeLsn
+          const lsn = yield* PgPool.readYourWrites(Effect.zipRight(insert(4), PgPool.writeLsn))
+          assert.isTrue(Option.isSome(lsn))
+          assert.match(Option.getOrThrow(lsn), /^[0-9A-F]+\/[0-9A-F]+$/)
+          const carried = yield* Effect.fork(
+            PgPool.readYourWrites(PgPool.readOnly(seen(4)), { after: Option.getOrThrow(lsn) })
+          )
+          assert.deepStrictEqual(yield* Fiber.join(carried), { ...onPrimary, seen: true }, "carried position")
+          const invalid = failureOf(yield* Effect.exit(PgPool.readYourWrites(seen(4), { after: "yesterday" })))
+          assert.strictEqual(invalid._tag, "QueryError")
+          assert.strictEqual((invalid as { code?: string }).code, "22P02")
+          assert.strictEqual(Option.isNone(yield* PgPool.writeLsn), true, "no write outside a scope")
+        }))
+
+        // replay resumed: reads after a write go back to the standby once it has replayed the write
+        const back = yield* PgPool.readYourWrites(Effect.zipRight(insert(5), PgPool.readOnly(seen(5))))
+        assert.deepStrictEqual(back, { ...onStandby, seen: true }, "on the standby once replayed")
+      }).pipe(Effect.provide(pool))
+
+      // the knob: every fiber's reads see its own writes, no scope needed
+      yield* Effect.scoped(Effect.gen(function*() {
+        const always = yield* buildPool(pair.config({ applicationName: "ryw-knob", readYourWrites: true }))
+        yield* paused
+        const read = yield* Effect.zipRight(insert(6), PgPool.readOnly(seen(6))).pipe(Effect.provide(always))
+        assert.deepStrictEqual(read, { ...onPrimary, seen: true }, "readYourWrites: true")
+      }))
     }).pipe(Effect.scoped))
 
   it.effect("failover: writes fail fast while reads go on; after the promotion writes succeed on the same pool", () =>

@@ -207,11 +207,12 @@ export const make = <X, RP>(
         const pins = pinsOf(fiber)
         const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
         const router = service.router
-        if (router === undefined || !readOnly || findPin(pins, service) !== undefined) {
+        if (router === undefined || findPin(pins, service) !== undefined) {
           return outermost(service, service.main, effect, options, context, pins, restore, mapping, trace)
         }
-        return router.runOn(
-          router.pick(),
+        return service.routeWith(
+          fiber,
+          readOnly,
           (target) => outermost(service, target, effect, options, context, pins, restore, mapping, trace),
           () => Effect.fail(mapping.map(router.noStandby()))
         )

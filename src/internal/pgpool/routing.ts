@@ -6,16 +6,20 @@
  *
  * @internal
  */
+import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import { ConnectionError } from "../../PgPoolError.js"
 import type { ResolvedConfig } from "../config/resolve.js"
 import type { HostState } from "../connection/hosts.js"
 import type { PoolCore } from "../pool/core.js"
+import type { Replay } from "./readYourWrites.js"
 
 /** @internal */
 export interface ReadPool {
   readonly state: HostState
   readonly core: PoolCore
+  /** How far the standby has replayed, as last read (for read-your-writes). */
+  readonly replay: Replay
 }
 
 const ReadPoolOf: unique symbol = Symbol.for("effect-pg-pool/PgPool/ReadPoolOf")
@@ -46,8 +50,44 @@ export class Router {
 
   /** The pool for read-only work now, or undefined when no standby is healthy and there is no fallback. */
   pick(): PoolCore | undefined {
-    const healthy = this.reads.filter((read) => read.state.role === "standby" && !read.state.down)
+    const healthy = this.healthy()
     if (healthy.length === 0) return this.config.readFallback ? this.main : undefined
+    return this.pickFrom(healthy)
+  }
+
+  private healthy(): ReadonlyArray<ReadPool> {
+    return this.reads.filter((read) => read.state.role === "standby" && !read.state.down)
+  }
+
+  /**
+   * The pool for read-only work that must see everything up to the WAL position `target`: a healthy standby
+   * that has replayed it (their positions read again while none has, up to `timeout` ms), else the pool for
+   * ordinary work, which sees it already. With no healthy standby, as `pick`.
+   */
+  caughtUp(target: bigint, timeout: number): Effect.Effect<PoolCore | undefined> {
+    return Effect.flatMap(Clock.currentTimeMillis, (start) => {
+      const attempt: Effect.Effect<PoolCore | undefined> = Effect.suspend(() => {
+        const healthy = this.healthy()
+        if (healthy.length === 0) return Effect.succeed(this.config.readFallback ? this.main : undefined)
+        const ready = healthy.filter((read) => read.replay.replayed >= target)
+        if (ready.length > 0) return Effect.succeed(this.pickFrom(ready))
+        return Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          const left = start + timeout - now
+          if (left <= 0) return Effect.succeed(this.main)
+          return Effect.flatMap(
+            Effect.forEach(healthy, (read) => read.replay.refresh, { concurrency: "unbounded", discard: true }),
+            () =>
+              healthy.some((read) => read.replay.replayed >= target)
+                ? attempt
+                : Effect.zipRight(Effect.sleep(Math.min(REPLAY_POLL, left)), attempt)
+          )
+        })
+      })
+      return attempt
+    })
+  }
+
+  private pickFrom(healthy: ReadonlyArray<ReadPool>): PoolCore {
     switch (this.config.readBalancing) {
       case "round-robin":
         return healthy[this.next++ % healthy.length]!.core
@@ -93,5 +133,8 @@ export class Router {
     })
   }
 }
+
+/** How often a read waiting for a standby to replay reads the standbys' positions again (ms). */
+const REPLAY_POLL = 5
 
 const load = (core: PoolCore): number => core.inUse + core.waiting + core.pending

@@ -29,6 +29,18 @@ import { release, releaseWith } from "../pool/release.js"
 import { aggregate, connectionLog, hostStats, snapshot } from "../pool/stats.js"
 import * as Tracing from "../tracing.js"
 import { currentReadOnly, memberOf, outlivedTransaction, ownPins, pinOf, setRef } from "./pin.js"
+import {
+  carried,
+  currentReadYourWrites,
+  currentWrites,
+  formatLsn,
+  invalidLsn,
+  markWrite,
+  parseLsn,
+  Replay,
+  replayTarget,
+  writePosition
+} from "./readYourWrites.js"
 import { markReroutable, type ReadPool, Router } from "./routing.js"
 
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -110,6 +122,8 @@ export class PgPoolService {
       query: this.query,
       withConnection: this.withConnection,
       readOnly: this.readOnly,
+      readYourWrites: this.readYourWrites,
+      writeLsn: this.writeLsn,
       stats: Effect.sync(() => {
         for (const core of cores) core.updateGauges()
         return router === undefined ? snapshot(main) : aggregate(main, cores)
@@ -138,15 +152,6 @@ export class PgPoolService {
     return this.main.config
   }
 
-  /**
-   * Where new work of this fiber goes: the pool for ordinary work, or, inside `PgPool.readOnly` on a pool of
-   * several hosts, the pool of a standby (or the fallback; undefined when there is none).
-   */
-  route(fiber: Fiber.RuntimeFiber<unknown, unknown>): PoolCore | undefined {
-    if (this.router === undefined || !fiber.getFiberRef(currentReadOnly)) return this.main
-    return this.router.pick()
-  }
-
   /** Runs `f` on the pool the fiber's work goes to (sent on when a standby cannot connect). */
   routeOr<A, E, R>(
     fiber: Fiber.RuntimeFiber<unknown, unknown>,
@@ -154,7 +159,38 @@ export class PgPoolService {
   ): Effect.Effect<A, E | ConnectionError, R> {
     const router = this.router
     if (router === undefined) return f(this.main)
-    return router.runOn(this.route(fiber), f, () => Effect.fail(router.noStandby()))
+    return this.routeWith(fiber, fiber.getFiberRef(currentReadOnly), f, () => Effect.fail(router.noStandby()))
+  }
+
+  /**
+   * Runs `f` on the pool for work that is read-only or not, on a pool of several hosts with read routing:
+   * read-only work on a standby (`none` when there is none and no fallback), the rest on the pool for ordinary
+   * work. With read-your-writes, work on the primary marks the fiber's position as to be read, and read-only
+   * work after it goes only to a standby that has replayed that position (see `Router.caughtUp`).
+   */
+  routeWith<A, E, R, E2>(
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    readOnly: boolean,
+    f: (target: PoolCore) => Effect.Effect<A, E, R>,
+    none: () => Effect.Effect<never, E2>
+  ): Effect.Effect<A, E | E2, R> {
+    const router = this.router!
+    if (!this.config.readYourWrites && !fiber.getFiberRef(currentReadYourWrites)) {
+      return readOnly ? router.runOn(router.pick(), f, none) : f(this.main)
+    }
+    if (!readOnly) return Effect.ensuring(f(this.main), markWrite(this))
+    if (!fiber.getFiberRef(currentWrites).has(this)) return router.runOn(router.pick(), f, none)
+    return Effect.flatMap(
+      Effect.matchEffect(writePosition(this, this.main), {
+        // the primary's position cannot be read (it is away): only the primary is sure to have the writes
+        onFailure: () => Effect.succeed(this.main),
+        onSuccess: (lsn) =>
+          lsn === undefined
+            ? Effect.sync(() => router.pick())
+            : router.caughtUp(replayTarget(lsn), this.config.readYourWritesTimeout)
+      }),
+      (target) => router.runOn(target, f, none)
+    )
   }
 
   /** Checks a connection of `core` out as a Handle. Must run in an uninterruptible region; the wait is restored. */
@@ -362,6 +398,26 @@ export class PgPoolService {
 
   readonly readOnly = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
     Effect.locally(effect, currentReadOnly, true)
+
+  readonly readYourWrites = <A, E, R>(
+    effect: Effect.Effect<A, E, R>,
+    options?: PgPool.ReadYourWritesOptions
+  ): Effect.Effect<A, E | QueryError, R> => {
+    // a scope of its own: the positions of writes inside it are forgotten after it
+    const scoped = Effect.locally(Effect.locally(effect, currentReadYourWrites, true), currentWrites, new Map())
+    const after = options?.after
+    if (after === undefined) return scoped
+    const lsn = typeof after === "string" ? parseLsn(after) : undefined
+    if (lsn === undefined) return Effect.fail(invalidLsn(String(after)))
+    return Effect.zipRight(FiberRef.update(currentWrites, carried(this, lsn)), effect).pipe(
+      Effect.locally(currentReadYourWrites, true),
+      Effect.locally(currentWrites, new Map())
+    )
+  }
+
+  get writeLsn(): Effect.Effect<Option.Option<string>, PoolError | QueryError> {
+    return Effect.map(writePosition(this, this.main), (lsn) => Option.map(Option.fromNullable(lsn), formatLsn))
+  }
 }
 
 /** Logs a warning, naming the span and the code that checked the connection out, when it is held too long. */
@@ -439,7 +495,7 @@ export const make = (
           onConnectFailure: (error) => markReroutable(read)(error)
         })
         startMaintenance(read)
-        reads.push({ state, core: read })
+        reads.push({ state, core: read, replay: new Replay(read) })
       }
       router = new Router(main, reads, resolved)
     }
