@@ -403,16 +403,14 @@ export class PgPoolService {
     effect: Effect.Effect<A, E, R>,
     options?: PgPool.ReadYourWritesOptions
   ): Effect.Effect<A, E | QueryError, R> => {
-    // a scope of its own: the positions of writes inside it are forgotten after it
-    const scoped = Effect.locally(Effect.locally(effect, currentReadYourWrites, true), currentWrites, new Map())
     const after = options?.after
-    if (after === undefined) return scoped
-    const lsn = typeof after === "string" ? parseLsn(after) : undefined
-    if (lsn === undefined) return Effect.fail(invalidLsn(String(after)))
-    return Effect.zipRight(FiberRef.update(currentWrites, carried(this, lsn)), effect).pipe(
-      Effect.locally(currentReadYourWrites, true),
-      Effect.locally(currentWrites, new Map())
-    )
+    const lsn = after === undefined ? undefined : parseLsn(String(after))
+    if (after !== undefined && lsn === undefined) return Effect.fail(invalidLsn(String(after)))
+    const body = lsn === undefined
+      ? effect
+      : Effect.zipRight(FiberRef.update(currentWrites, carried(this, lsn)), effect)
+    // a scope of its own: the positions of writes inside it are forgotten after it
+    return body.pipe(Effect.locally(currentReadYourWrites, true), Effect.locally(currentWrites, new Map()))
   }
 
   get writeLsn(): Effect.Effect<Option.Option<string>, PoolError | QueryError> {
