@@ -247,6 +247,22 @@ export interface Connection {
     rowMode: "array" | undefined,
     callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
   ) => void
+  /**
+   * Optional (pipelining): sends one statement outside any transaction even while others are in flight on the
+   * connection: it is written at once behind them (statements sent in the same turn of the event loop go out in
+   * one write), each under a Sync of its own, so each is an implicit transaction of its own and a failure of one
+   * does not touch the others; `callback` is called exactly once, in order. The returned handle's `cancel`
+   * cancels exactly this statement: a CancelRequest is sent only once the statement is the one the server runs,
+   * and a statement behind it that a late CancelRequest reaches anyway (it fails with 57014 having had no
+   * effect) is sent again by the connection. When the connection is lost, every statement in flight fails at
+   * once with a `ConnectionError` (`safeToRetry` only for those that provably never ran).
+   */
+  readonly sendPipelined?: (
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
+  ) => InFlight
   /** Opens a cursor that fetches the rows of `text` in batches. */
   readonly cursor: (
     text: string,
@@ -269,6 +285,21 @@ export interface Connection {
   readonly cancel: Effect.Effect<void, ConnectionError>
   /** Registers the handler of `LISTEN` notifications (one per connection). */
   readonly onNotification: (handler: (notification: Notification) => void) => void
+}
+
+/**
+ * A statement sent with `Connection.sendPipelined`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface InFlight {
+  /**
+   * Cancels this statement and no other: it completes once the CancelRequest went out (after the statements
+   * ahead of it finished), or at once when the statement has finished. The statement's callback says how it
+   * ended (57014 when the cancel reached it, else its own outcome).
+   */
+  readonly cancel: Effect.Effect<void>
 }
 
 /**

@@ -33,6 +33,9 @@ const isDatabaseError = (u: unknown): u is pg.DatabaseError =>
 
 const connectionLostCodes = new Set(["57P01", "57P02", "57P03", "57P05"])
 
+/** How long after a CancelRequest a 57014 of a statement it was not meant for is taken for that request's (ms). */
+const STRAY_CANCEL_WINDOW = 5_000
+
 /**
  * True when an error reported by the driver means that the connection itself is unusable, as opposed to a
  * statement that failed on a healthy connection.
@@ -216,11 +219,14 @@ interface ClientState {
 
 interface PgClientInternals {
   readonly connection: {
-    readonly stream: { destroy(error?: Error): void }
+    readonly stream: { destroy(error?: Error): void; cork(): void; uncork(): void }
     on(event: "readyForQuery" | "parseComplete" | "bindComplete" | "closeComplete", listener: () => void): void
     prependListener(event: "readyForQuery", listener: (message: { readonly status?: string }) => void): void
   }
-  readonly readyForQuery: boolean
+  readyForQuery: boolean
+  /** The statement whose answers pg is reading (written by pg, or made so by the pipeline). */
+  _activeQuery: unknown
+  readonly _queryQueue: ReadonlyArray<unknown>
   readonly processID: number | null
   readonly secretKey: number | null
 }
@@ -307,7 +313,11 @@ const makeConnection = (
   client.on("end", flushReady)
   // the first answers to a statement over the extended protocol, which pg does not pass on to the statement:
   // marked on it, so that a lost connection's statement that was answered is never taken for one that never ran
-  const answered = () => cache.onWire?.answered()
+  // (the statement pg is reading answers for: with pipelining, statements written after it are in flight too)
+  const answered = () => {
+    const active = internals._activeQuery
+    if (active instanceof Statement) active.answered()
+  }
   internals.connection.on("parseComplete", answered)
   internals.connection.on("bindComplete", answered)
   internals.connection.on("closeComplete", answered)
@@ -315,38 +325,120 @@ const makeConnection = (
     if (internals.readyForQuery || state.lost) fn()
     else afterReady.push(fn)
   }
+  // pipelining (sendPipelined): the statements written behind pg's active query, in order. pg knows only its
+  // active query; when the ReadyForQuery of one has been read (pg has finished it), the next one here is made
+  // pg's active query, so the answers that follow reach it. While any statement is here, every statement is
+  // written behind it, never through pg's own queue (pg would take the next ReadyForQuery for its own).
+  const behind: Array<Statement> = []
+  /** When this connection last sent a CancelRequest (performance.now()), to recognise one that landed late. */
+  let lastCancel = -Infinity
+  /** The FATAL the server sent before ending the connection: the statements behind it never ran. */
+  let fatal: Error | undefined
+  let corked = false
+  const stream = internals.connection.stream
+  const uncork = () => {
+    corked = false
+    stream.uncork()
+  }
+  internals.connection.on("readyForQuery", () => {
+    const next = behind.shift()
+    if (next === undefined) return
+    internals._activeQuery = next
+    internals.readyForQuery = false
+    const onHead = next.onHead
+    if (onHead !== undefined) {
+      next.onHead = undefined
+      onHead()
+    }
+  })
+  const failBehind = (cause: unknown) => {
+    const error = fatal ?? cause
+    for (const statement of behind.splice(0)) {
+      statement.handleError(error as Error)
+      const onHead = statement.onHead
+      statement.onHead = undefined
+      onHead?.()
+    }
+  }
+  client.on("end", () => failBehind(new Error("Connection terminated unexpectedly")))
+  client.on("error", (error: unknown) => failBehind(error))
+  const cancelNow = Effect.suspend(() => {
+    if (state.lost) return Effect.void
+    lastCancel = performance.now()
+    return Effect.catchAllCause(sendCancel(target, ssl, backendPid, secretKey), () => Effect.void)
+  })
+  /** Writes `statement` behind the statements in flight (one write per turn of the event loop). */
+  const writeBehind = (statement: Statement) => {
+    if (!corked) {
+      corked = true
+      stream.cork()
+      process.nextTick(uncork)
+    }
+    statement.submit(internals.connection as unknown as Parameters<Statement["submit"]>[0])
+    // a statement not written (the socket is gone) gets no ReadyForQuery: the connection's end fails it
+    if (statement.wrote) behind.push(statement)
+    else if (!statement.finished) statement.handleError(new Error("Connection terminated: the statement was not sent"))
+  }
   const submit = (
     text: string,
     params: ReadonlyArray<unknown> | undefined,
     rowMode: "array" | undefined,
     prefix: ReadonlyArray<string> | undefined,
     callback: (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void,
-    resent: boolean
-  ): void => {
-    const statement: Statement = new Statement(text, params, rowMode, types, cache, (error, result) => {
-      if (error) {
-        if (isConnectionFailure(error)) state.lost = true
-        // a statement of an open transaction is never safe to send again alone: the transaction is lost with it
-        const mapped = toStatementError(target, error, txStatus === "I" ? statement : undefined)
-        whenReady(() => {
-          // a prepared statement gone stale did not run: outside a transaction it is sent again, as text; as the
-          // first statement of a transaction (after its BEGIN) the transaction is rolled back and begun again
-          if (statement.stale && !resent && !state.lost) {
-            const status = txStatus
-            if (prefix === undefined && status === "I") return submit(text, params, rowMode, prefix, callback, true)
-            if (prefix !== undefined && status === "E") {
-              return submit(text, params, rowMode, ["ROLLBACK", ...prefix], callback, true)
-            }
+    resent: boolean,
+    pipelined = false
+  ): Statement => {
+    const statement: Statement = new Statement(
+      text,
+      params,
+      rowMode,
+      types,
+      cache,
+      (error, result) => {
+        if (error) {
+          if (isConnectionFailure(error)) {
+            state.lost = true
+            if ((error as { readonly severity?: unknown }).severity === "FATAL") fatal ??= error
           }
-          settle()
-          callback(mapped, undefined)
-        })
-        return
-      }
-      settle()
-      callback(undefined, result)
-    }, prefix)
-    client.query(statement as unknown as pg.Submittable)
+          // a statement of an open transaction is never safe to send again alone: the transaction is lost with it
+          const mapped = toStatementError(target, error, txStatus === "I" ? statement : undefined)
+          whenReady(() => {
+            // a prepared statement gone stale did not run: outside a transaction it is sent again, as text; as the
+            // first statement of a transaction (after its BEGIN) the transaction is rolled back and begun again
+            if (statement.stale && !resent && !state.lost) {
+              const status = txStatus
+              if (prefix === undefined && status === "I") {
+                return void submit(text, params, rowMode, prefix, callback, true, pipelined)
+              }
+              if (prefix !== undefined && status === "E") {
+                return void submit(text, params, rowMode, ["ROLLBACK", ...prefix], callback, true)
+              }
+            }
+            // a CancelRequest meant for the statement before it that reached it instead (the server had finished
+            // that one): cancelled in its own implicit transaction, it had no effect, so it is sent again
+            if (
+              mapped.code === "57014" && !statement.cancelRequested && statement.alone && !state.lost &&
+              performance.now() - lastCancel < STRAY_CANCEL_WINDOW && error.message.includes("user request")
+            ) {
+              return void submit(text, params, rowMode, prefix, callback, resent, true)
+            }
+            settle()
+            callback(mapped, undefined)
+          })
+          return
+        }
+        settle()
+        callback(undefined, result)
+      },
+      prefix,
+      pipelined
+    )
+    if (behind.length > 0 || (pipelined && !internals.readyForQuery && internals._queryQueue.length === 0)) {
+      writeBehind(statement)
+    } else {
+      client.query(statement as unknown as pg.Submittable)
+    }
+    return statement
   }
   return {
     backendPid,
@@ -357,6 +449,21 @@ const makeConnection = (
     sendAfter: (prefix, text, params, rowMode, callback) => {
       inFlight++
       submit(text, params, rowMode, prefix, callback, false)
+    },
+    sendPipelined: (text, params, rowMode, callback) => {
+      inFlight++
+      const statement = submit(text, params, rowMode, undefined, callback, false, true)
+      return {
+        cancel: Effect.suspend(() => {
+          if (statement.finished || state.lost) return Effect.void
+          statement.cancelRequested = true
+          if (internals._activeQuery === statement) return cancelNow
+          // not the server's yet: the CancelRequest waits until the statements ahead of it have finished
+          return Effect.async<void>((resume) => {
+            statement.onHead = () => resume(statement.finished ? Effect.void : cancelNow)
+          })
+        })
+      }
     },
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)

@@ -80,11 +80,6 @@ export interface StatementCache {
   runsChars: number
   /** Names of evicted statements, closed in the next write that uses the extended protocol. */
   closing: Array<string>
-  /**
-   * The statement whose messages were written last and that has not finished: the connection marks on it the
-   * answers pg does not pass to a statement (ParseComplete, BindComplete, CloseComplete), see `answered`.
-   */
-  onWire: Statement | undefined
   /** The pool's view of a transaction pooler: no statement is prepared (or closed) while it says no. */
   readonly pooler: Connector.PoolerSigns | undefined
 }
@@ -103,8 +98,7 @@ export const makeStatementCache = (
   tick: 0,
   runs: new Map(),
   runsChars: 0,
-  closing: [],
-  onWire: undefined
+  closing: []
 })
 
 /** Whether statements may be prepared now: a cache, and no transaction pooler in the way. */
@@ -281,8 +275,28 @@ export class Statement {
     readonly types: { getTypeParser(oid: number, format: string): Parser },
     readonly cache: StatementCache,
     readonly done: Done,
-    readonly prefix: ReadonlyArray<string> | undefined = undefined
+    readonly prefix: ReadonlyArray<string> | undefined = undefined,
+    /**
+     * Written behind statements still in flight (pipelining): never prepared under a name, since another
+     * statement in flight may be preparing the same one (it may run as a statement prepared before).
+     */
+    readonly pipelined = false
   ) {}
+
+  /** Cancelling this statement was asked for (see `Connection.sendPipelined`). */
+  cancelRequested = false
+  /** Called once the statement is the one whose answers are read (pipelining), or it failed before that. */
+  onHead: (() => void) | undefined = undefined
+
+  /** Something of the statement was written, so the server will answer it up to a ReadyForQuery. */
+  get wrote(): boolean {
+    return this.wire !== Wire.NotWritten
+  }
+
+  /** It went out over the extended protocol with a Sync of its own: an implicit transaction of its own. */
+  get alone(): boolean {
+    return this.prefix === undefined && (this.wire === Wire.Extended || this.wire === Wire.Answered)
+  }
 
   submit(connection: PgConnection): null {
     const values = this.values
@@ -304,7 +318,7 @@ export class Statement {
             return null
           }
         }
-      } else if ((cache.runs.get(text) ?? 0) >= cache.threshold) {
+      } else if (!this.pipelined && (cache.runs.get(text) ?? 0) >= cache.threshold) {
         this.mode = Mode.Preparing
         this.preparedName = preparedName(text)
       }
@@ -370,7 +384,6 @@ export class Statement {
   /** The statement's messages were written to the socket. */
   written(wire: Wire.Simple | Wire.Extended): void {
     this.wire = wire
-    this.cache.onWire = this
   }
 
   /**
@@ -494,7 +507,6 @@ export class Statement {
   finish(error: Error | null, result: Connector.QueryResult | undefined): void {
     if (this.finished) return
     this.finished = true
-    if (this.cache.onWire === this) this.cache.onWire = undefined
     if (this.cache.capacity > 0) this.remember(error)
     this.done(error, result)
   }
