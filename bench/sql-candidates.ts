@@ -43,10 +43,13 @@ const randomId = (): number => 1 + Math.floor(Math.random() * ROWS)
 // ---------------------------------------------------------------------------------------------------------
 
 /** Our pool, as an application would configure it (its connection logs kept out of the report's output). */
-const ourLayer = (db: Target): Layer.Layer<PgPool.PgPool, unknown> =>
-  PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours" }).pipe(
+const ourLayer = (db: Target, config: PgPool.Config = {}): Layer.Layer<PgPool.PgPool, unknown> =>
+  PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours", ...config }).pipe(
     Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
+
+/** The pipelining depth of the candidates that pipeline. */
+const PIPELINE_DEPTH = 16
 
 /** Our `SqlClient` (PgPoolSql) on our pool. */
 const ourSqlLayer = (db: Target): Layer.Layer<SqlClient.SqlClient, unknown> =>
@@ -103,6 +106,15 @@ export const select1: ReadonlyArray<Candidate<Target>> = [
     "PgPool.query",
     "ours",
     (db) => fromRuntime(ManagedRuntime.make(ourLayer(db)), Effect.suspend(() => PgPool.query("SELECT 1")))
+  ),
+  ready(
+    "PgPool.query (pipelined)",
+    "ours",
+    (db) =>
+      fromRuntime(
+        ManagedRuntime.make(ourLayer(db, { pipelineDepth: PIPELINE_DEPTH })),
+        Effect.suspend(() => PgPool.query("SELECT 1"))
+      )
   ),
   ready("PgPool.connection + conn.query", "ours", (db) =>
     fromRuntime(

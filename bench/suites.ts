@@ -29,7 +29,7 @@ export const suite = (id: MeasuredSuiteId, settings: Settings): Suite => {
           title: "SELECT 1",
           description:
             "One `SELECT 1` per operation through each pool (10 connections); latency is per query, including the wait for a connection.",
-          levels: [1, 8, 32, 128],
+          levels: [1, 8, 32, 128, 512, 2048],
           candidates: SqlCandidates.select1,
           latency: true,
           ...db

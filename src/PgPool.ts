@@ -148,6 +148,14 @@ export interface Config {
    * `PoolExhaustedError` reason `"overloaded"` instead of queueing to time out. Default false.
    */
   readonly shedLoad?: boolean | undefined
+  /**
+   * Pipelining: when every connection is busy, a one-shot statement (`PgPool.query`, the SqlClient's statements
+   * outside transactions) is sent on a busy connection behind the statements in flight there, up to this many
+   * in flight per connection, instead of waiting for a connection; each is its own implicit transaction, and
+   * interrupting one cancels exactly that one. Only once the pool has all its connections; a statement that
+   * rides is not bounded by `acquireTimeout`. 1 turns it off. Default 1 (off); 16 is a good value.
+   */
+  readonly pipelineDepth?: number | undefined
   /** Statements per physical connection before it is closed and replaced at the next safe point. Default unlimited (0). */
   readonly maxUsage?: number | undefined
   /**
@@ -279,6 +287,8 @@ export interface PoolStats {
   readonly timeouts: number
   /** Checkouts refused at once because the predicted wait exceeded `acquireTimeout` (`shedLoad`). */
   readonly shed: number
+  /** One-shot statements sent behind others on a busy connection (`pipelineDepth`). */
+  readonly pipelined: number
   /** Connect attempts that failed. */
   readonly connectFailures: number
   /** Open connections per host, with the host's role as last seen (`"unknown"` until it is checked). */

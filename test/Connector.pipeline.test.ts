@@ -63,6 +63,27 @@ describe("Connector pipelining (live, over pg)", () => {
       assert.deepStrictEqual((yield* Connector.query(conn, "select 2 as v")).rows, [{ v: 2 }])
     }))
 
+  it.scoped("statements sent from the callback of the statement that just finished keep their order", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const outcomes: Array<string> = []
+      const done = yield* Deferred.make<void>()
+      const record = (name: string, last = false) => (error: unknown, result: Connector.QueryResult | undefined) => {
+        outcomes.push(error === undefined ? `${name}=${result!.rows[0]!.v}` : `${name} failed`)
+        if (last) Deferred.unsafeDone(done, Effect.void)
+      }
+      // B is sent while pg is between statements (it starts B itself), C behind B: C must wait for B's end
+      conn.sendPipelined!("select 'a' as v", undefined, undefined, (error, result) => {
+        record("A")(error, result)
+        conn.sendPipelined!("select 'b' as v, pg_sleep(0.05)", undefined, undefined, record("B"))
+        conn.sendPipelined!("select 'c' as v", undefined, undefined, record("C"))
+        conn.sendPipelined!("select 'd' as v", undefined, undefined, record("D", true))
+      })
+      yield* Deferred.await(done)
+      assert.deepStrictEqual(outcomes, ["A=a", "B=b", "C=c", "D=d"])
+      assert.isFalse(conn.isBroken())
+    }))
+
   it.scoped("cancel is exact: the running statement, one waiting behind it, one finished; neighbours unharmed", () =>
     Effect.gen(function*() {
       const conn = yield* open

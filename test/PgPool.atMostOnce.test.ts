@@ -361,11 +361,25 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
         assert.isUndefined((inTransaction as ConnectionError).safeToRetry)
       }))
 
-    const storms: ReadonlyArray<{ readonly name: string; readonly healthCheck: boolean; readonly held: boolean }> = [
-      { name: "healthCheck: false", healthCheck: false, held: false },
-      { name: "healthCheck: true", healthCheck: true, held: false },
+    const storms: ReadonlyArray<
+      { readonly name: string; readonly healthCheck: boolean; readonly held: boolean; readonly pipelineDepth: number }
+    > = [
+      { name: "healthCheck: false", healthCheck: false, held: false, pipelineDepth: 16 },
+      { name: "healthCheck: true", healthCheck: true, held: false, pipelineDepth: 16 },
       // the FATALs held back until every connection has a statement written on it: the race made certain
-      { name: "healthCheck: false, the FATALs read only after the statements went out", healthCheck: false, held: true }
+      {
+        name: "healthCheck: false, the FATALs read only after the statements went out",
+        healthCheck: false,
+        held: true,
+        pipelineDepth: 1
+      },
+      // ... and with 16 statements pipelined on every dead connection
+      {
+        name: "healthCheck: false, the FATALs read only after 16 statements per connection went out",
+        healthCheck: false,
+        held: true,
+        pipelineDepth: 16
+      }
     ]
 
     for (const storm of storms) {
@@ -381,6 +395,7 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
             maxConnections: size,
             maintenanceInterval: "100 millis",
             healthCheck: storm.healthCheck,
+            pipelineDepth: storm.pipelineDepth,
             host: "127.0.0.1",
             port: proxy.port
           })
@@ -410,8 +425,11 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
             let exits: ReadonlyArray<Exit.Exit<ReadonlyArray<PgPool.Row>, unknown>>
             if (storm.held) {
               const fiber = yield* Effect.fork(queries)
-              // a statement on every (dead) connection, the others waiting
-              yield* eventually(pool.stats, (s) => s.inUse === size && s.waiting === 100 - size)
+              // pipelineDepth statements on every (dead) connection, the others waiting
+              yield* eventually(
+                pool.stats,
+                (s) => s.inUse === size && s.waiting === Math.max(0, 100 - size * storm.pipelineDepth)
+              )
               proxy.release()
               exits = yield* Fiber.join(fiber)
             } else {

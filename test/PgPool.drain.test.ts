@@ -33,48 +33,57 @@ const settingsOfBackends = (name: string) =>
   )
 
 describe("PgPool.drain", () => {
-  it.scopedLive("replaces every connection under a load of 32 fibers: all backends see a setting only new sessions get", () => {
-    const name = app("load")
-    return Effect.gen(function*() {
-      const pool = yield* PgPool.PgPool
-      yield* Effect.addFinalizer(() => Effect.orDie(setOnServer("off")))
-      const seen = (rows: ReadonlyArray<PgPool.Row>) => String(rows[0]!.value)
-      const load = yield* startLoad(pool, 32, {
-        statement: (index) => ({
-          text: `select pg_sleep(0.005), $1::int as worker, current_setting('${setting}') as value`,
-          params: [index]
+  for (const pipelineDepth of [1, 16]) {
+    it.scopedLive(`replaces every connection under a load of 32 fibers: all backends see a setting only new sessions get (pipelineDepth ${pipelineDepth})`, () => {
+      const name = app(`load-${pipelineDepth}`)
+      return Effect.gen(function*() {
+        const pool = yield* PgPool.PgPool
+        yield* Effect.addFinalizer(() => Effect.orDie(setOnServer("off")))
+        const seen = (rows: ReadonlyArray<PgPool.Row>) => String(rows[0]!.value)
+        const load = yield* startLoad(pool, 32, {
+          statement: (index) => ({
+            text: `select pg_sleep(0.005), $1::int as worker, current_setting('${setting}') as value`,
+            params: [index]
+          })
         })
-      })
-      yield* eventually(PgPool.stats, (s) => s.size === 6 && s.pending === 0 && s.waiting > 0, {
-        interval: "10 millis"
-      })
-      const old = yield* eventually(settingsOfBackends(name), (pids) => pids.length === 6)
-      yield* setOnServer("on")
-      // the sessions open before the change keep the old value
-      assert.strictEqual(seen(yield* PgPool.query(`select current_setting('${setting}') as value`)), "off")
-      const before = (yield* PgPool.stats).closedByReason.drained
-      yield* PgPool.drain
-      // no connection of before the call is left: the server has none of the old backends, and every
-      // connection of the pool sees the new value
-      const now = yield* settingsOfBackends(name)
-      assert.isTrue(now.every((pid) => !old.includes(pid)), `${JSON.stringify(old)} -> ${JSON.stringify(now)}`)
-      const stats = yield* PgPool.stats
-      assert.strictEqual(stats.closedByReason.drained - before, 6)
-      const values = yield* PgPool.withConnection(Effect.all(
-        Array.from({ length: 6 }, () => PgPool.query(`select current_setting('${setting}') as value`)),
-        { concurrency: "unbounded" }
-      ))
-      assert.deepStrictEqual(values.map(seen), Array.from({ length: 6 }, () => "on"))
-      // the load went on throughout, without a failure
-      const count = (yield* load.outcomes).length
-      yield* eventually(load.outcomes, (o) => o.length >= count + 50)
-      const outcomes = yield* load.stop
-      const failures = outcomes.filter((o) => o.error !== undefined)
-      assert.deepStrictEqual(failures, [], describeOutcomes(failures.slice(0, 5)))
-      // every statement after the drain ran in a new session
-      yield* eventually(backends(name), (rows) => rows.every((row) => !old.includes(Number(row.pid))))
-    }).pipe(Effect.provide(testLayer({ name, applicationName: name, maxConnections: 6, acquireTimeout: "20 seconds" })))
-  })
+        // the load keeps every connection busy: fibers wait for one (or, pipelining, ride busy ones)
+        yield* eventually(
+          PgPool.stats,
+          (s) => s.size === 6 && s.pending === 0 && (pipelineDepth === 1 ? s.waiting > 0 : s.pipelined > 0),
+          { interval: "10 millis" }
+        )
+        const old = yield* eventually(settingsOfBackends(name), (pids) => pids.length === 6)
+        yield* setOnServer("on")
+        // the sessions open before the change keep the old value
+        assert.strictEqual(seen(yield* PgPool.query(`select current_setting('${setting}') as value`)), "off")
+        const before = (yield* PgPool.stats).closedByReason.drained
+        yield* PgPool.drain
+        // no connection of before the call is left: the server has none of the old backends, and every
+        // connection of the pool sees the new value
+        const now = yield* settingsOfBackends(name)
+        assert.isTrue(now.every((pid) => !old.includes(pid)), `${JSON.stringify(old)} -> ${JSON.stringify(now)}`)
+        const stats = yield* PgPool.stats
+        assert.strictEqual(stats.closedByReason.drained - before, 6)
+        const values = yield* PgPool.withConnection(Effect.all(
+          Array.from({ length: 6 }, () => PgPool.query(`select current_setting('${setting}') as value`)),
+          { concurrency: "unbounded" }
+        ))
+        assert.deepStrictEqual(values.map(seen), Array.from({ length: 6 }, () => "on"))
+        // the load went on throughout, without a failure
+        const count = (yield* load.outcomes).length
+        yield* eventually(load.outcomes, (o) => o.length >= count + 50)
+        const outcomes = yield* load.stop
+        const failures = outcomes.filter((o) => o.error !== undefined)
+        assert.deepStrictEqual(failures, [], describeOutcomes(failures.slice(0, 5)))
+        // every statement after the drain ran in a new session
+        yield* eventually(backends(name), (rows) => rows.every((row) => !old.includes(Number(row.pid))))
+      }).pipe(
+        Effect.provide(
+          testLayer({ name, applicationName: name, maxConnections: 6, acquireTimeout: "20 seconds", pipelineDepth })
+        )
+      )
+    })
+  }
 
   it.live("idle connections go at once; a busy one held past drainTimeout fails the drain, and is replaced when it comes back", () => {
     const name = app("held")

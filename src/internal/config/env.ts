@@ -47,7 +47,8 @@ const integerKnobs = [
   "maxWaiting",
   "maxUsage",
   "prepareThreshold",
-  "statementCacheSize"
+  "statementCacheSize",
+  "pipelineDepth"
 ] as const
 const durationKnobs = [
   "acquireTimeout",

@@ -36,6 +36,7 @@ const configFields: ReadonlyArray<keyof Config> = [
   "acquireTimeout",
   "maxWaiting",
   "shedLoad",
+  "pipelineDepth",
   "maxUsage",
   "prepareThreshold",
   "statementCacheSize",

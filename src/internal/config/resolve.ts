@@ -50,6 +50,8 @@ export interface ResolvedConfig {
   readonly maxIdle: number
   readonly blocking: boolean
   readonly shedLoad: boolean
+  /** Statements in flight per connection with pipelining; 1: off. */
+  readonly pipelineDepth: number
   readonly acquireTimeout: number
   readonly maxWaiting: number
   readonly maxUsage: number
@@ -404,6 +406,11 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   const prepareThreshold = integer("prepareThreshold", config.prepareThreshold, 1, 5)
   if (isError(prepareThreshold)) return prepareThreshold
   if (prepareThreshold === Infinity) return invalid("prepareThreshold", "prepareThreshold must be finite")
+  const pipelineDepth = integer("pipelineDepth", config.pipelineDepth, 1, 1)
+  if (isError(pipelineDepth)) return pipelineDepth
+  if (pipelineDepth === Infinity) {
+    return invalid("pipelineDepth", "pipelineDepth must be finite (1 turns pipelining off)")
+  }
   const statementCacheSize = integer("statementCacheSize", config.statementCacheSize, 0, 100)
   if (isError(statementCacheSize)) return statementCacheSize
   if (statementCacheSize === Infinity) {
@@ -559,6 +566,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     maxIdle,
     blocking: config.blocking ?? true,
     shedLoad: config.shedLoad ?? false,
+    pipelineDepth,
     acquireTimeout: acquireTimeout!,
     maxWaiting,
     maxUsage,

@@ -67,6 +67,10 @@ export class Physical {
   invalidated = false
   lost = false
   leakWatch: Fiber.RuntimeFiber<void> | undefined = undefined
+  /** One-shot statements in flight on it with pipelining (see `PoolCore.pipelines`). */
+  oneShots = 0
+  /** When its pipeline last moved: its first statement was sent, or one was answered (clock ms). */
+  pipelineMoved = 0
   /** The background cancel of an interrupted statement, while it runs. */
   settling: Fiber.RuntimeFiber<void> | undefined = undefined
   /**

@@ -225,8 +225,12 @@ interface PgClientInternals {
   }
   readyForQuery: boolean
   /** The statement whose answers pg is reading (written by pg, or made so by the pipeline). */
-  _activeQuery: unknown
-  readonly _queryQueue: ReadonlyArray<unknown>
+  /** The statement whose answers pg is reading (`activeQuery` before pg 8.17). */
+  _activeQuery?: unknown
+  activeQuery?: unknown
+  /** The statements pg has not written yet (`queryQueue` before pg 8.17). */
+  readonly _queryQueue?: ReadonlyArray<unknown>
+  readonly queryQueue?: ReadonlyArray<unknown>
   readonly processID: number | null
   readonly secretKey: number | null
 }
@@ -276,6 +280,14 @@ const makeConnection = (
   ssl: tls.Attempt
 ): Connector.Connection => {
   const internals = client as unknown as PgClientInternals
+  // pg 8.17 renamed its fields (the old names became deprecated getters): read whichever this pg has
+  const modern = "_activeQuery" in internals
+  const activeQuery = (): unknown => modern ? internals._activeQuery : internals.activeQuery
+  const setActiveQuery = (query: unknown): void => {
+    if (modern) internals._activeQuery = query
+    else internals.activeQuery = query
+  }
+  const queued = (): number => (modern ? internals._queryQueue : internals.queryQueue)?.length ?? 0
   let inFlight = 0
   let idleWaiters: Array<() => void> = []
   const settle = () => {
@@ -315,7 +327,7 @@ const makeConnection = (
   // marked on it, so that a lost connection's statement that was answered is never taken for one that never ran
   // (the statement pg is reading answers for: with pipelining, statements written after it are in flight too)
   const answered = () => {
-    const active = internals._activeQuery
+    const active = activeQuery()
     if (active instanceof Statement) active.answered()
   }
   internals.connection.on("parseComplete", answered)
@@ -341,9 +353,12 @@ const makeConnection = (
     stream.uncork()
   }
   internals.connection.on("readyForQuery", () => {
+    // pg may have started a statement of its own meanwhile (one sent from a callback of the statement that just
+    // finished, while nothing was behind): it was written before the ones here, which wait for its end
+    if (activeQuery() != null || !internals.readyForQuery) return
     const next = behind.shift()
     if (next === undefined) return
-    internals._activeQuery = next
+    setActiveQuery(next)
     internals.readyForQuery = false
     const onHead = next.onHead
     if (onHead !== undefined) {
@@ -369,6 +384,10 @@ const makeConnection = (
   })
   /** Writes `statement` behind the statements in flight (one write per turn of the event loop). */
   const writeBehind = (statement: Statement) => {
+    if (state.lost) {
+      // the connection is gone (its end may have come already): nothing more is written, nothing would answer
+      return statement.handleError((fatal ?? new Error("Connection terminated: the statement was not sent")) as Error)
+    }
     if (!corked) {
       corked = true
       stream.cork()
@@ -388,6 +407,10 @@ const makeConnection = (
     resent: boolean,
     pipelined = false
   ): Statement => {
+    // written behind statements in flight: always while any statement is behind; a pipelined one also when pg
+    // is busy with its own (and has none queued)
+    const writtenBehind = behind.length > 0 ||
+      (pipelined && !internals.readyForQuery && queued() === 0)
     const statement: Statement = new Statement(
       text,
       params,
@@ -431,9 +454,9 @@ const makeConnection = (
         callback(undefined, result)
       },
       prefix,
-      pipelined
+      writtenBehind
     )
-    if (behind.length > 0 || (pipelined && !internals.readyForQuery && internals._queryQueue.length === 0)) {
+    if (writtenBehind) {
       writeBehind(statement)
     } else {
       client.query(statement as unknown as pg.Submittable)
@@ -457,7 +480,7 @@ const makeConnection = (
         cancel: Effect.suspend(() => {
           if (statement.finished || state.lost) return Effect.void
           statement.cancelRequested = true
-          if (internals._activeQuery === statement) return cancelNow
+          if (activeQuery() === statement) return cancelNow
           // not the server's yet: the CancelRequest waits until the statements ahead of it have finished
           return Effect.async<void>((resume) => {
             statement.onHead = () => resume(statement.finished ? Effect.void : cancelNow)

@@ -36,6 +36,12 @@ import { CheckoutWaiter, type Waiter, WaiterQueue } from "./waiters.js"
 
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
+/**
+ * With pipelining, a connection on which nothing was answered for this long (ms) takes no more statements
+ * behind the ones in flight: its statement is a long one.
+ */
+const PIPELINE_STALL = 20
+
 /** A connect in flight: what `size` counts until it ends. @internal */
 export interface ConnectToken {
   readonly startedAt: number
@@ -63,6 +69,12 @@ export class PoolCore {
   /** Every connection of the pool (opened, not closed yet), whatever its state. */
   readonly all = new Set<Physical>()
   readonly queue = new WaiterQueue()
+  /**
+   * With pipelining (`pipelineDepth` > 1): the connections checked out by one-shot statements, which more
+   * one-shot statements may ride (sent behind the ones in flight), up to `pipelineDepth` in flight each. A
+   * connection leaves when its last statement is answered; whichever statement that is gives it back.
+   */
+  readonly pipelines: Array<Physical> = []
   readonly connects = new Set<ConnectToken>()
   /** Connections checked out ("busy"): changed only by `setState`. */
   inUse = 0
@@ -447,7 +459,67 @@ export class PoolCore {
     if (waiter === undefined) return false
     this.markBusy(conn, now, now - waiter.enqueuedAt)
     waiter.deliver(conn)
+    // a one-shot statement took it: the one-shot statements waiting behind it ride it, in the same write
+    if (conn.oneShots > 0) this.refill(conn, now)
     return true
+  }
+
+  /**
+   * The connection a one-shot statement that would wait may ride instead: the least loaded of the pipelines
+   * with room, once the pool has all the connections it may have; none while anything waits (first come,
+   * first served) or for a connection due to be replaced.
+   */
+  pipelineHost(now: number): Physical | undefined {
+    // while the pool may grow, a statement waits for a new connection as it always has
+    if (this.queue.length > 0 || this.size < this.config.maxConnections) return undefined
+    const depth = this.config.pipelineDepth
+    let best: Physical | undefined
+    for (const conn of this.pipelines) {
+      if (conn.oneShots < depth && (best === undefined || conn.oneShots < best.oneShots) && this.ridable(conn, now)) {
+        best = conn
+      }
+    }
+    return best
+  }
+
+  /**
+   * Whether more statements may be sent behind the ones in flight on `conn`: not when it is broken, due to be
+   * replaced, or stalled (nothing answered on it for `PIPELINE_STALL` ms: a long statement there would hold up
+   * every statement behind it, which had better wait for another connection).
+   */
+  private ridable(conn: Physical, now: number): boolean {
+    return !conn.broken && now - conn.pipelineMoved < PIPELINE_STALL && now < conn.expiresAt &&
+      conn.createdAt > this.drainBefore && this.size <= this.config.maxConnections
+  }
+
+  /** Sends the one-shot statements at the head of the queue on `conn`, while it has room (pipelining). */
+  refill(conn: Physical, now: number): void {
+    const depth = this.config.pipelineDepth
+    if (!this.ridable(conn, now)) return
+    while (conn.oneShots < depth) {
+      const head = this.queue.head
+      if (head === undefined || head.ride === undefined) break
+      this.queue.shift()
+      head.ride(conn)
+    }
+    this.updateGauges()
+  }
+
+  /** A pipelined statement of `conn` was answered: true when it was the last in flight (it gives `conn` back). */
+  leavePipeline(conn: Physical): boolean {
+    conn.pipelineMoved = this.clock.unsafeCurrentTimeMillis()
+    if (--conn.oneShots > 0) return false
+    const at = this.pipelines.indexOf(conn)
+    if (at !== -1) this.pipelines.splice(at, 1)
+    return true
+  }
+
+  /** A one-shot statement is sent on `conn` with pipelining. */
+  joinPipeline(conn: Physical): void {
+    if (conn.oneShots++ === 0) {
+      conn.pipelineMoved = this.clock.unsafeCurrentTimeMillis()
+      this.pipelines.push(conn)
+    }
   }
 
   failHead(error: PoolError): void {

@@ -50,6 +50,15 @@ class QueryOp<A = unknown> implements Waiter {
   result: Connector.QueryResult | undefined = undefined
   resume: ((effect: Effect.Effect<QueryOp<A>, PoolError>) => void) | undefined = undefined
   releasing: Effect.Effect<void> = Effect.void
+  /** Sent with pipelining (`Connection.sendPipelined`): `handle` cancels exactly it. */
+  piped = false
+  handle: Connector.InFlight | undefined = undefined
+  /** Sent behind the statements in flight on a connection it did not check out (it gives nothing back unless last). */
+  rider = false
+  /** The last statement in flight on its connection when it was answered: it gives the connection back. */
+  last = true
+  /** Interrupted while it ran with pipelining: its answer only settles the connection's bookkeeping. */
+  abandoned = false
   constructor(
     readonly core: PoolCore,
     readonly text: string,
@@ -81,29 +90,54 @@ class QueryOp<A = unknown> implements Waiter {
     if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, conn.checkedOutAt - this.enqueuedAt)
     this.send(conn)
   }
+  readonly ride = (conn: Physical): void => {
+    this.conn = conn
+    this.rider = true
+    this.core.tally.pipelined++
+    if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, 0)
+    this.send(conn)
+  }
   fail(error: PoolError): void {
     this.state = OpState.Finished
     this.resume!(Effect.fail(error))
   }
   send(conn: Physical): void {
     this.state = OpState.Running
-    conn.driver.send(this.text, this.params, this.rowMode, this.onResult)
+    const driver = conn.driver
+    if (this.core.config.pipelineDepth > 1 && driver.sendPipelined !== undefined) {
+      // a rider holds its place from the moment it was given the connection (see `oneShot`)
+      if (!this.piped) this.core.joinPipeline(conn)
+      this.piped = true
+      this.handle = driver.sendPipelined(this.text, this.params, this.rowMode, this.onResult)
+    } else {
+      driver.send(this.text, this.params, this.rowMode, this.onResult)
+    }
   }
   readonly onResult = (
     error: QueryError | ConnectionError | undefined,
     result: Connector.QueryResult | undefined
   ): void => {
-    if (this.state !== OpState.Running) return
+    const core = this.core
+    const conn = this.conn!
+    const last = this.piped ? core.leavePipeline(conn) : true
+    if (this.state !== OpState.Running) {
+      // interrupted while it ran (pipelining): the last statement in flight gives the connection back
+      if (this.abandoned && last) core.runBackground(release(core, conn))
+      return
+    }
     this.error = error
     this.result = result
+    this.last = last
     // resumed first (the fiber runs later, on the scheduler), so it comes back before the next waiter's fiber
     this.resume!(Effect.succeed(this))
-    if (error === undefined && !this.core.counting) {
+    if (error === undefined && !core.counting) {
       this.state = OpState.Released
-      this.releasing = releaseWith(this.core, this.conn!, 0)
+      this.releasing = last ? releaseWith(core, conn, 0) : Effect.void
     } else {
       this.state = OpState.Done
     }
+    // room on the connection: the next one-shot statement waiting rides it
+    if (!last && core.queue.length > 0) core.refill(conn, core.clock.unsafeCurrentTimeMillis())
   }
   /**
    * The fiber was interrupted while waiting or while the statement ran: leave the queue, or cancel the
@@ -114,14 +148,23 @@ class QueryOp<A = unknown> implements Waiter {
     this.state = OpState.Finished
     switch (state) {
       case OpState.Pending:
-        return this.conn === undefined ? Effect.void : release(this.core, this.conn)
+        if (this.conn === undefined) return Effect.void
+        // a rider not sent yet gives back its place (and the connection, if it was the last)
+        if (this.rider) return this.core.leavePipeline(this.conn) ? release(this.core, this.conn) : Effect.void
+        return release(this.core, this.conn)
       case OpState.Waiting:
         return this.core.cancelWaiter(this)
       case OpState.Running:
+        if (this.piped) {
+          // exactly this statement is cancelled; its answer (57014, or its own outcome) settles the connection
+          this.abandoned = true
+          if (this.handle !== undefined) this.core.runBackground(this.handle.cancel)
+          return Effect.void
+        }
         this.conn!.settleInBackground()
         return release(this.core, this.conn!)
       case OpState.Done:
-        return release(this.core, this.conn!)
+        return this.last ? release(this.core, this.conn!) : Effect.void
       case OpState.Released:
         return this.releasing
       case OpState.Finished:
@@ -195,7 +238,17 @@ export const oneShot = <A>(
     const op = new QueryOp(core, text, params, rowMode, project, retry, restore, span, resent)
     const now = core.clock.unsafeCurrentTimeMillis()
     const conn = core.takeIdleOrPing(now)
-    if (conn === undefined) {
+    const host = conn === undefined && core.config.pipelineDepth > 1 ? core.pipelineHost(now) : undefined
+    if (host !== undefined) {
+      // every connection is busy: sent behind the statements in flight on one of them, its place held now (so
+      // the connection is not given back before it is sent)
+      op.conn = host
+      op.rider = true
+      op.piped = true
+      core.joinPipeline(host)
+      core.tally.pipelined++
+      if (span !== undefined) checkedOutFrom(span, core, host, 0)
+    } else if (conn === undefined) {
       const refused = core.refusal()
       if (refused !== undefined) return refused
       op.enqueuedAt = now
@@ -271,7 +324,7 @@ const increment = (n: number) => n + 1
 const finish = <A>(op: QueryOp<A>, usage: number): Effect.Effect<A, PoolError | QueryError> => {
   const core = op.core
   const conn = op.conn!
-  const released = releaseWith(core, conn, usage)
+  const released = op.last ? releaseWith(core, conn, usage) : Effect.void
   const error = op.error
   if (error === undefined) return handOut(op.project, op.result!, released)
   const again = lostAgain(core, conn, error, op.retry, op.resent)

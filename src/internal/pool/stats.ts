@@ -37,6 +37,7 @@ export class Tally {
   acquired = 0
   timeouts = 0
   shed = 0
+  pipelined = 0
   connectFailures = 0
 }
 
@@ -54,6 +55,7 @@ export const snapshot = (core: PoolCore): PgPool.PoolStats => ({
   acquired: core.tally.acquired,
   timeouts: core.tally.timeouts,
   shed: core.tally.shed,
+  pipelined: core.tally.pipelined,
   connectFailures: core.tally.connectFailures,
   hosts: core.hostStats()
 })
@@ -81,6 +83,7 @@ export const aggregate = (main: PoolCore, cores: ReadonlyArray<PoolCore>): PgPoo
     acquired: sum((s) => s.acquired),
     timeouts: sum((s) => s.timeouts),
     shed: sum((s) => s.shed),
+    pipelined: sum((s) => s.pipelined),
     connectFailures: sum((s) => s.connectFailures),
     hosts: hostStats(main, cores)
   }

@@ -24,6 +24,8 @@ export interface Waiter {
   settled: boolean
   deliver(conn: Physical): void
   fail(error: PoolError): void
+  /** A one-shot statement only: sent behind the statements in flight on `conn` (pipelining). */
+  ride?: ((conn: Physical) => void) | undefined
 }
 
 /** A fiber waiting for a connection of its own (`PgPool.connection`, `withConnection`, transactions). @internal */
