@@ -5,25 +5,12 @@
  * flight at once. Which statements ran is read from the server (a counter table), never assumed.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Either, Fiber, Option } from "effect"
+import { Deferred, Effect, Either, Fiber, Option } from "effect"
 import * as Connector from "../src/Connector.js"
 import type { ConnectionError, QueryError } from "../src/PgPoolError.js"
-import { adminQuery, testServer } from "./support/db.js"
+import { adminQuery, connectToTest } from "./support/db.js"
 
-const open = Effect.gen(function*() {
-  const server = testServer()
-  return yield* Connector.make.connect({
-    host: server.host,
-    port: server.port,
-    database: server.database,
-    user: server.user,
-    password: server.password,
-    ssl: undefined,
-    applicationName: "pipeline-test",
-    connectTimeout: Duration.seconds(10),
-    parameters: {}
-  }, () => {})
-})
+const open = connectToTest("pipeline-test")
 
 type Outcome = Either.Either<Connector.QueryResult, QueryError | ConnectionError>
 

@@ -2,27 +2,12 @@
  * The live connector on a real server: statements, results and errors as the pool sees them.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import { Effect } from "effect"
 import pg from "pg"
 import * as Connector from "../src/Connector.js"
-import { testServer } from "./support/db.js"
+import { connectToTest } from "./support/db.js"
 
-const openWith = (statementCache?: Connector.StatementCacheOptions) =>
-  Effect.gen(function*() {
-    const server = testServer()
-    return yield* Connector.make.connect({
-      host: server.host,
-      port: server.port,
-      database: server.database,
-      user: server.user,
-      password: server.password,
-      ssl: undefined,
-      applicationName: "connector-test",
-      connectTimeout: Duration.seconds(10),
-      parameters: {},
-      statementCache
-    }, () => {})
-  })
+const openWith = (statementCache?: Connector.StatementCacheOptions) => connectToTest("connector-test", statementCache)
 
 /** The statements the statement cache prepared on this connection (pg_prepared_statements is per session). */
 const ownPrepared =

@@ -99,6 +99,24 @@ export const testServer = () => {
   }
 }
 
+/** One live Connector connection to this file's database, in the current Scope. */
+export const connectToTest = (applicationName: string, statementCache?: Connector.StatementCacheOptions) =>
+  Effect.suspend(() => {
+    const server = testServer()
+    return Connector.make.connect({
+      host: server.host,
+      port: server.port,
+      database: server.database,
+      user: server.user,
+      password: server.password,
+      ssl: undefined,
+      applicationName,
+      connectTimeout: Duration.seconds(10),
+      parameters: {},
+      statementCache
+    }, () => {})
+  })
+
 /** A pool config for this file's database. */
 export const testConfig = (overrides: PgPool.Config = {}): PgPool.Config => ({
   url: testUrl(),

@@ -7,16 +7,15 @@
  */
 import * as Cause from "effect/Cause"
 import * as ConfigError from "effect/ConfigError"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as FiberId from "effect/FiberId"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Connector from "../../Connector.js"
 import type { Config, ResetMode } from "../../PgPool.js"
 import { ConnectionError } from "../../PgPoolError.js"
 import { PoolerWatch } from "../connection/pooler.js"
+import { sharedWhileRunning } from "../shared.js"
 import { invalid, unknownField } from "./fields.js"
 import { isSslMode, knownUrlParams, libpqSeconds, type ParsedUrl, parseUrl, sslModes } from "./url.js"
 
@@ -160,11 +159,9 @@ export interface Credentials {
 
 /**
  * The user and the password fetched by Effects for each new connection: connects that start while an
- * evaluation runs share it. The evaluation runs uninterruptibly, so that every connect waiting for it gets its
- * outcome. Neither value is ever put in the error: a failure names which Effect failed and keeps its cause.
+ * evaluation runs share it (see `sharedWhileRunning`). Neither value is ever put in the error: a failure names which Effect failed and keeps its cause.
  */
 class SharedCredentials {
-  private inFlight: Deferred.Deferred<Credentials, ConnectionError> | undefined = undefined
   constructor(
     readonly user: Effect.Effect<Redacted.Redacted | string, unknown> | undefined,
     readonly password: Effect.Effect<Redacted.Redacted, unknown> | undefined
@@ -192,21 +189,7 @@ class SharedCredentials {
       ...(password === undefined ? {} : { password })
     })))
   }
-  readonly get: Effect.Effect<Credentials, ConnectionError> = Effect.suspend(() => {
-    if (this.inFlight !== undefined) return Deferred.await(this.inFlight)
-    const done = Deferred.unsafeMake<Credentials, ConnectionError>(FiberId.none)
-    this.inFlight = done
-    return Effect.uninterruptible(
-      this.evaluate().pipe(
-        Effect.exit,
-        Effect.flatMap((exit) => {
-          this.inFlight = undefined
-          Deferred.unsafeDone(done, exit)
-          return exit
-        })
-      )
-    )
-  })
+  readonly get: Effect.Effect<Credentials, ConnectionError> = sharedWhileRunning(Effect.suspend(() => this.evaluate()))
 }
 
 const failedCredential = (which: "user" | "password", cause: unknown) =>

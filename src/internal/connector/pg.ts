@@ -360,19 +360,13 @@ const makeConnection = (
     if (next === undefined) return
     setActiveQuery(next)
     internals.readyForQuery = false
-    const onHead = next.onHead
-    if (onHead !== undefined) {
-      next.onHead = undefined
-      onHead()
-    }
+    next.reachedHead()
   })
   const failBehind = (cause: unknown) => {
     const error = fatal ?? cause
     for (const statement of behind.splice(0)) {
       statement.handleError(error as Error)
-      const onHead = statement.onHead
-      statement.onHead = undefined
-      onHead?.()
+      statement.reachedHead()
     }
   }
   client.on("end", () => failBehind(new Error("Connection terminated unexpectedly")))

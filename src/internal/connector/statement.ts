@@ -288,6 +288,13 @@ export class Statement {
   /** Called once the statement is the one whose answers are read (pipelining), or it failed before that. */
   onHead: (() => void) | undefined = undefined
 
+  /** The statement is the one whose answers are read now, or failed before: `onHead`, once. */
+  reachedHead(): void {
+    const onHead = this.onHead
+    this.onHead = undefined
+    onHead?.()
+  }
+
   /** Something of the statement was written, so the server will answer it up to a ReadyForQuery. */
   get wrote(): boolean {
     return this.wire !== Wire.NotWritten

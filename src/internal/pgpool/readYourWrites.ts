@@ -11,14 +11,13 @@
  *
  * @internal
  */
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import { type PoolError, QueryError } from "../../PgPoolError.js"
 import type { PoolCore } from "../pool/core.js"
 import { oneShot } from "../pool/oneShot.js"
+import { sharedWhileRunning } from "../shared.js"
 
 /** True inside `PgPool.readYourWrites`. @internal */
 export const currentReadYourWrites: FiberRef.FiberRef<boolean> = globalValue(
@@ -140,17 +139,12 @@ export const writePosition = (
  */
 export class Replay {
   replayed = -1n
-  private inFlight: Deferred.Deferred<void> | undefined = undefined
+  readonly refresh: Effect.Effect<void>
 
-  constructor(readonly core: PoolCore) {}
-
-  readonly refresh: Effect.Effect<void> = Effect.suspend(() => {
-    if (this.inFlight !== undefined) return Deferred.await(this.inFlight)
-    const done = Deferred.unsafeMake<void>(FiberId.none)
-    this.inFlight = done
-    return Effect.uninterruptible(
+  constructor(core: PoolCore) {
+    this.refresh = sharedWhileRunning(
       oneShot(
-        this.core,
+        core,
         "select pg_last_wal_replay_lsn()::text as lsn",
         undefined,
         undefined,
@@ -162,12 +156,8 @@ export class Replay {
           const lsn = typeof text === "string" ? parseLsn(text) : undefined
           if (lsn !== undefined && lsn > this.replayed) this.replayed = lsn
         }),
-        Effect.ignore,
-        Effect.ensuring(Effect.sync(() => {
-          this.inFlight = undefined
-          Deferred.unsafeDone(done, Effect.void)
-        }))
+        Effect.ignore
       )
     )
-  })
+  }
 }

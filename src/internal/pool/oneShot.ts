@@ -90,11 +90,20 @@ class QueryOp<A = unknown> implements Waiter {
     if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, conn.checkedOutAt - this.enqueuedAt)
     this.send(conn)
   }
-  readonly ride = (conn: Physical): void => {
+  /**
+   * Takes a place behind the statements in flight on `conn` (pipelining), held from now on, so that `conn` is
+   * not given back before this statement is sent.
+   */
+  board(conn: Physical): void {
     this.conn = conn
     this.rider = true
+    this.piped = true
+    this.core.joinPipeline(conn)
     this.core.tally.pipelined++
     if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, 0)
+  }
+  readonly ride = (conn: Physical): void => {
+    this.board(conn)
     this.send(conn)
   }
   fail(error: PoolError): void {
@@ -105,9 +114,11 @@ class QueryOp<A = unknown> implements Waiter {
     this.state = OpState.Running
     const driver = conn.driver
     if (this.core.config.pipelineDepth > 1 && driver.sendPipelined !== undefined) {
-      // a rider holds its place from the moment it was given the connection (see `oneShot`)
-      if (!this.piped) this.core.joinPipeline(conn)
-      this.piped = true
+      // a rider took its place when it boarded
+      if (!this.piped) {
+        this.piped = true
+        this.core.joinPipeline(conn)
+      }
       this.handle = driver.sendPipelined(this.text, this.params, this.rowMode, this.onResult)
     } else {
       driver.send(this.text, this.params, this.rowMode, this.onResult)
@@ -240,14 +251,8 @@ export const oneShot = <A>(
     const conn = core.takeIdleOrPing(now)
     const host = conn === undefined && core.config.pipelineDepth > 1 ? core.pipelineHost(now) : undefined
     if (host !== undefined) {
-      // every connection is busy: sent behind the statements in flight on one of them, its place held now (so
-      // the connection is not given back before it is sent)
-      op.conn = host
-      op.rider = true
-      op.piped = true
-      core.joinPipeline(host)
-      core.tally.pipelined++
-      if (span !== undefined) checkedOutFrom(span, core, host, 0)
+      // every connection is busy: sent behind the statements in flight on one of them
+      op.board(host)
     } else if (conn === undefined) {
       const refused = core.refusal()
       if (refused !== undefined) return refused
