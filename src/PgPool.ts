@@ -152,8 +152,10 @@ export interface Config {
    * Pipelining: when every connection is busy, a one-shot statement (`PgPool.query`, the SqlClient's statements
    * outside transactions) is sent on a busy connection behind the statements in flight there, up to this many
    * in flight per connection, instead of waiting for a connection; each is its own implicit transaction, and
-   * interrupting one cancels exactly that one. Only once the pool has all its connections; a statement that
-   * rides is not bounded by `acquireTimeout`. 1 turns it off. Default 1 (off); 16 is a good value.
+   * interrupting one cancels exactly that one. Only once the pool has all its connections, and only on a
+   * connection whose measured pace predicts the statement's wait within half of `acquireTimeout` (a statement
+   * once sent cannot be taken back, so `acquireTimeout` does not bound it: `1` gives the hard bound). 1 turns it
+   * off. Default 64.
    */
   readonly pipelineDepth?: number | undefined
   /** Statements per physical connection before it is closed and replaced at the next safe point. Default unlimited (0). */

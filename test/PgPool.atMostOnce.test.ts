@@ -399,6 +399,8 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
             host: "127.0.0.1",
             port: proxy.port
           })
+          // statements answered first: the pool pipelines only once it has measured how fast they are answered
+          yield* Effect.all(Array.from({ length: size }, () => pool.query("select 1")), { concurrency: "unbounded" })
           const rounds = 5
           const failures: Array<string> = []
           for (let round = 0; round < rounds; round++) {

@@ -65,6 +65,41 @@ describe("pipelining", () => {
       assert.isTrue(Exit.isSuccess(yield* Fiber.await(long)))
     }))
 
+  it.scopedLive("on by default, within the acquire timeout: statements ride only a connection whose pace is known", () =>
+    Effect.gen(function*() {
+      // the defaults but one connection and a short acquire timeout
+      const pool = yield* poolOf({ applicationName: "pipe-bound", maxConnections: 1, acquireTimeout: "300 millis" })
+      const reasonOf = (exit: Exit.Exit<unknown, unknown>) =>
+        Exit.isSuccess(exit) ? "ok" : (failureOf(exit) as { readonly reason?: string }).reason
+      // a fresh pool has measured nothing: 8 statements of 200 ms at once queue as without pipelining, so the
+      // one served first and the one handed the connection before its deadline succeed; the others time out
+      const first = yield* Effect.forEach(
+        Array.from({ length: 8 }, () => pool.query("select pg_sleep(0.2)")),
+        Effect.exit,
+        { concurrency: "unbounded" }
+      )
+      assert.deepStrictEqual(first.map(reasonOf), ["ok", "ok", ...Array(6).fill("acquireTimeout")])
+      assert.strictEqual((yield* pool.stats).pipelined, 0)
+      // measured at 200 ms a statement, one more behind one in flight would wait past half the timeout: the
+      // same burst again rides nothing
+      const again = yield* Effect.forEach(
+        Array.from({ length: 8 }, () => pool.query("select pg_sleep(0.2)")),
+        Effect.exit,
+        { concurrency: "unbounded" }
+      )
+      assert.strictEqual(again.filter((exit) => reasonOf(exit) === "acquireTimeout").length, 6)
+      assert.strictEqual((yield* pool.stats).pipelined, 0)
+      // fast statements bring the pace down (answered within a ms): now they ride
+      for (let i = 0; i < 20; i++) yield* pool.query("select 1")
+      const fast = yield* Effect.forEach(
+        Array.from({ length: 64 }, (_, i) => pool.query("select $1::int as i", [i])),
+        Effect.exit,
+        { concurrency: "unbounded" }
+      )
+      assert.deepStrictEqual(fast.map(reasonOf), Array(64).fill("ok"))
+      assert.isAbove((yield* pool.stats).pipelined, 0)
+    }))
+
   it.scopedLive("interrupting random statements in deep pipelines cancels exactly them: the rest run once", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "pipe-cancel", maxConnections: 2, pipelineDepth: 16 })

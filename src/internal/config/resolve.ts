@@ -389,7 +389,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   const prepareThreshold = integer("prepareThreshold", config.prepareThreshold, 1, 5)
   if (isError(prepareThreshold)) return prepareThreshold
   if (prepareThreshold === Infinity) return invalid("prepareThreshold", "prepareThreshold must be finite")
-  const pipelineDepth = integer("pipelineDepth", config.pipelineDepth, 1, 1)
+  const pipelineDepth = integer("pipelineDepth", config.pipelineDepth, 1, 64)
   if (isError(pipelineDepth)) return pipelineDepth
   if (pipelineDepth === Infinity) {
     return invalid("pipelineDepth", "pipelineDepth must be finite (1 turns pipelining off)")

@@ -71,6 +71,11 @@ export class Physical {
   oneShots = 0
   /** When its pipeline last moved: its first statement was sent, or one was answered (clock ms). */
   pipelineMoved = 0
+  /**
+   * How long its pipeline takes per statement answered, a moving average (clock ms); -1 before the first answer.
+   * A statement sent behind `n` others waits about `n` times this.
+   */
+  pipelinePace = -1
   /** The background cancel of an interrupted statement, while it runs. */
   settling: Fiber.RuntimeFiber<void> | undefined = undefined
   /**

@@ -75,6 +75,11 @@ export class PoolCore {
    * connection leaves when its last statement is answered; whichever statement that is gives it back.
    */
   readonly pipelines: Array<Physical> = []
+  /**
+   * How long pipelines take per statement answered, over every connection (a moving average, clock ms; -1
+   * before the first answer): the pace a connection not measured yet is taken to have.
+   */
+  pipelinePace = -1
   readonly connects = new Set<ConnectToken>()
   /** Connections checked out ("busy"): changed only by `setState`. */
   inUse = 0
@@ -475,7 +480,10 @@ export class PoolCore {
     const depth = this.config.pipelineDepth
     let best: Physical | undefined
     for (const conn of this.pipelines) {
-      if (conn.oneShots < depth && (best === undefined || conn.oneShots < best.oneShots) && this.ridable(conn, now)) {
+      if (
+        conn.oneShots < depth && (best === undefined || conn.oneShots < best.oneShots) &&
+        this.ridable(conn, now, this.config.acquireTimeout)
+      ) {
         best = conn
       }
     }
@@ -485,29 +493,42 @@ export class PoolCore {
   /**
    * Whether more statements may be sent behind the ones in flight on `conn`: not when it is broken, due to be
    * replaced, or stalled (nothing answered on it for `PIPELINE_STALL` ms: a long statement there would hold up
-   * every statement behind it, which had better wait for another connection).
+   * every statement behind it, which had better wait for another connection); and only once its pace is known
+   * (its own, or the pool's for a connection not measured yet) and the wait it predicts for one more statement
+   * (pace times the statements ahead) is within half of what is `left` of the statement's acquire timeout, the
+   * bound it has while it waits for a connection instead.
    */
-  private ridable(conn: Physical, now: number): boolean {
-    return !conn.broken && now - conn.pipelineMoved < PIPELINE_STALL && now < conn.expiresAt &&
-      conn.createdAt > this.drainBefore && this.size <= this.config.maxConnections
+  private ridable(conn: Physical, now: number, left: number): boolean {
+    const pace = conn.pipelinePace >= 0 ? conn.pipelinePace : this.pipelinePace
+    return pace >= 0 && pace * conn.oneShots * 2 <= left && !conn.broken &&
+      now - conn.pipelineMoved < PIPELINE_STALL && now < conn.expiresAt && conn.createdAt > this.drainBefore &&
+      this.size <= this.config.maxConnections
   }
 
   /** Sends the one-shot statements at the head of the queue on `conn`, while it has room (pipelining). */
   refill(conn: Physical, now: number): void {
     const depth = this.config.pipelineDepth
-    if (!this.ridable(conn, now)) return
     while (conn.oneShots < depth) {
       const head = this.queue.head
-      if (head === undefined || head.ride === undefined) break
+      if (head === undefined || head.ride === undefined || !this.ridable(conn, now, head.deadline - now)) break
       this.queue.shift()
       head.ride(conn)
     }
     this.updateGauges()
   }
 
-  /** A pipelined statement of `conn` was answered: true when it was the last in flight (it gives `conn` back). */
-  leavePipeline(conn: Physical): boolean {
-    conn.pipelineMoved = this.clock.unsafeCurrentTimeMillis()
+  /**
+   * A pipelined statement of `conn` was answered (`answered`), or gives back a place it never used: true when
+   * it was the last in flight (it gives `conn` back).
+   */
+  leavePipeline(conn: Physical, answered: boolean): boolean {
+    if (answered) {
+      const now = this.clock.unsafeCurrentTimeMillis()
+      const took = now - conn.pipelineMoved
+      conn.pipelinePace = conn.pipelinePace < 0 ? took : conn.pipelinePace * 0.8 + took * 0.2
+      this.pipelinePace = this.pipelinePace < 0 ? took : this.pipelinePace * 0.95 + took * 0.05
+      conn.pipelineMoved = now
+    }
     if (--conn.oneShots > 0) return false
     const at = this.pipelines.indexOf(conn)
     if (at !== -1) this.pipelines.splice(at, 1)

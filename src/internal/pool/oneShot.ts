@@ -130,7 +130,7 @@ class QueryOp<A = unknown> implements Waiter {
   ): void => {
     const core = this.core
     const conn = this.conn!
-    const last = this.piped ? core.leavePipeline(conn) : true
+    const last = this.piped ? core.leavePipeline(conn, true) : true
     if (this.state !== OpState.Running) {
       // interrupted while it ran (pipelining): the last statement in flight gives the connection back
       if (this.abandoned && last) core.runBackground(release(core, conn))
@@ -161,11 +161,17 @@ class QueryOp<A = unknown> implements Waiter {
       case OpState.Pending:
         if (this.conn === undefined) return Effect.void
         // a rider not sent yet gives back its place (and the connection, if it was the last)
-        if (this.rider) return this.core.leavePipeline(this.conn) ? release(this.core, this.conn) : Effect.void
+        if (this.rider) return this.core.leavePipeline(this.conn, false) ? release(this.core, this.conn) : Effect.void
         return release(this.core, this.conn)
       case OpState.Waiting:
         return this.core.cancelWaiter(this)
       case OpState.Running:
+        if (this.piped && this.conn!.oneShots === 1) {
+          // alone on its connection: it leaves the pipeline now, and the connection goes back the way an
+          // unpipelined one does (cancelled, settled, then returned: counted back at once)
+          this.piped = false
+          this.core.leavePipeline(this.conn!, false)
+        }
         if (this.piped) {
           // exactly this statement is cancelled; its answer (57014, or its own outcome) settles the connection
           this.abandoned = true
