@@ -8,7 +8,7 @@
  * (`suite-child.ts`), so one suite's JIT state and garbage do not carry into the next. Options:
  *
  *   --quick            short cells and 3 rounds: a smoke test of the harness and a rough picture
- *   --only=a,b         run only some suites: select1, transaction, checkout, oneshot, tracing, memory
+ *   --only=a,b         run only some suites: select1, transaction, txselect1, checkout, oneshot, tracing, memory
  *   --candidates=a,b   run only the candidates with these names (as printed in the report)
  *   --profile          write a CPU profile of each suite's process to bench/results/*.cpuprofile
  *                      (e.g. `npm run bench -- --only=select1 --candidates=PgPool.query --profile`)

@@ -1,10 +1,12 @@
 /**
- * Client CPU time per query and the process's resident set size at a high worker count, each candidate in
- * its own child process (`rss-child.ts`), one after the other, in rotated order over the rounds.
+ * Client CPU time per query and the process's resident set size at several worker counts, each candidate in
+ * its own child process (`rss-child.ts`) per count, one after the other, in rotated order over the rounds.
+ * pgbench runs in a process of its own anyway, so it is left out.
  */
 import type { Role } from "./candidate.js"
 import * as Child from "./child.js"
 import type { Target } from "./database.js"
+import { PGBENCH } from "./pgbench.js"
 import type { ChildReport } from "./rss-child.js"
 import type { MemorySettings } from "./settings.js"
 import { select1 } from "./sql-candidates.js"
@@ -16,10 +18,18 @@ interface MemoryRow {
   readonly reports: ReadonlyArray<ChildReport>
 }
 
-export interface MemoryResult {
-  readonly settings: MemorySettings
+interface MemoryLevel {
+  readonly workers: number
   readonly rows: ReadonlyArray<MemoryRow>
 }
+
+export interface MemoryResult {
+  readonly settings: MemorySettings
+  readonly levels: ReadonlyArray<MemoryLevel>
+}
+
+/** The candidates measured in a process of their own: all of SELECT 1's but pgbench. */
+const inProcess = select1.filter((candidate) => candidate.name !== PGBENCH)
 
 export const measureMemory = async (
   target: Target,
@@ -27,10 +37,24 @@ export const measureMemory = async (
   names: ReadonlyArray<string> | undefined,
   log: (line: string) => void
 ): Promise<MemoryResult> => {
-  log(`\n## CPU and RSS at ${settings.workers} workers (one child process per candidate)`)
+  const levels: Array<MemoryLevel> = []
+  for (const workers of settings.workers) {
+    levels.push(await measureLevel(target, settings, workers, names, log))
+  }
+  return { settings, levels }
+}
+
+const measureLevel = async (
+  target: Target,
+  settings: MemorySettings,
+  workers: number,
+  names: ReadonlyArray<string> | undefined,
+  log: (line: string) => void
+): Promise<MemoryLevel> => {
+  log(`\n## CPU and RSS at ${workers} workers (one child process per candidate)`)
   const script = Child.script("rss-child.js")
-  const args = [String(settings.workers), String(settings.warmupMs), String(settings.durationMs)]
-  const chosen = names === undefined ? select1 : select1.filter((candidate) => names.includes(candidate.name))
+  const args = [String(workers), String(settings.warmupMs), String(settings.durationMs)]
+  const chosen = names === undefined ? inProcess : inProcess.filter((candidate) => names.includes(candidate.name))
   const runnable = chosen.filter((candidate) => candidate._tag === "Ready")
   const reports = new Map<string, Array<ChildReport>>(runnable.map((candidate) => [candidate.name, []]))
   const notes = new Map<string, string>()
@@ -58,7 +82,7 @@ export const measureMemory = async (
     log(`  [round ${round + 1}/${settings.repetitions}] ${line.join(" | ")}`)
   }
   return {
-    settings,
+    workers,
     rows: chosen.map((candidate) => ({
       name: candidate.name,
       role: candidate.role,

@@ -21,7 +21,7 @@ export interface ReportInput {
   readonly load: { readonly start: number; readonly end: number }
 }
 
-/** A target of issue 6: `ours` at least `factor` times `alternative` on queries (or checkouts) per second. */
+/** A target (issues 6 and 19): `ours` at least `factor` times `alternative` on operations per second. */
 interface Target {
   readonly suite: string
   readonly ours: string
@@ -32,22 +32,38 @@ interface Target {
 }
 
 const TARGETS: ReadonlyArray<Target> = [
-  {
+  ...[32, 128].map((level) => ({
     suite: "select1",
     ours: "PgPool.query",
+    alternative: "pg.Pool",
+    level,
+    factor: 1.3,
+    label: `SELECT 1, ${level} workers`
+  })),
+  ...[512, 2048].map((level) => ({
+    suite: "select1",
+    ours: "PgPool.query",
+    alternative: "postgres.js",
+    level,
+    factor: 1,
+    label: `SELECT 1, ${level.toLocaleString("en-US")} workers`
+  })),
+  ...[1, 8].map((level) => ({
+    suite: "select1",
+    ours: "PgPool.query",
+    alternative: "pg.Pool",
+    level,
+    factor: 1,
+    label: `SELECT 1, ${level} worker${level === 1 ? "" : "s"}`
+  })),
+  ...(["transaction", "txselect1"] as const).map((suite) => ({
+    suite,
+    ours: "Transaction.withTransaction",
     alternative: "pg.Pool",
     level: 32,
-    factor: 1,
-    label: "SELECT 1, 32 workers"
-  },
-  {
-    suite: "select1",
-    ours: "PgPool.query",
-    alternative: "pg.Pool",
-    level: 128,
-    factor: 1,
-    label: "SELECT 1, 128 workers"
-  },
+    factor: 1.5,
+    label: `${suite === "transaction" ? "BEGIN/SELECT row/UPDATE/COMMIT" : "BEGIN/SELECT 1/COMMIT"}, 32 workers`
+  })),
   {
     suite: "select1",
     ours: "PgPoolSql (SqlClient)",
@@ -220,30 +236,35 @@ const suiteSection = (index: number, suite: SuiteResult): string => {
 
 const memorySection = (index: number, memory: MemoryResult, select1: SuiteResult | undefined): string => {
   const spec = memory.settings
-  const rows = memory.rows.map((row) => {
-    if (row.reports.length === 0) return [row.name, row.note ?? "no data", "", "", "", "", ""]
-    const inRun = select1?.rows.find((r) => r.name === row.name)
-    const cpuInRun = inRun === undefined ? NaN : metric(inRun, spec.workers, (c) => c.cpuPerOpUs).median
-    const idle = spread(row.reports.map((r) => r.idleRssBytes)).median
-    const peak = spread(row.reports.map((r) => r.peakRssBytes)).median
-    return [
-      row.role === "ours" ? `**${row.name}**` : row.name,
-      micros(cpuInRun),
-      micros(spread(row.reports.map((r) => r.cell.cpuPerOpUs)).median),
-      integer(spread(row.reports.map((r) => r.cell.opsPerSecond)).median),
-      mebibytes(idle),
-      mebibytes(peak),
-      mebibytes(peak - idle)
-    ]
-  })
-  return `## ${index}. Client CPU per query and RSS, SELECT 1 at ${spec.workers} workers\n\n` +
+  const rows = memory.levels.flatMap((level) =>
+    level.rows.map((row) => {
+      if (row.reports.length === 0) return [row.name, String(level.workers), row.note ?? "no data", "", "", "", "", ""]
+      const inRun = select1?.rows.find((r) => r.name === row.name)
+      const cpuInRun = inRun === undefined ? NaN : metric(inRun, level.workers, (c) => c.cpuPerOpUs).median
+      const idle = spread(row.reports.map((r) => r.idleRssBytes)).median
+      const peak = spread(row.reports.map((r) => r.peakRssBytes)).median
+      return [
+        row.role === "ours" ? `**${row.name}**` : row.name,
+        String(level.workers),
+        micros(cpuInRun),
+        micros(spread(row.reports.map((r) => r.cell.cpuPerOpUs)).median),
+        integer(spread(row.reports.map((r) => r.cell.opsPerSecond)).median),
+        mebibytes(idle),
+        mebibytes(peak),
+        mebibytes(peak - idle)
+      ]
+    })
+  )
+  return `## ${index}. Client CPU per query and RSS, SELECT 1 at ${spec.workers.join(", ")} workers\n\n` +
     `CPU is user + system time of the whole client process divided by the queries run. "In the run" is the median of ` +
-    `the interleaved cells of section 1; "alone" and RSS come from a fresh Node process per candidate (${spec.repetitions} ` +
-    `run(s) of ${spec.durationMs} ms after ${spec.warmupMs} ms warm-up, medians), so each process holds only that ` +
-    `candidate's pool (plus the harness and every library's code, loaded but unused: the idle RSS).\n\n` +
+    `the interleaved cells of section 1; "alone" and RSS come from a fresh Node process per candidate and worker count ` +
+    `(${spec.repetitions} run(s) of ${spec.durationMs} ms after ${spec.warmupMs} ms warm-up, medians), so each process ` +
+    `holds only that candidate's pool (plus the harness and every library's code, loaded but unused: the idle RSS). ` +
+    `pgbench is a process of its own, left out here.\n\n` +
     table(
       [
         "candidate",
+        "workers",
         "CPU µs/query (in the run)",
         "CPU µs/query (alone)",
         "queries/s (alone)",
@@ -252,7 +273,7 @@ const memorySection = (index: number, memory: MemoryResult, select1: SuiteResult
         "peak − idle MiB"
       ],
       rows,
-      "--- | ---: | ---: | ---: | ---: | ---: | ---:"
+      "--- | ---: | ---: | ---: | ---: | ---: | ---: | ---:"
     )
 }
 

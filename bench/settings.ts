@@ -1,7 +1,8 @@
 /** The two modes of the benchmark and the command-line options. */
 
 export interface MemorySettings {
-  readonly workers: number
+  /** The worker counts measured, each candidate in a process of its own per count. */
+  readonly workers: ReadonlyArray<number>
   readonly warmupMs: number
   readonly durationMs: number
   readonly repetitions: number
@@ -29,7 +30,7 @@ export const SETTINGS: Readonly<Record<Mode, Settings>> = {
     dbWarmupMs: 150,
     poolDurationMs: 120,
     poolWarmupMs: 150,
-    memory: { workers: 128, warmupMs: 150, durationMs: 300, repetitions: 1 }
+    memory: { workers: [128], warmupMs: 150, durationMs: 300, repetitions: 1 }
   },
   full: {
     mode: "full",
@@ -38,11 +39,11 @@ export const SETTINGS: Readonly<Record<Mode, Settings>> = {
     dbWarmupMs: 500,
     poolDurationMs: 1000,
     poolWarmupMs: 500,
-    memory: { workers: 128, warmupMs: 1000, durationMs: 2000, repetitions: 3 }
+    memory: { workers: [32, 128, 512, 2048], warmupMs: 1000, durationMs: 2000, repetitions: 3 }
   }
 }
 
-const SUITE_IDS = ["select1", "transaction", "checkout", "oneshot", "tracing", "memory"] as const
+const SUITE_IDS = ["select1", "transaction", "txselect1", "checkout", "oneshot", "tracing", "memory"] as const
 type SuiteId = typeof SUITE_IDS[number]
 
 const isSuiteId = (name: string): name is SuiteId => (SUITE_IDS as ReadonlyArray<string>).includes(name)

@@ -26,6 +26,7 @@ import { fromPromise, fromRuntime, ready } from "./candidate.js"
 import type { Candidate, Role } from "./candidate.js"
 import type { Target } from "./database.js"
 import { ROWS, TABLE } from "./database.js"
+import { pgbench } from "./pgbench.js"
 import { noopTracerLayer } from "./tracer.js"
 
 export const POOL_SIZE = 10
@@ -47,9 +48,6 @@ const ourLayer = (db: Target, config: PgPool.Config = {}): Layer.Layer<PgPool.Pg
   PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours", ...config }).pipe(
     Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
-
-/** The pipelining depth of the candidates that pipeline. */
-const PIPELINE_DEPTH = 16
 
 /** Our `SqlClient` (PgPoolSql) on our pool. */
 const ourSqlLayer = (db: Target): Layer.Layer<SqlClient.SqlClient, unknown> =>
@@ -108,11 +106,11 @@ export const select1: ReadonlyArray<Candidate<Target>> = [
     (db) => fromRuntime(ManagedRuntime.make(ourLayer(db)), Effect.suspend(() => PgPool.query("SELECT 1")))
   ),
   ready(
-    "PgPool.query (pipelined)",
+    "PgPool.query (pipelineDepth 1)",
     "ours",
     (db) =>
       fromRuntime(
-        ManagedRuntime.make(ourLayer(db, { pipelineDepth: PIPELINE_DEPTH })),
+        ManagedRuntime.make(ourLayer(db, { pipelineDepth: 1 })),
         Effect.suspend(() => PgPool.query("SELECT 1"))
       )
   ),
@@ -128,7 +126,8 @@ export const select1: ReadonlyArray<Candidate<Target>> = [
     await sql`SELECT 1`
     return fromPromise(() => sql`SELECT 1`, () => sql.end({ timeout: 5 }))
   }),
-  sqlClientSelect1("@effect/sql-pg PgClient", "alternative", effectSqlPgLayer)
+  sqlClientSelect1("@effect/sql-pg PgClient", "alternative", effectSqlPgLayer),
+  pgbench("SELECT 1;\n", POOL_SIZE)
 ]
 
 /**
@@ -150,17 +149,24 @@ export const traced: ReadonlyArray<Candidate<Target>> = [
 // transaction: BEGIN; SELECT a row by primary key; UPDATE its counter; COMMIT
 // ---------------------------------------------------------------------------------------------------------
 
-/** The statements inside the transaction, through our `PgPool.query` (which uses the pinned connection). */
-const ourBody: Effect.Effect<unknown, PoolError | QueryError, PgPool.PgPool> = Effect.suspend(() => {
-  const id = randomId()
-  return Effect.zipRight(PgPool.query(SELECT_ROW, [id]), PgPool.query(UPDATE_ROW, [id]))
-})
+/**
+ * The two transaction workloads: `row`, SELECT a row by primary key then UPDATE its counter (a row picked at
+ * random per transaction); `select1`, a lone `SELECT 1` (the transaction mechanism's own cost).
+ */
+export type TransactionWorkload = "row" | "select1"
 
-/** A transaction combinator of ours: today BEGIN/COMMIT by hand, later `Transaction.withTransaction`. */
+/** The statements inside the transaction, through our `PgPool.query` (which uses the pinned connection). */
+const ourBody = (workload: TransactionWorkload): Effect.Effect<unknown, PoolError | QueryError, PgPool.PgPool> =>
+  workload === "select1" ? PgPool.query("SELECT 1") : Effect.suspend(() => {
+    const id = randomId()
+    return Effect.zipRight(PgPool.query(SELECT_ROW, [id]), PgPool.query(UPDATE_ROW, [id]))
+  })
+
+/** A transaction combinator of ours: BEGIN/COMMIT by hand, or `Transaction.withTransaction`. */
 type OurTransaction = <A, E, R>(body: Effect.Effect<A, E, R>) => Effect.Effect<A, unknown, R | PgPool.PgPool>
 
-const ourTransaction = (name: string, transaction: OurTransaction): Candidate<Target> =>
-  ready(name, "ours", (db) => fromRuntime(ManagedRuntime.make(ourLayer(db)), transaction(ourBody)))
+const ourTransaction = (name: string, transaction: OurTransaction, workload: TransactionWorkload): Candidate<Target> =>
+  ready(name, "ours", (db) => fromRuntime(ManagedRuntime.make(ourLayer(db)), transaction(ourBody(workload))))
 
 /**
  * BEGIN/COMMIT by hand on a pinned connection. On failure the pool's reset (`reset: "transaction"`) rolls
@@ -178,12 +184,13 @@ const manualTransaction: OurTransaction = (body) =>
 const sqlClientTransaction = (
   name: string,
   role: Role,
-  layer: (db: Target) => Layer.Layer<SqlClient.SqlClient, unknown>
+  layer: (db: Target) => Layer.Layer<SqlClient.SqlClient, unknown>,
+  workload: TransactionWorkload
 ): Candidate<Target> =>
   ready(name, role, async (db) => {
     const runtime = ManagedRuntime.make(layer(db))
     const sql = await runtime.runPromise(SqlClient.SqlClient)
-    const body: Effect.Effect<unknown, SqlError> = Effect.suspend(() => {
+    const body: Effect.Effect<unknown, SqlError> = workload === "select1" ? sql`SELECT 1` : Effect.suspend(() => {
       const id = randomId()
       // The table name is spelled out: a tagged template cannot take TABLE without an identifier helper.
       return Effect.zipRight(
@@ -194,10 +201,23 @@ const sqlClientTransaction = (
     return fromRuntime(runtime, sql.withTransaction(body))
   })
 
-export const transaction: ReadonlyArray<Candidate<Target>> = [
-  ourTransaction("PgPool.withConnection + BEGIN/COMMIT", manualTransaction),
-  ourTransaction("Transaction.withTransaction", (body) => Transaction.withTransaction(body)),
-  sqlClientTransaction("PgPoolSql withTransaction", "ours", ourSqlLayer),
+/** pgbench's script of a workload. */
+const pgbenchScript = (workload: TransactionWorkload): string =>
+  workload === "select1"
+    ? "BEGIN;\nSELECT 1;\nCOMMIT;\n"
+    : [
+      `\\set id random(1, ${ROWS})`,
+      "BEGIN;",
+      `SELECT id, counter FROM ${TABLE} WHERE id = :id;`,
+      `UPDATE ${TABLE} SET counter = counter + 1 WHERE id = :id;`,
+      "COMMIT;",
+      ""
+    ].join("\n")
+
+export const transaction = (workload: TransactionWorkload): ReadonlyArray<Candidate<Target>> => [
+  ourTransaction("PgPool.withConnection + BEGIN/COMMIT", manualTransaction, workload),
+  ourTransaction("Transaction.withTransaction", (body) => Transaction.withTransaction(body), workload),
+  sqlClientTransaction("PgPoolSql withTransaction", "ours", ourSqlLayer, workload),
   ready("pg.Pool", "alternative", async (db) => {
     const pool = pgPool(db)
     await pool.query("SELECT 1")
@@ -205,9 +225,13 @@ export const transaction: ReadonlyArray<Candidate<Target>> = [
       const client = await pool.connect()
       try {
         await client.query("BEGIN")
-        const id = randomId()
-        await client.query(SELECT_ROW, [id])
-        await client.query(UPDATE_ROW, [id])
+        if (workload === "select1") {
+          await client.query("SELECT 1")
+        } else {
+          const id = randomId()
+          await client.query(SELECT_ROW, [id])
+          await client.query(UPDATE_ROW, [id])
+        }
         await client.query("COMMIT")
       } catch (error) {
         await client.query("ROLLBACK").catch(() => undefined)
@@ -223,11 +247,16 @@ export const transaction: ReadonlyArray<Candidate<Target>> = [
     await sql`SELECT 1`
     const run = () =>
       sql.begin(async (tx) => {
+        if (workload === "select1") {
+          await tx`SELECT 1`
+          return
+        }
         const id = randomId()
         await tx`SELECT id, counter FROM effect_pg_pool_bench_accounts WHERE id = ${id}`
         await tx`UPDATE effect_pg_pool_bench_accounts SET counter = counter + 1 WHERE id = ${id}`
       })
     return fromPromise(run, () => sql.end({ timeout: 5 }))
   }),
-  sqlClientTransaction("@effect/sql-pg withTransaction", "alternative", effectSqlPgLayer)
+  sqlClientTransaction("@effect/sql-pg withTransaction", "alternative", effectSqlPgLayer, workload),
+  pgbench(pgbenchScript(workload), POOL_SIZE)
 ]

@@ -1,7 +1,7 @@
 /**
  * Runs one suite in a fresh process and prints its `SuiteResult` as JSON (see `child.ts`).
  *
- *   BENCH_DATABASE_URL=... node suite-child.js <select1|transaction|checkout|oneshot|tracing> <quick|full> [names as JSON]
+ *   BENCH_DATABASE_URL=... node suite-child.js <select1|transaction|txselect1|checkout|oneshot|tracing> <quick|full> [names as JSON]
  */
 import * as Child from "./child.js"
 import { SETTINGS } from "./settings.js"
@@ -17,7 +17,10 @@ Child.runMain(async () => {
   const [id, mode, names] = process.argv.slice(2)
   if (mode !== "quick" && mode !== "full") throw new Error(`mode must be quick or full, not ${mode}`)
   const settings = SETTINGS[mode]
-  if (id !== "select1" && id !== "transaction" && id !== "checkout" && id !== "oneshot" && id !== "tracing") {
+  if (
+    id !== "select1" && id !== "transaction" && id !== "txselect1" && id !== "checkout" && id !== "oneshot" &&
+    id !== "tracing"
+  ) {
     throw new Error(`unknown suite ${id}`)
   }
   const chosen = suite(id satisfies MeasuredSuiteId, settings)

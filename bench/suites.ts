@@ -11,7 +11,7 @@ export type Suite =
   | { readonly _tag: "Database"; readonly spec: SuiteSpec<Target> }
   | { readonly _tag: "PoolAlone"; readonly spec: SuiteSpec<void> }
 
-export type MeasuredSuiteId = "select1" | "transaction" | "checkout" | "oneshot" | "tracing"
+export type MeasuredSuiteId = "select1" | "transaction" | "txselect1" | "checkout" | "oneshot" | "tracing"
 
 export const suite = (id: MeasuredSuiteId, settings: Settings): Suite => {
   const db = { durationMs: settings.dbDurationMs, warmupMs: settings.dbWarmupMs, repetitions: settings.repetitions }
@@ -45,7 +45,21 @@ export const suite = (id: MeasuredSuiteId, settings: Settings): Suite => {
             ROWS.toLocaleString("en-US")
           }-row table; one operation is one transaction (4 statements), 10 connections.`,
           levels: [32],
-          candidates: SqlCandidates.transaction,
+          candidates: SqlCandidates.transaction("row"),
+          latency: true,
+          ...db
+        }
+      }
+    case "txselect1":
+      return {
+        _tag: "Database",
+        spec: {
+          id,
+          title: "Transaction: BEGIN; SELECT 1; COMMIT",
+          description:
+            "One operation is one transaction of 3 statements, 10 connections: what the transaction mechanism costs.",
+          levels: [32],
+          candidates: SqlCandidates.transaction("select1"),
           latency: true,
           ...db
         }
