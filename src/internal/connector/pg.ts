@@ -141,6 +141,21 @@ const toStatementError = (
     : toQueryError(cause as pg.DatabaseError)
 
 /** The server asked for a password and none was configured. @internal */
+/**
+ * The handle of a pipelined statement. Its cancel is made only when asked for: an Effect and a closure per
+ * statement, made up front, measured 10-12 µs of client CPU per statement (garbage collection), a third of
+ * what a `SELECT 1` costs.
+ */
+class PipelinedHandle implements Connector.InFlight {
+  constructor(
+    private readonly statement: Statement,
+    private readonly cancelOf: (statement: Statement) => Effect.Effect<void>
+  ) {}
+  get cancel(): Effect.Effect<void> {
+    return Effect.suspend(() => this.cancelOf(this.statement))
+  }
+}
+
 class MissingPasswordError extends Error {
   constructor() {
     super("the server asked for a password and none was configured")
@@ -376,6 +391,16 @@ const makeConnection = (
     lastCancel = performance.now()
     return Effect.catchAllCause(sendCancel(target, ssl, backendPid, secretKey), () => Effect.void)
   })
+  /** Cancels exactly `statement`, a pipelined one (see `Connection.sendPipelined`). */
+  const cancelPipelined = (statement: Statement): Effect.Effect<void> => {
+    if (statement.finished || state.lost) return Effect.void
+    statement.cancelRequested = true
+    if (activeQuery() === statement) return cancelNow
+    // not the server's yet: the CancelRequest waits until the statements ahead of it have finished
+    return Effect.async<void>((resume) => {
+      statement.onHead = () => resume(statement.finished ? Effect.void : cancelNow)
+    })
+  }
   /** Writes `statement` behind the statements in flight (one write per turn of the event loop). */
   const writeBehind = (statement: Statement) => {
     if (state.lost) {
@@ -469,18 +494,7 @@ const makeConnection = (
     },
     sendPipelined: (text, params, rowMode, callback) => {
       inFlight++
-      const statement = submit(text, params, rowMode, undefined, callback, false, true)
-      return {
-        cancel: Effect.suspend(() => {
-          if (statement.finished || state.lost) return Effect.void
-          statement.cancelRequested = true
-          if (activeQuery() === statement) return cancelNow
-          // not the server's yet: the CancelRequest waits until the statements ahead of it have finished
-          return Effect.async<void>((resume) => {
-            statement.onHead = () => resume(statement.finished ? Effect.void : cancelNow)
-          })
-        })
-      }
+      return new PipelinedHandle(submit(text, params, rowMode, undefined, callback, false, true), cancelPipelined)
     },
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)
