@@ -140,7 +140,6 @@ const toStatementError = (
       : toConnectionError(target, "Connection lost", cause)
     : toQueryError(cause as pg.DatabaseError)
 
-/** The server asked for a password and none was configured. @internal */
 /**
  * The handle of a pipelined statement. Its cancel is made only when asked for: an Effect and a closure per
  * statement, made up front, measured 10-12 µs of client CPU per statement (garbage collection), a third of
@@ -156,6 +155,7 @@ class PipelinedHandle implements Connector.InFlight {
   }
 }
 
+/** The server asked for a password and none was configured. @internal */
 class MissingPasswordError extends Error {
   constructor() {
     super("the server asked for a password and none was configured")
