@@ -15,6 +15,22 @@ import * as Proxy from "./support/proxy.js"
 const poolOf = (config: PgPool.Config) =>
   Effect.map(Layer.build(PgPool.layer(testConfig(config))), (context) => Context.get(context, PgPool.PgPool))
 
+/**
+ * On a pool of one connection: creates `table`, then forks `head` and 10 inserts into `table` together. The
+ * first takes the connection and the others ride it at once (before it counts as stalled); returns once all
+ * 10 are pipelined.
+ */
+const tenBehind = (pool: PgPool.PgPool, table: string, head: string) =>
+  Effect.gen(function*() {
+    yield* pool.query(`create table if not exists ${table} (id int primary key)`)
+    const [first, ...behind] = yield* Effect.forEach(
+      [pool.query(head), ...Array.from({ length: 10 }, (_, i) => pool.query(`insert into ${table} values ($1)`, [i]))],
+      Effect.fork
+    )
+    yield* eventually(pool.stats, (stats) => stats.pipelined === 10)
+    return [first!, behind] as const
+  })
+
 describe("pipelining", () => {
   it.scopedLive("64 fibers on 2 connections: every answer right, statements pipelined, 2 backends", () =>
     Effect.gen(function*() {
@@ -149,19 +165,10 @@ describe("pipelining", () => {
   it.scopedLive("a terminated backend: the statement it ran fails at once, those behind it never ran and are sent again", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "pipe-term", maxConnections: 1, pipelineDepth: 16 })
-      yield* pool.query("create table if not exists lost_term (id int primary key)")
-      // sent together: the first takes the connection, the others ride it at once (before it counts as stalled)
-      const [head, ...behind] = yield* Effect.forEach(
-        [
-          pool.query("select pg_sleep(30)"),
-          ...Array.from({ length: 10 }, (_, i) => pool.query("insert into lost_term values ($1)", [i]))
-        ],
-        Effect.fork
-      )
-      yield* eventually(pool.stats, (stats) => stats.pipelined === 10)
+      const [head, behind] = yield* tenBehind(pool, "lost_term", "select pg_sleep(30)")
       const [{ pid }] = (yield* backends("pipe-term")) as unknown as [{ pid: number }]
       yield* adminQuery("select pg_terminate_backend($1)", [pid])
-      const headExit = yield* Effect.timeout(Fiber.await(head!), "5 seconds")
+      const headExit = yield* Effect.timeout(Fiber.await(head), "5 seconds")
       assert.strictEqual(failureOf(headExit)._tag, "ConnectionError")
       const exits = yield* Effect.timeout(Effect.forEach(behind, Fiber.await), "10 seconds")
       for (const exit of exits) assert.isTrue(Exit.isSuccess(exit), String(exit))
@@ -180,20 +187,11 @@ describe("pipelining", () => {
         maxConnections: 1,
         pipelineDepth: 16
       })
-      yield* pool.query("create table if not exists lost_net (id int primary key)")
-      // sent together: the first takes the connection, the others ride it at once (before it counts as stalled)
-      const [head, ...behind] = yield* Effect.forEach(
-        [
-          pool.query("select pg_sleep(1)"),
-          ...Array.from({ length: 10 }, (_, i) => pool.query("insert into lost_net values ($1)", [i]))
-        ],
-        Effect.fork
-      )
-      yield* eventually(pool.stats, (stats) => stats.pipelined === 10)
+      const [head, behind] = yield* tenBehind(pool, "lost_net", "select pg_sleep(1)")
       assert.strictEqual(proxy.connections(), 1)
       yield* proxy.setMode("reset")
       const started = performance.now()
-      const exits = yield* Effect.timeout(Effect.forEach([head!, ...behind], Fiber.await), "5 seconds")
+      const exits = yield* Effect.timeout(Effect.forEach([head, ...behind], Fiber.await), "5 seconds")
       assert.isBelow(performance.now() - started, 1_000)
       for (const exit of exits) {
         const error = failureOf(exit) as ConnectionError

@@ -508,13 +508,16 @@ export class PoolCore {
   /** Sends the one-shot statements at the head of the queue on `conn`, while it has room (pipelining). */
   refill(conn: Physical, now: number): void {
     const depth = this.config.pipelineDepth
+    let moved = false
     while (conn.oneShots < depth) {
       const head = this.queue.head
       if (head === undefined || head.ride === undefined || !this.ridable(conn, now, head.deadline - now)) break
       this.queue.shift()
       head.ride(conn)
+      moved = true
     }
-    this.updateGauges()
+    // the gauges change only when a statement left the queue (this runs at every answer while any wait)
+    if (moved) this.updateGauges()
   }
 
   /**
