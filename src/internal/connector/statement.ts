@@ -247,11 +247,34 @@ export class ClientSideError extends Error {
   }
 }
 
+/** The fields of a result without columns, shared (frozen). */
+const NO_FIELDS: ReadonlyArray<Connector.FieldInfo> = Object.freeze([])
+
+/**
+ * A statement's result. A class, not an object literal: V8 tracks the objects of each literal in the code
+ * (its allocation site) and, when they are still alive at a young-generation collection, allocates all of
+ * that literal's later objects in the old generation, where only a full collection frees them. Results are
+ * alive at those moments often enough (a pipelined batch of answers is parsed in one go), and that made the
+ * heap grow by hundreds of bytes per statement. Instances of a class have no allocation site.
+ */
+class Result implements Connector.QueryResult {
+  constructor(
+    readonly rows: ReadonlyArray<Connector.Row>,
+    readonly fields: ReadonlyArray<Connector.FieldInfo>,
+    readonly command: string,
+    readonly rowCount: number | null
+  ) {}
+}
+
 /** @internal */
 export class Statement {
+  /** The first result (see `results`). */
+  result: Result | undefined = undefined
+  /** Every result, once there are two or more (a text of several statements). */
   results: Array<Connector.QueryResult> | undefined = undefined
   shape: Shape | undefined = undefined
-  rows: Array<Connector.Row> = []
+  /** The rows of the result being read, made at its first row. */
+  rows: Array<Connector.Row> | undefined = undefined
   parseError: Error | undefined = undefined
   finished = false
   /** Results of prefix statements still to be skipped. */
@@ -296,6 +319,17 @@ export class Statement {
   }
 
   /** Something of the statement was written, so the server will answer it up to a ReadyForQuery. */
+  /** Exactly one result came (the statement cache learns only from those). */
+  get single(): boolean {
+    return this.result !== undefined && this.results === undefined
+  }
+
+  addRow(row: Connector.Row): void {
+    const rows = this.rows
+    if (rows === undefined) this.rows = Array.of(row)
+    else rows.push(row)
+  }
+
   get wrote(): boolean {
     return this.wire !== Wire.NotWritten
   }
@@ -453,7 +487,7 @@ export class Statement {
           const value = raw[i]!
           row[i] = value === null ? null : parsers[i]!(value)
         }
-        this.rows.push(row as unknown as Connector.Row)
+        this.addRow(row as unknown as Connector.Row)
       } else {
         const names = shape.names
         const row: Record<string, unknown> = {}
@@ -461,7 +495,7 @@ export class Statement {
           const value = raw[i]!
           row[names[i]!] = value === null ? null : parsers[i]!(value)
         }
-        this.rows.push(row)
+        this.addRow(row)
       }
     } catch (error) {
       this.parseError = new ClientSideError(
@@ -484,14 +518,10 @@ export class Statement {
       : match?.[2] !== undefined
       ? parseInt(match[2], 10)
       : null
-    const result: Connector.QueryResult = {
-      rows: this.rows,
-      fields: this.shape?.fields ?? [],
-      command,
-      rowCount
-    }
-    ;(this.results ??= []).push(result)
-    this.rows = []
+    const result = new Result(this.rows ?? [], this.shape?.fields ?? NO_FIELDS, command, rowCount)
+    if (this.result === undefined) this.result = result
+    else (this.results ??= [this.result]).push(result)
+    this.rows = undefined
     this.shape = undefined
     if ((command === "DISCARD" || command === "DEALLOCATE") && msg.text.endsWith(" ALL")) {
       // the server dropped every prepared statement of the session; the counts start afresh too, so a pool
@@ -524,7 +554,7 @@ export class Statement {
     const text = this.text
     switch (this.mode) {
       case Mode.Plain: {
-        if (error !== null || this.results?.length !== 1) return
+        if (error !== null || !this.single) return
         const runs = cache.runs
         const count = runs.get(text)
         if (count !== undefined) {
@@ -549,7 +579,7 @@ export class Statement {
           cache.pooler?.sign(`prepared statement ${this.preparedName} already exists on the server (42P05)`)
           return
         }
-        if (error !== null || this.results?.length !== 1) {
+        if (error !== null || !this.single) {
           // the Parse may have gone through before the error (closing a missing statement is no error)
           cache.closing.push(this.preparedName)
           return
@@ -587,9 +617,8 @@ export class Statement {
   handleReadyForQuery(): void {
     if (this.parseError !== undefined) return this.finish(this.parseError, undefined)
     const results = this.results
-    if (results === undefined) return this.finish(null, { rows: [], fields: [], command: "", rowCount: null })
-    if (results.length === 1) return this.finish(null, results[0]!)
-    return this.finish(null, { ...results[results.length - 1]!, results })
+    if (results !== undefined) return this.finish(null, { ...results[results.length - 1]!, results })
+    return this.finish(null, this.result ?? new Result([], NO_FIELDS, "", null))
   }
 
   handleCopyInResponse(connection: PgConnection): void {
