@@ -149,7 +149,40 @@ const enum Mode {
   Prepared
 }
 
-const matchCommand = /^([A-Za-z]+)(?: (\d+))?(?: (\d+))?/
+const isLetter = (code: number): boolean => (code >= 65 && code <= 90) || (code >= 97 && code <= 122)
+const isDigit = (code: number): boolean => code >= 48 && code <= 57
+
+/**
+ * The command of a CommandComplete tag: its leading letters ("SELECT" of "SELECT 1", "CREATE" of
+ * "CREATE TABLE"); "" when it starts with none. Read by hand: a regular expression's match array and group
+ * strings cost every statement an allocation.
+ *
+ * @internal
+ */
+export const commandOf = (tag: string): string => {
+  let end = 0
+  while (end < tag.length && isLetter(tag.charCodeAt(end))) end++
+  return end === tag.length ? tag : tag.slice(0, end)
+}
+
+/**
+ * The row count of a CommandComplete tag whose command is `commandLength` letters long: the last of at most
+ * two numbers after it ("INSERT 0 5": 5, "UPDATE 3": 3), null when none follows ("BEGIN", "CREATE TABLE").
+ *
+ * @internal
+ */
+export const rowCountOf = (tag: string, commandLength: number): number | null => {
+  if (commandLength === 0) return null
+  let count: number | null = null
+  let i = commandLength
+  for (let numbers = 0; numbers < 2; numbers++) {
+    if (tag.charCodeAt(i) !== 32 || !isDigit(tag.charCodeAt(i + 1))) break
+    let n = 0
+    for (i++; i < tag.length && isDigit(tag.charCodeAt(i)); i++) n = n * 10 + tag.charCodeAt(i) - 48
+    count = n
+  }
+  return count
+}
 
 const sameShape = (shape: Shape, fields: ReadonlyArray<WireField>): boolean => {
   if (shape.fields.length !== fields.length) return false
@@ -511,13 +544,8 @@ export class Statement {
       this.skip--
       return
     }
-    const match = matchCommand.exec(msg.text)
-    const command = match?.[1] ?? ""
-    const rowCount = match?.[3] !== undefined
-      ? parseInt(match[3], 10)
-      : match?.[2] !== undefined
-      ? parseInt(match[2], 10)
-      : null
+    const command = commandOf(msg.text)
+    const rowCount = rowCountOf(msg.text, command.length)
     const result = new Result(this.rows ?? [], this.shape?.fields ?? NO_FIELDS, command, rowCount)
     if (this.result === undefined) this.result = result
     else (this.results ??= [this.result]).push(result)

@@ -102,7 +102,7 @@ class QueryOp<A = unknown> implements Waiter {
     this.core.tally.pipelined++
     if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, 0)
   }
-  readonly ride = (conn: Physical): void => {
+  ride(conn: Physical): void {
     this.board(conn)
     this.send(conn)
   }
