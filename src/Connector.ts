@@ -263,6 +263,21 @@ export interface Connection {
     rowMode: "array" | undefined,
     callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
   ) => InFlight
+  /**
+   * Optional: sends `prefix` (as `sendAfter`; may be empty) and then the statement under one Sync, written at
+   * once behind the statements in flight on the connection (as `sendPipelined`: what was sent in the same turn
+   * of the event loop goes out in one write), so that a failure of a statement ahead of it does not touch it.
+   * The returned handle's `cancel` is exact, as for `sendPipelined`. The pool uses it while the COMMIT of the
+   * transaction that had the connection before is still out (see the README's design notes): the next
+   * checkout's first statement, and the `BEGIN` held back for it, go out in the same write as that COMMIT.
+   */
+  readonly sendBehind?: (
+    prefix: ReadonlyArray<string>,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: (error: QueryError | ConnectionError | undefined, result: QueryResult | undefined) => void
+  ) => InFlight
   /** Opens a cursor that fetches the rows of `text` in batches. */
   readonly cursor: (
     text: string,

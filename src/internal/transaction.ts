@@ -12,6 +12,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Tracer from "effect/Tracer"
+import type * as Connector from "../Connector.js"
 import type { PgPool, PooledConnection } from "../PgPool.js"
 import type { ConnectionError, PoolError } from "../PgPoolError.js"
 import { QueryError } from "../PgPoolError.js"
@@ -20,6 +21,7 @@ import { TxToken } from "./connection/physical.js"
 import { contextWith, currentReadOnly, findPin, InheritedPin, type Pin, pinsOf } from "./pgpool/pin.js"
 import { type Handle, type PgPoolService, serviceOf, tag as PgPoolTag, usedAfterRelease } from "./pgpool/service.js"
 import type { PoolCore } from "./pool/core.js"
+import { canHandOver, handOver } from "./pool/release.js"
 import { sqlConnection } from "./sql/connection.js"
 import * as Tracing from "./tracing.js"
 
@@ -89,17 +91,38 @@ const identity: ErrorMapping<TxError> = { map: (error) => error }
 const runOn = (handle: Handle, text: string, token: TxToken) =>
   Effect.suspend(() => handle.released ? Effect.fail(usedAfterRelease(handle)) : handle.conn.control(text, token))
 
+const committed = (result: Connector.QueryResult): Effect.Effect<void, QueryError> =>
+  result.command === "ROLLBACK"
+    ? Effect.fail(
+      new QueryError({
+        message:
+          "COMMIT was answered with ROLLBACK: a statement of the transaction had failed, so nothing was committed (SQLSTATE 40000)",
+        code: "40000"
+      })
+    )
+    : Effect.void
+
 const commit = (handle: Handle, token: TxToken): Effect.Effect<void, QueryError | ConnectionError> =>
-  Effect.flatMap(runOn(handle, "COMMIT", token), (result) =>
-    result.command === "ROLLBACK"
-      ? Effect.fail(
-        new QueryError({
-          message:
-            "COMMIT was answered with ROLLBACK: a statement of the transaction had failed, so nothing was committed (SQLSTATE 40000)",
-          code: "40000"
-        })
-      )
-      : Effect.void)
+  Effect.flatMap(runOn(handle, "COMMIT", token), committed)
+
+/**
+ * COMMIT of a transaction that checked its connection out itself. When someone waits for a connection and
+ * nothing else needs this one (`canHandOver`), it goes to the next waiter as soon as the COMMIT is sent: the
+ * next checkout's first statement (with its `BEGIN`) goes out behind the COMMIT, in the same write, instead of
+ * a round trip later. The server runs it whatever the COMMIT's outcome, which this transaction gets as before.
+ */
+const commitHandingOver = (handle: Handle, token: TxToken): Effect.Effect<void, QueryError | ConnectionError> =>
+  Effect.suspend(() => {
+    const conn = handle.conn
+    if (handle.released || conn.owner !== token || !canHandOver(handle.core, conn)) return commit(handle, token)
+    const answer = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
+      conn.commitBehind((error, result) => resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error)))
+      conn.releaseOwner(token)
+      handle.released = true
+      handOver(handle.core, conn)
+    })
+    return Effect.flatMap(answer, committed)
+  })
 
 /** Runs the statement that opens the transaction (or savepoint), then `body`. */
 const opening = <A, E, R, X>(
@@ -238,7 +261,8 @@ const outermost = <A, E, R, X>(
   mapping: ErrorMapping<X>,
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
-  const run = (handle: Handle): Effect.Effect<A, E | X, R> => {
+  /** `own`: the transaction checked the connection out itself (else it runs on the fiber's pinned one). */
+  const run = (handle: Handle, own: boolean): Effect.Effect<A, E | X, R> => {
     const token = new TxToken(undefined)
     const tx = new TransactionImpl(service, handle, 0, options, token)
     const pin: Pin = { owner: service, core: handle.core, handle, tx: token, next: pins }
@@ -255,7 +279,7 @@ const outermost = <A, E, R, X>(
           context,
           pin,
           restore,
-          () => commit(handle, token),
+          own ? () => commitHandingOver(handle, token) : () => commit(handle, token),
           () => Effect.asVoid(runOn(handle, "ROLLBACK", token)),
           mapping,
           trace
@@ -267,7 +291,7 @@ const outermost = <A, E, R, X>(
   const pinned = findPin(pins, service)?.handle
   if (pinned !== undefined) {
     if (trace !== undefined) Tracing.checkedOutFrom(trace.span, pinned.core, pinned.conn, undefined)
-    return run(pinned)
+    return run(pinned, false)
   }
   const since = trace === undefined ? 0 : target.clock.unsafeCurrentTimeMillis()
   return Effect.matchCauseEffect(service.checkoutHandle(target, restore), {
@@ -277,7 +301,7 @@ const outermost = <A, E, R, X>(
     },
     onSuccess: (handle) => {
       if (trace !== undefined) Tracing.checkedOutFrom(trace.span, target, handle.conn, handle.conn.checkedOutAt - since)
-      return Effect.matchCauseEffect(run(handle), {
+      return Effect.matchCauseEffect(run(handle, true), {
         onFailure: (cause) => Effect.zipRight(service.releaseHandle(handle), Effect.failCause(cause)),
         onSuccess: (value) => Effect.as(service.releaseHandle(handle), value)
       })

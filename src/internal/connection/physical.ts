@@ -53,6 +53,34 @@ class Turn {
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 
+/** A COMMIT sent on a connection that went on to the next checkout at once (see `Physical.commitBehind`). */
+class CommitOut {
+  answered = false
+  private waiters: Array<() => void> = []
+  /** Completes once the COMMIT has been answered (or failed). */
+  readonly wait: Effect.Effect<void> = Effect.async<void>((resume) => {
+    if (this.answered) return resume(Effect.void)
+    const wake = () => resume(Effect.void)
+    this.waiters.push(wake)
+    return Effect.sync(() => {
+      this.waiters = this.waiters.filter((waiter) => waiter !== wake)
+    })
+  })
+  finish(): void {
+    this.answered = true
+    const waiters = this.waiters
+    this.waiters = []
+    for (const wake of waiters) wake()
+  }
+}
+
+/**
+ * The statement can go out under the extended protocol (held-back statements before it, or behind others): it has
+ * parameters, or its text holds one statement only (a text of several needs the simple protocol).
+ */
+const extendable = (text: string, params: ReadonlyArray<unknown> | undefined): boolean =>
+  (params !== undefined && params.length > 0) || !text.includes(";")
+
 const CANCEL_SETTLE_TIMEOUT = Duration.seconds(5)
 
 /** @internal */
@@ -88,6 +116,14 @@ export class Physical {
    * transaction open: the rest of the transaction must not run outside of it.
    */
   beginLost = false
+  /**
+   * The COMMIT of the transaction that had this connection before, still out: the connection went on to this
+   * checkout when it was sent (see `commitBehind`). Until it is answered, statements go out behind it
+   * (`Connection.sendBehind`), and the connection is not given back.
+   */
+  commitOut: CommitOut | undefined = undefined
+  /** The last statement sent behind a COMMIT still out, while it runs: its cancel is exact (`cancelAndSettle`). */
+  private sentBehind: Connector.InFlight | undefined = undefined
   /**
    * The innermost transaction open on this connection (see `claim`): the fibers that are not its members wait
    * until it ends, so that two transactions never share one on the server.
@@ -307,7 +343,7 @@ export class Physical {
   /** True when the held-back statements can go out in one write with this statement. */
   canPipeline(text: string, params: ReadonlyArray<unknown> | undefined): boolean {
     // a text without parameters may hold several statements, which the extended protocol cannot carry
-    return this.driver.sendAfter !== undefined && ((params !== undefined && params.length > 0) || !text.includes(";"))
+    return this.driver.sendAfter !== undefined && extendable(text, params)
   }
 
   /**
@@ -322,13 +358,17 @@ export class Physical {
   ): void {
     if (this.beginLost) return callback(beginLostError(), undefined)
     const deferred = this.deferred
-    if (deferred === undefined) return this.driver.send(text, params, rowMode, callback)
-    this.deferred = undefined
     const driver = this.driver
-    const checked: Callback = (error, result) => {
+    const checked: Callback = deferred === undefined ? callback : (error, result) => {
       if (error !== undefined) this.noteBeginFailure()
       callback(error, result)
     }
+    if (this.commitOut !== undefined && driver.sendBehind !== undefined && extendable(text, params)) {
+      this.deferred = undefined
+      return this.sendBehind(driver.sendBehind, deferred ?? [], text, params, rowMode, checked)
+    }
+    if (deferred === undefined) return driver.send(text, params, rowMode, callback)
+    this.deferred = undefined
     if (this.canPipeline(text, params)) return driver.sendAfter!(deferred, text, params, rowMode, checked)
     const next = (i: number): void => {
       if (i === deferred.length) return driver.send(text, params, rowMode, checked)
@@ -338,6 +378,45 @@ export class Physical {
       })
     }
     next(0)
+  }
+
+  /** Sends behind the COMMIT still out, keeping the statement's handle for an exact cancel while it runs. */
+  private sendBehind(
+    sendBehind: NonNullable<Connector.Connection["sendBehind"]>,
+    prefix: ReadonlyArray<string>,
+    text: string,
+    params: ReadonlyArray<unknown> | undefined,
+    rowMode: "array" | undefined,
+    callback: Callback
+  ): void {
+    let answered = false
+    const handle = sendBehind(prefix, text, params, rowMode, (error, result) => {
+      answered = true
+      if (this.sentBehind === handle) this.sentBehind = undefined
+      callback(error, result)
+    })
+    if (!answered) this.sentBehind = handle
+  }
+
+  /**
+   * Sends `COMMIT` without waiting for its answer, so that the connection can go to the next checkout at once:
+   * that checkout's first statement goes out behind it, in the same write (see `Connection.sendBehind`).
+   * `callback` gets the COMMIT's outcome; the server runs what follows the COMMIT whatever that is (a failed
+   * COMMIT ends its transaction too).
+   */
+  commitBehind(callback: Callback): void {
+    const out = new CommitOut()
+    this.commitOut = out
+    this.driver.send("COMMIT", undefined, undefined, (error, result) => {
+      if (this.commitOut === out) this.commitOut = undefined
+      out.finish()
+      callback(error, result)
+    })
+  }
+
+  /** Nothing else uses the connection now: no statement of another fiber is out or waiting for its turn. */
+  get alone(): boolean {
+    return !this.turnHeld && this.turns.length === 0
   }
 
   /** Held-back statements went out and something failed: if that left no transaction open, remember it. */
@@ -369,7 +448,9 @@ export class Physical {
    */
   get cancelAndSettle(): Effect.Effect<void> {
     if (!this.driver.isBusy()) return Effect.void
-    return Effect.interruptible(Effect.zipRight(this.driver.cancel, this.driver.awaitIdle)).pipe(
+    // a statement behind a COMMIT still out: cancelled exactly (a CancelRequest now could reach the COMMIT)
+    const cancel = this.sentBehind?.cancel ?? this.driver.cancel
+    return Effect.interruptible(Effect.zipRight(cancel, this.driver.awaitIdle)).pipe(
       Effect.timeoutFail({ duration: CANCEL_SETTLE_TIMEOUT, onTimeout: () => "unsettled" as const }),
       Effect.catchAll(() => {
         this.lost = true

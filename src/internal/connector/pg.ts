@@ -367,6 +367,13 @@ const makeConnection = (
     corked = false
     stream.uncork()
   }
+  /** Holds this turn's writes back, to go out in one write at its end. */
+  const corkTurn = () => {
+    if (corked) return
+    corked = true
+    stream.cork()
+    process.nextTick(uncork)
+  }
   internals.connection.on("readyForQuery", () => {
     // pg may have started a statement of its own meanwhile (one sent from a callback of the statement that just
     // finished, while nothing was behind): it was written before the ones here, which wait for its end
@@ -407,11 +414,7 @@ const makeConnection = (
       // the connection is gone (its end may have come already): nothing more is written, nothing would answer
       return statement.handleError((fatal ?? new Error("Connection terminated: the statement was not sent")) as Error)
     }
-    if (!corked) {
-      corked = true
-      stream.cork()
-      process.nextTick(uncork)
-    }
+    corkTurn()
     statement.submit(internals.connection as unknown as Parameters<Statement["submit"]>[0])
     // a statement not written (the socket is gone) gets no ReadyForQuery: the connection's end fails it
     if (statement.wrote) behind.push(statement)
@@ -478,6 +481,9 @@ const makeConnection = (
     if (writtenBehind) {
       writeBehind(statement)
     } else {
+      // corked too: a statement written behind it in this turn (the next checkout's, behind a COMMIT handed
+      // over, see `sendBehind`) goes out in the same write
+      corkTurn()
       client.query(statement as unknown as pg.Submittable)
     }
     return statement
@@ -495,6 +501,11 @@ const makeConnection = (
     sendPipelined: (text, params, rowMode, callback) => {
       inFlight++
       return new PipelinedHandle(submit(text, params, rowMode, undefined, callback, false, true), cancelPipelined)
+    },
+    sendBehind: (prefix, text, params, rowMode, callback) => {
+      inFlight++
+      const statement = submit(text, params, rowMode, prefix.length === 0 ? undefined : prefix, callback, false, true)
+      return new PipelinedHandle(statement, cancelPipelined)
     },
     cursor: (text, params, rowMode) => {
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)

@@ -206,6 +206,8 @@ export class PgPoolService {
 
   releaseHandle(handle: Handle): Effect.Effect<void> {
     return Effect.suspend(() => {
+      // given back already: handed over to the next waiter with its transaction's COMMIT (see `handOver`)
+      if (handle.released) return Effect.void
       handle.released = true
       return release(handle.core, handle.conn)
     })

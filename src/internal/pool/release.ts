@@ -55,6 +55,17 @@ export const release = (core: PoolCore, conn: Physical): Effect.Effect<void> =>
 export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effect.Effect<void> => {
   conn.deferred = undefined
   conn.beginLost = false
+  if (conn.commitOut !== undefined) {
+    // the COMMIT of the transaction before this checkout is still out (see `handOver`): waited for as a cancel
+    // settling is (below)
+    const wait = conn.commitOut.wait
+    const rest = Effect.suspend(() => releaseWith(core, conn, usage))
+    const later = () => {
+      core.runCloser(Effect.zipRight(wait, rest))
+      return Effect.void
+    }
+    return waitWithin(wait, SETTLE_WAIT, { done: () => rest, timedOut: later, cutOff: later })
+  }
   if (conn.settling !== undefined) {
     // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
     // healthy network), else (or cut off) let the return finish in the background so the caller is not held up
@@ -82,6 +93,36 @@ export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effe
   if (core.size > core.config.maxConnections) return discard(core, conn, "resized")
   if (core.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") return reset(core, conn, usage)
   return checkin(core, conn, usage)
+}
+
+/**
+ * Whether the connection of a transaction about to COMMIT may go to the next waiter while the COMMIT is out
+ * (`handOver`): pipelining is on and the driver can write behind it, someone waits, nothing else uses the
+ * connection, and every gate of `releaseWith` and `checkin` passes now and will after the COMMIT, which ends
+ * the transaction whatever its outcome (`maxUsage` set or `reset` other than "transaction": never).
+ *
+ * @internal
+ */
+export const canHandOver = (core: PoolCore, conn: Physical): boolean => {
+  const config = core.config
+  return core.queue.length > 0 && config.pipelineDepth > 1 && conn.driver.sendBehind !== undefined &&
+    conn.alone && conn.settling === undefined && conn.leakWatch === undefined && conn.commitOut === undefined &&
+    conn.deferred === undefined && !conn.beginLost && !conn.invalidated && !conn.broken && core.fits(conn) &&
+    !core.closed && !conn.driver.isBusy() && conn.createdAt > core.drainBefore &&
+    core.size <= config.maxConnections && config.reset === "transaction" && config.pooling && !core.counting &&
+    core.clock.unsafeCurrentTimeMillis() < conn.expiresAt
+}
+
+/**
+ * Gives the connection of a transaction whose COMMIT was just sent (`Physical.commitBehind`, after
+ * `canHandOver`) to the next waiter at once: its first statement goes out behind the COMMIT, in the same write.
+ *
+ * @internal
+ */
+export const handOver = (core: PoolCore, conn: Physical): void => {
+  core.tally.handedOver++
+  // the waiter checked for is still there (nothing ran since): this is only in case it was not
+  if (!core.deliver(conn, core.clock.unsafeCurrentTimeMillis())) core.runBackground(release(core, conn))
 }
 
 /**

@@ -38,6 +38,8 @@ export class Tally {
   timeouts = 0
   shed = 0
   pipelined = 0
+  /** Connections given to the next waiter with their transaction's COMMIT still out (see `handOver`). */
+  handedOver = 0
   connectFailures = 0
 }
 

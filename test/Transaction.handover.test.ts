@@ -1,0 +1,195 @@
+/**
+ * Handing a connection over at COMMIT: when someone waits for a connection and nothing else needs the one of a
+ * transaction that commits, it goes to the next waiter as soon as the COMMIT is sent, and the next checkout's
+ * first statement (with its BEGIN) goes out behind the COMMIT, in the same write. Checked on the server: a
+ * COMMIT made slow by a deferred constraint trigger (pg_sleep) keeps the next statement waiting behind it, so
+ * that a failure of the COMMIT, an interruption of the next transaction and a lost connection can be made to
+ * happen exactly then.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Deferred, Effect, Fiber, Layer } from "effect"
+import { serviceOf } from "../src/internal/pgpool/service.js"
+import * as PgPool from "../src/PgPool.js"
+import * as Transaction from "../src/Transaction.js"
+import { adminQuery, backends, eventually, testConfig } from "./support/db.js"
+import { failureOf, valueOf } from "./support/exits.js"
+
+const poolOf = (config: PgPool.Config) =>
+  Effect.map(
+    Layer.build(PgPool.layer(testConfig({ maxConnections: 1, ...config }))),
+    (context) => Context.get(context, PgPool.PgPool)
+  )
+
+/** How many connections were handed over with their COMMIT out (internal tally). */
+const handedOver = (pool: PgPool.PgPool) => Effect.sync(() => serviceOf(pool)!.main.tally.handedOver)
+
+const pidOf = (pool: PgPool.PgPool) =>
+  Effect.map(pool.query("select pg_backend_pid() as pid"), (rows) => Number(rows[0]!.pid))
+
+/** A table whose rows make their transaction's COMMIT take `seconds` (a deferred constraint trigger sleeps). */
+const slowCommitTable = (pool: PgPool.PgPool, table: string, seconds: number) =>
+  Effect.gen(function*() {
+    yield* pool.query(`drop table if exists ${table}`)
+    yield* pool.query(`create table ${table} (id int primary key)`)
+    yield* pool.query(
+      `create or replace function ${table}_sleep() returns trigger language plpgsql as $$ begin perform pg_sleep(${seconds}); return null; end $$`
+    )
+    yield* pool.query(
+      `create constraint trigger ${table}_commit after insert on ${table} deferrable initially deferred for each row execute function ${table}_sleep()`
+    )
+  })
+
+const ids = (pool: PgPool.PgPool, table: string) =>
+  Effect.map(pool.query(`select id from ${table} order by id`), (rows) => rows.map((row) => Number(row.id)))
+
+/**
+ * Transaction A inserts `first` and holds on until `next` (forked) waits for the pool's one connection; then A
+ * commits. Returns the fibers of A and of `next`.
+ */
+const behindCommit = <A, E>(pool: PgPool.PgPool, first: string, next: Effect.Effect<A, E, PgPool.PgPool>) =>
+  Effect.gen(function*() {
+    const go = yield* Deferred.make<void>()
+    const a = yield* Effect.fork(
+      Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query(first)
+        const pid = yield* PgPool.query("select pg_backend_pid() as pid")
+        yield* Deferred.await(go)
+        return Number(pid[0]!.pid)
+      })).pipe(Effect.provideService(PgPool.PgPool, pool))
+    )
+    yield* eventually(pool.stats, (stats) => stats.inUse === 1)
+    const b = yield* Effect.fork(next.pipe(Effect.provideService(PgPool.PgPool, pool)))
+    yield* eventually(pool.stats, (stats) => stats.waiting === 1)
+    yield* Deferred.succeed(go, undefined)
+    return [a, b] as const
+  })
+
+describe("handing the connection over at COMMIT", () => {
+  it.scopedLive("the next transaction goes out behind the COMMIT: both commit, on one connection", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-ok" })
+      yield* slowCommitTable(pool, "ho_ok_a", 0.2)
+      yield* pool.query("create table if not exists ho_ok_b (id int primary key)")
+      const [a, b] = yield* behindCommit(
+        pool,
+        "insert into ho_ok_a values (1)",
+        Transaction.withTransaction(Effect.zipRight(PgPool.query("insert into ho_ok_b values (2)"), pidOf(pool)))
+      )
+      const pidA = valueOf(yield* Fiber.await(a))
+      const pidB = valueOf(yield* Fiber.await(b))
+      assert.strictEqual(yield* handedOver(pool), 1)
+      assert.strictEqual(pidB, pidA, "one connection throughout")
+      assert.deepStrictEqual(yield* ids(pool, "ho_ok_a"), [1])
+      assert.deepStrictEqual(yield* ids(pool, "ho_ok_b"), [2])
+      const stats = yield* pool.stats
+      assert.strictEqual(stats.closed, 0)
+      assert.strictEqual(stats.inUse, 0)
+    }))
+
+  it.scopedLive("a one-shot statement waiting goes out behind the COMMIT too", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-oneshot" })
+      yield* slowCommitTable(pool, "ho_one", 0.2)
+      const [a, c] = yield* behindCommit(pool, "insert into ho_one values (1)", PgPool.query("select 3 as three"))
+      valueOf(yield* Fiber.await(a))
+      assert.deepStrictEqual(valueOf(yield* Fiber.await(c)), [{ three: 3 }])
+      assert.strictEqual(yield* handedOver(pool), 1)
+      assert.deepStrictEqual(yield* ids(pool, "ho_one"), [1])
+      assert.strictEqual((yield* pool.stats).closed, 0)
+      yield* eventually(pool.stats, (stats) => stats.inUse === 0)
+    }))
+
+  it.scopedLive("not with pipelineDepth: 1 (pipelining off): the connection goes back after the COMMIT's answer", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-off", pipelineDepth: 1 })
+      yield* pool.query("create table if not exists ho_off (id int primary key)")
+      const [a, b] = yield* behindCommit(
+        pool,
+        "insert into ho_off values (1)",
+        Transaction.withTransaction(PgPool.query("insert into ho_off values (2)"))
+      )
+      valueOf(yield* Fiber.await(a))
+      valueOf(yield* Fiber.await(b))
+      assert.strictEqual(yield* handedOver(pool), 0)
+      assert.deepStrictEqual(yield* ids(pool, "ho_off"), [1, 2])
+    }))
+
+  it.scopedLive("a COMMIT that fails fails its transaction only: the next one runs and commits on the same connection", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-fail" })
+      yield* pool.query("drop table if exists ho_uniq")
+      yield* pool.query("create table ho_uniq (id int unique deferrable initially deferred)")
+      yield* pool.query("create table if not exists ho_next (id int primary key)")
+      const [a, b] = yield* behindCommit(
+        pool,
+        "insert into ho_uniq values (1), (1)",
+        Transaction.withTransaction(Effect.zipRight(PgPool.query("insert into ho_next values (7)"), pidOf(pool)))
+      )
+      const exitA = yield* Fiber.await(a)
+      const error = failureOf(exitA)
+      assert.strictEqual(error._tag, "QueryError")
+      assert.strictEqual((error as { readonly code?: string }).code, "23505", String(error))
+      const pidB = valueOf(yield* Fiber.await(b))
+      assert.strictEqual(yield* handedOver(pool), 1)
+      assert.deepStrictEqual(yield* ids(pool, "ho_uniq"), [])
+      assert.deepStrictEqual(yield* ids(pool, "ho_next"), [7])
+      assert.strictEqual(yield* pidOf(pool), pidB)
+      assert.strictEqual((yield* pool.stats).closed, 0)
+    }))
+
+  it.scopedLive("interrupting the next transaction while its statement waits behind the COMMIT cancels that statement, never the COMMIT", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-cancel" })
+      // a CancelRequest reaching this COMMIT would stop its trigger's pg_sleep: the COMMIT would fail (57014)
+      yield* slowCommitTable(pool, "ho_cancel_a", 0.5)
+      yield* pool.query("create table if not exists ho_cancel_b (id int primary key)")
+      const [a, b] = yield* behindCommit(
+        pool,
+        "insert into ho_cancel_a values (1)",
+        Transaction.withTransaction(PgPool.query("insert into ho_cancel_b select 2 from pg_sleep(0.3)"))
+      )
+      yield* eventually(handedOver(pool), (n) => n === 1)
+      // the COMMIT is running its trigger (pg_sleep): B's BEGIN and insert wait behind it
+      yield* eventually(
+        backends("handover-cancel"),
+        (rows) => rows.some((row) => row.query.includes("ho_cancel_a_sleep") || row.query === "COMMIT")
+      )
+      yield* Fiber.interrupt(b)
+      // the COMMIT succeeded (valueOf shows the cause otherwise)
+      valueOf(yield* Fiber.await(a))
+      assert.deepStrictEqual(yield* ids(pool, "ho_cancel_a"), [1])
+      assert.deepStrictEqual(yield* ids(pool, "ho_cancel_b"), [])
+      // the connection is sound: back in the pool, and it runs a transaction
+      yield* eventually(pool.stats, (stats) => stats.inUse === 0)
+      yield* Transaction.withTransaction(PgPool.query("insert into ho_cancel_b values (3)")).pipe(
+        Effect.provideService(PgPool.PgPool, pool)
+      )
+      assert.deepStrictEqual(yield* ids(pool, "ho_cancel_b"), [3])
+    }))
+
+  it.scopedLive("a connection lost while the COMMIT is out fails both at once with ConnectionError; the pool recovers", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-lost" })
+      yield* slowCommitTable(pool, "ho_lost_a", 5)
+      yield* pool.query("create table if not exists ho_lost_b (id int primary key)")
+      const [a, b] = yield* behindCommit(
+        pool,
+        "insert into ho_lost_a values (1)",
+        Transaction.withTransaction(PgPool.query("insert into ho_lost_b values (2)"))
+      )
+      yield* eventually(handedOver(pool), (n) => n === 1)
+      const running = yield* eventually(
+        backends("handover-lost"),
+        (rows) => rows.some((row) => row.query.includes("ho_lost_a_sleep") || row.query === "COMMIT")
+      )
+      const pid = running.find((row) => row.query.includes("ho_lost_a_sleep") || row.query === "COMMIT")!.pid
+      yield* adminQuery("select pg_terminate_backend($1)", [pid])
+      assert.strictEqual(failureOf(yield* Fiber.await(a))._tag, "ConnectionError")
+      assert.strictEqual(failureOf(yield* Fiber.await(b))._tag, "ConnectionError")
+      // the fault happened: that backend is gone
+      yield* eventually(backends("handover-lost"), (rows) => rows.every((row) => row.pid !== pid))
+      assert.deepStrictEqual(yield* ids(pool, "ho_lost_a"), [])
+      assert.deepStrictEqual(yield* ids(pool, "ho_lost_b"), [])
+      assert.notStrictEqual(yield* pidOf(pool), pid)
+    }))
+})
