@@ -351,18 +351,22 @@ export class Statement {
     onHead?.()
   }
 
-  /** Something of the statement was written, so the server will answer it up to a ReadyForQuery. */
   /** Exactly one result came (the statement cache learns only from those). */
   get single(): boolean {
     return this.result !== undefined && this.results === undefined
   }
 
+  /**
+   * Adds a row to the result being read. Its array is made at the first row, by `Array.of`: an array literal
+   * has an allocation site, which V8 may decide to pretenure (see `Result`), and the rows it holds with it.
+   */
   addRow(row: Connector.Row): void {
     const rows = this.rows
     if (rows === undefined) this.rows = Array.of(row)
     else rows.push(row)
   }
 
+  /** Something of the statement was written, so the server will answer it up to a ReadyForQuery. */
   get wrote(): boolean {
     return this.wire !== Wire.NotWritten
   }
