@@ -7,7 +7,7 @@
  * happen exactly then.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber, Layer } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Random } from "effect"
 import { serviceOf } from "../src/internal/pgpool/service.js"
 import * as PgPool from "../src/PgPool.js"
 import * as Transaction from "../src/Transaction.js"
@@ -165,6 +165,77 @@ describe("handing the connection over at COMMIT", () => {
         Effect.provideService(PgPool.PgPool, pool)
       )
       assert.deepStrictEqual(yield* ids(pool, "ho_cancel_b"), [3])
+    }))
+
+  it.scopedLive("interrupting random transactions while connections are handed over cancels exactly them: every other commits once", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-random", maxConnections: 2 })
+      // every COMMIT runs a trigger that sleeps 10 ms: the next transaction's statement waits behind it, where a
+      // CancelRequest sent at once would reach the COMMIT and fail a transaction nobody interrupted
+      yield* slowCommitTable(pool, "ho_hits", 0.01)
+      let interruptedAbsent = 0
+      let id = 0
+      for (let round = 0; round < 10; round++) {
+        const ids = Array.from({ length: 16 }, () => ++id)
+        const fibers = yield* Effect.forEach(ids, (n) =>
+          Effect.fork(
+            Transaction.withTransaction(
+              Effect.zipRight(
+                PgPool.query("insert into ho_hits values ($1)", [n]),
+                PgPool.query("select pg_sleep($1::float8)", [(n % 3) * 0.001])
+              )
+            ).pipe(Effect.provideService(PgPool.PgPool, pool))
+          ))
+        const victims = new Set<number>()
+        for (const [i, fiber] of fibers.entries()) {
+          if ((yield* Random.nextIntBetween(0, 3)) === 0) {
+            victims.add(ids[i]!)
+            // spread over the round, so that many land while a statement waits behind a COMMIT
+            yield* Effect.sleep(`${yield* Random.nextIntBetween(0, 15)} millis`)
+            yield* Fiber.interrupt(fiber)
+          }
+        }
+        const exits = yield* Effect.forEach(fibers, Fiber.await)
+        const present = new Set(
+          yield* Effect.map(
+            pool.query("select id from ho_hits where id = any($1::int[])", [ids]),
+            (rows) => rows.map((row) => Number(row.id))
+          )
+        )
+        for (const [i, exit] of exits.entries()) {
+          const n = ids[i]!
+          if (victims.has(n)) {
+            // rolled back (cancelled or interrupted before its COMMIT) or committed whole: nothing in between
+            if (!present.has(n)) interruptedAbsent++
+            continue
+          }
+          if (Exit.isFailure(exit)) {
+            assert.fail(`transaction ${n} was not interrupted but failed: ${Cause.pretty(exit.cause)}`)
+          }
+          assert.isTrue(present.has(n), `transaction ${n} succeeded but its row is missing`)
+        }
+      }
+      assert.isAbove(interruptedAbsent, 0)
+      assert.isAbove(yield* handedOver(pool), 10)
+      const stats = yield* pool.stats
+      assert.strictEqual(stats.closed, 0)
+      yield* eventually(pool.stats, (stats) => stats.inUse === 0)
+    }))
+
+  it.scopedLive("not when the connection must be counted or reset: with maxUsage it is recycled as before", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-usage", maxUsage: 3 })
+      yield* pool.query("create table if not exists ho_usage (id int primary key)")
+      const [a, b] = yield* behindCommit(
+        pool,
+        "insert into ho_usage values (1)",
+        Transaction.withTransaction(PgPool.query("insert into ho_usage values (2)"))
+      )
+      valueOf(yield* Fiber.await(a))
+      valueOf(yield* Fiber.await(b))
+      assert.strictEqual(yield* handedOver(pool), 0)
+      assert.deepStrictEqual(yield* ids(pool, "ho_usage"), [1, 2])
+      assert.isAbove((yield* pool.stats).closedByReason.maxUsage, 0)
     }))
 
   it.scopedLive("a connection lost while the COMMIT is out fails both at once with ConnectionError; the pool recovers", () =>
