@@ -10,6 +10,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Tracer from "effect/Tracer"
 import type * as Connector from "../Connector.js"
@@ -18,7 +19,7 @@ import type { ConnectionError, PoolError } from "../PgPoolError.js"
 import { QueryError } from "../PgPoolError.js"
 import type * as Transaction from "../Transaction.js"
 import { TxToken } from "./connection/physical.js"
-import { contextWith, currentReadOnly, findPin, InheritedPin, type Pin, pinsOf } from "./pgpool/pin.js"
+import { currentReadOnly, findPin, InheritedPin, type Pin, pinsOf, setRef } from "./pgpool/pin.js"
 import { type Handle, type PgPoolService, serviceOf, tag as PgPoolTag, usedAfterRelease } from "./pgpool/service.js"
 import type { PoolCore } from "./pool/core.js"
 import { canHandOver, handOver } from "./pool/release.js"
@@ -143,6 +144,7 @@ const opening = <A, E, R, X>(
  * after failure, defect or interruption (keeping both causes when the rollback fails too).
  */
 const runBody = <A, E, R, X>(
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
   effect: Effect.Effect<A, E, R>,
   tx: TransactionImpl,
   context: Context.Context<never>,
@@ -153,38 +155,34 @@ const runBody = <A, E, R, X>(
   mapping: ErrorMapping<X>,
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
-  const inside = contextWith(context, [
-    [TransactionTag.key, tx],
-    [SqlClient.TransactionConnection.key, [sqlConnection(tx.owner, tx.handle), tx.depth] as const],
-    [InheritedPin.key, pin],
-    ...(trace === undefined ? [] : [[Tracer.ParentSpan.key, trace.span] as const])
-  ])
-  const back = FiberRef.set(FiberRef.currentContext, context)
-  return Effect.zipRight(
-    FiberRef.set(FiberRef.currentContext, inside),
-    Effect.matchCauseEffect(restore(effect), {
-      onFailure: (cause) => {
-        trace?.event("db.transaction.rollback")
-        return Effect.zipRight(
-          back,
-          Effect.matchCauseEffect(onRollback(), {
-            onFailure: (failure) => Effect.failCause(Cause.sequential(cause, Cause.map(failure, mapping.map))),
-            onSuccess: () => Effect.failCause(cause)
-          })
-        )
-      },
-      onSuccess: (value) => {
-        trace?.event(tx.depth === 0 ? "db.transaction.commit" : "db.transaction.savepoint")
-        return Effect.zipRight(
-          back,
-          Effect.matchCauseEffect(onCommit(), {
-            onFailure: (failure) => Effect.failCause(Cause.map(failure, mapping.map)),
-            onSuccess: () => Effect.succeed(value)
-          })
-        )
-      }
-    })
-  )
+  // the transaction's context: `context` with its services added, in one copy of its map (`Context.add` copies
+  // it for each)
+  const services = new Map(context.unsafeMap)
+  services.set(TransactionTag.key, tx)
+  services.set(SqlClient.TransactionConnection.key, [sqlConnection(tx.owner, tx.handle), tx.depth] as const)
+  services.set(InheritedPin.key, pin)
+  if (trace !== undefined) services.set(Tracer.ParentSpan.key, trace.span)
+  // set in the fiber's context in place, in this step and in the handlers' (as withConnection does: an Effect
+  // setting the FiberRef costs an Effect more, each way)
+  setRef(fiber, FiberRef.currentContext, Context.unsafeMake<never>(services))
+  return Effect.matchCauseEffect(restore(effect), {
+    onFailure: (cause) => {
+      setRef(fiber, FiberRef.currentContext, context)
+      trace?.event("db.transaction.rollback")
+      return Effect.matchCauseEffect(onRollback(), {
+        onFailure: (failure) => Effect.failCause(Cause.sequential(cause, Cause.map(failure, mapping.map))),
+        onSuccess: () => Effect.failCause(cause)
+      })
+    },
+    onSuccess: (value) => {
+      setRef(fiber, FiberRef.currentContext, context)
+      trace?.event(tx.depth === 0 ? "db.transaction.commit" : "db.transaction.savepoint")
+      return Effect.matchCauseEffect(onCommit(), {
+        onFailure: (failure) => Effect.failCause(Cause.map(failure, mapping.map)),
+        onSuccess: () => Effect.succeed(value)
+      })
+    }
+  })
 }
 
 /**
@@ -225,18 +223,18 @@ export const make = <X, RP>(
       const start = (trace: Tracing.TransactionTrace | undefined): Effect.Effect<A, E | X, R> => {
         const outer = Context.getOption(context, TransactionTag)
         if (outer._tag === "Some" && (outer.value as TransactionImpl).owner === service) {
-          return nested(outer.value as TransactionImpl, effect, context, pinsOf(fiber), restore, mapping, trace)
+          return nested(fiber, outer.value as TransactionImpl, effect, context, pinsOf(fiber), restore, mapping, trace)
         }
         const pins = pinsOf(fiber)
         const readOnly = options.readOnly === true || fiber.getFiberRef(currentReadOnly)
         const router = service.router
         if (router === undefined || findPin(pins, service) !== undefined) {
-          return outermost(service, service.main, effect, options, context, pins, restore, mapping, trace)
+          return outermost(fiber, service, service.main, effect, options, context, pins, restore, mapping, trace)
         }
         return service.routeWith(
           fiber,
           readOnly,
-          (target) => outermost(service, target, effect, options, context, pins, restore, mapping, trace),
+          (target) => outermost(fiber, service, target, effect, options, context, pins, restore, mapping, trace),
           () => Effect.fail(mapping.map(router.noStandby()))
         )
       }
@@ -251,6 +249,7 @@ export const make = <X, RP>(
   )
 
 const outermost = <A, E, R, X>(
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
   service: PgPoolService,
   target: PoolCore,
   effect: Effect.Effect<A, E, R>,
@@ -262,36 +261,42 @@ const outermost = <A, E, R, X>(
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
   /** `own`: the transaction checked the connection out itself (else it runs on the fiber's pinned one). */
-  const run = (handle: Handle, own: boolean): Effect.Effect<A, E | X, R> => {
-    const token = new TxToken(undefined)
+  /**
+   * `own`: the transaction checked the connection out itself (else it runs on the fiber's pinned one); then the
+   * handlers of the checkout below give the connection's owner back, in the same step as the connection.
+   */
+  const run = (handle: Handle, token: TxToken, own: boolean): Effect.Effect<A, E | X, R> => {
     const tx = new TransactionImpl(service, handle, 0, options, token)
     const pin: Pin = { owner: service, core: handle.core, handle, tx: token, next: pins }
     const conn = handle.conn
-    // the connection is the transaction's until it ends: the other fibers sharing it (forked inside
-    // withConnection) wait, and this one waits for a transaction of theirs
-    return Effect.flatMap(conn.claim(token, undefined, restore), () => {
+    const body = (): Effect.Effect<A, E | X, R> => {
       // BEGIN goes out with the first statement of the body (see Physical.deferBegin)
       conn.deferBegin(beginStatement(options))
-      return Effect.ensuring(
-        runBody(
-          effect,
-          tx,
-          context,
-          pin,
-          restore,
-          own ? () => commitHandingOver(handle, token) : () => commit(handle, token),
-          () => Effect.asVoid(runOn(handle, "ROLLBACK", token)),
-          mapping,
-          trace
-        ),
-        Effect.sync(() => conn.releaseOwner(token))
+      return runBody(
+        fiber,
+        effect,
+        tx,
+        context,
+        pin,
+        restore,
+        own ? () => commitHandingOver(handle, token) : () => commit(handle, token),
+        () => Effect.asVoid(runOn(handle, "ROLLBACK", token)),
+        mapping,
+        trace
       )
-    })
+    }
+    // the connection is the transaction's until it ends: the other fibers sharing it (forked inside
+    // withConnection) wait, and this one waits for a transaction of theirs (a connection just checked out has
+    // none: claimed at once)
+    const claimed = conn.claim(token, undefined, restore)
+    // (suspended: whatever it throws is a defect the checkout's handlers see, and they give the connection back)
+    if (own) return claimed === Effect.void ? Effect.suspend(body) : Effect.flatMap(claimed, body)
+    return Effect.flatMap(claimed, () => Effect.ensuring(body(), Effect.sync(() => conn.releaseOwner(token))))
   }
   const pinned = findPin(pins, service)?.handle
   if (pinned !== undefined) {
     if (trace !== undefined) Tracing.checkedOutFrom(trace.span, pinned.core, pinned.conn, undefined)
-    return run(pinned, false)
+    return run(pinned, new TxToken(undefined), false)
   }
   const since = trace === undefined ? 0 : target.clock.unsafeCurrentTimeMillis()
   return Effect.matchCauseEffect(service.checkoutHandle(target, restore), {
@@ -301,9 +306,16 @@ const outermost = <A, E, R, X>(
     },
     onSuccess: (handle) => {
       if (trace !== undefined) Tracing.checkedOutFrom(trace.span, target, handle.conn, handle.conn.checkedOutAt - since)
-      return Effect.matchCauseEffect(run(handle, true), {
-        onFailure: (cause) => Effect.zipRight(service.releaseHandle(handle), Effect.failCause(cause)),
-        onSuccess: (value) => Effect.as(service.releaseHandle(handle), value)
+      const token = new TxToken(undefined)
+      return Effect.matchCauseEffect(run(handle, token, true), {
+        onFailure: (cause) => {
+          handle.conn.releaseOwner(token)
+          return Effect.zipRight(service.releaseHandle(handle), Effect.failCause(cause))
+        },
+        onSuccess: (value) => {
+          handle.conn.releaseOwner(token)
+          return Effect.as(service.releaseHandle(handle), value)
+        }
       })
     }
   })
@@ -316,6 +328,7 @@ const traceFailure = (span: Tracer.Span, cause: Cause.Cause<PoolError>): void =>
 }
 
 const nested = <A, E, R, X>(
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
   outer: TransactionImpl,
   effect: Effect.Effect<A, E, R>,
   context: Context.Context<never>,
@@ -335,6 +348,7 @@ const nested = <A, E, R, X>(
     Effect.ensuring(
       opening(tx.handle, `SAVEPOINT ${name}`, token, mapping, () =>
         runBody(
+          fiber,
           effect,
           tx,
           context,

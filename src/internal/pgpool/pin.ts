@@ -83,16 +83,6 @@ export const InheritedPin: Context.Tag<Pin, Pin> = Context.GenericTag<Pin>("effe
 const serviceIn = <I, S>(fiber: Fiber.RuntimeFiber<unknown, unknown>, tag: Context.Tag<I, S>): S | undefined =>
   fiber.currentContext.unsafeMap.get(tag.key)
 
-/** `context` with these services added, in one copy of its map (`Context.add` copies it for each). @internal */
-export const contextWith = (
-  context: Context.Context<never>,
-  entries: ReadonlyArray<readonly [string, unknown]>
-): Context.Context<never> => {
-  const services = new Map(context.unsafeMap)
-  for (const [key, value] of entries) services.set(key, value)
-  return Context.unsafeMake<never>(services)
-}
-
 /** The pinned connection of `fiber` for the pool `owner`, if any. @internal */
 export const pinOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, owner: PgPoolService): Pin | undefined =>
   findPin(pinsSetBy(fiber), owner) ?? findPin(serviceIn(fiber, InheritedPin), owner)
