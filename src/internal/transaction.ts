@@ -260,7 +260,6 @@ const outermost = <A, E, R, X>(
   mapping: ErrorMapping<X>,
   trace: Tracing.TransactionTrace | undefined
 ): Effect.Effect<A, E | X, R> => {
-  /** `own`: the transaction checked the connection out itself (else it runs on the fiber's pinned one). */
   /**
    * `own`: the transaction checked the connection out itself (else it runs on the fiber's pinned one); then the
    * handlers of the checkout below give the connection's owner back, in the same step as the connection.
