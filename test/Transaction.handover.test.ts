@@ -99,21 +99,6 @@ describe("handing the connection over at COMMIT", () => {
       yield* eventually(pool.stats, (stats) => stats.inUse === 0)
     }))
 
-  it.scopedLive("not with pipelineDepth: 1 (pipelining off): the connection goes back after the COMMIT's answer", () =>
-    Effect.gen(function*() {
-      const pool = yield* poolOf({ applicationName: "handover-off", pipelineDepth: 1 })
-      yield* pool.query("create table if not exists ho_off (id int primary key)")
-      const [a, b] = yield* behindCommit(
-        pool,
-        "insert into ho_off values (1)",
-        Transaction.withTransaction(PgPool.query("insert into ho_off values (2)"))
-      )
-      valueOf(yield* Fiber.await(a))
-      valueOf(yield* Fiber.await(b))
-      assert.strictEqual(yield* handedOver(pool), 0)
-      assert.deepStrictEqual(yield* ids(pool, "ho_off"), [1, 2])
-    }))
-
   it.scopedLive("a COMMIT that fails fails its transaction only: the next one runs and commits on the same connection", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "handover-fail" })
@@ -222,21 +207,32 @@ describe("handing the connection over at COMMIT", () => {
       yield* eventually(pool.stats, (stats) => stats.inUse === 0)
     }))
 
-  it.scopedLive("not when the connection must be counted or reset: with maxUsage it is recycled as before", () =>
-    Effect.gen(function*() {
-      const pool = yield* poolOf({ applicationName: "handover-usage", maxUsage: 3 })
-      yield* pool.query("create table if not exists ho_usage (id int primary key)")
-      const [a, b] = yield* behindCommit(
-        pool,
-        "insert into ho_usage values (1)",
-        Transaction.withTransaction(PgPool.query("insert into ho_usage values (2)"))
-      )
-      valueOf(yield* Fiber.await(a))
-      valueOf(yield* Fiber.await(b))
-      assert.strictEqual(yield* handedOver(pool), 0)
-      assert.deepStrictEqual(yield* ids(pool, "ho_usage"), [1, 2])
-      assert.isAbove((yield* pool.stats).closedByReason.maxUsage, 0)
-    }))
+  for (
+    const [name, table, config, recycled] of [
+      ["not with pipelineDepth: 1 (pipelining off): the connection goes back after the COMMIT's answer", "ho_off", {
+        pipelineDepth: 1
+      }, false],
+      ["not when the connection must be counted: with maxUsage it is recycled as before", "ho_usage", {
+        maxUsage: 3
+      }, true]
+    ] as const
+  ) {
+    it.scopedLive(name, () =>
+      Effect.gen(function*() {
+        const pool = yield* poolOf({ applicationName: `handover-${table}`, ...config })
+        yield* pool.query(`create table if not exists ${table} (id int primary key)`)
+        const [a, b] = yield* behindCommit(
+          pool,
+          `insert into ${table} values (1)`,
+          Transaction.withTransaction(PgPool.query(`insert into ${table} values (2)`))
+        )
+        valueOf(yield* Fiber.await(a))
+        valueOf(yield* Fiber.await(b))
+        assert.strictEqual(yield* handedOver(pool), 0)
+        assert.deepStrictEqual(yield* ids(pool, table), [1, 2])
+        if (recycled) assert.isAbove((yield* pool.stats).closedByReason.maxUsage, 0)
+      }))
+  }
 
   it.scopedLive("a connection lost while the COMMIT is out fails both at once with ConnectionError; the pool recovers", () =>
     Effect.gen(function*() {

@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -55,28 +56,10 @@ export const release = (core: PoolCore, conn: Physical): Effect.Effect<void> =>
 export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effect.Effect<void> => {
   conn.deferred = undefined
   conn.beginLost = false
-  if (conn.commitOut !== undefined) {
-    // the COMMIT of the transaction before this checkout is still out (see `handOver`): waited for as a cancel
-    // settling is (below)
-    const wait = conn.commitOut.wait
-    const rest = Effect.suspend(() => releaseWith(core, conn, usage))
-    const later = () => {
-      core.runCloser(Effect.zipRight(wait, rest))
-      return Effect.void
-    }
-    return waitWithin(wait, SETTLE_WAIT, { done: () => rest, timedOut: later, cutOff: later })
-  }
-  if (conn.settling !== undefined) {
-    // the cancel of an interrupted statement is still out: wait for it briefly (it takes a round trip on a
-    // healthy network), else (or cut off) let the return finish in the background so the caller is not held up
-    const settling = conn.settling
-    const rest = Effect.suspend(() => releaseWith(core, conn, usage))
-    const later = () => {
-      core.runCloser(Effect.zipRight(Fiber.await(settling), rest))
-      return Effect.void
-    }
-    return waitWithin(Fiber.await(settling), SETTLE_WAIT, { done: () => rest, timedOut: later, cutOff: later })
-  }
+  // the COMMIT of the transaction before this checkout, still out (see `handOver`), or the cancel of an
+  // interrupted statement: waited for briefly (a round trip on a healthy network), then the return goes on
+  if (conn.commitOut !== undefined) return waitThenRelease(core, conn, usage, Deferred.await(conn.commitOut))
+  if (conn.settling !== undefined) return waitThenRelease(core, conn, usage, Fiber.await(conn.settling))
   if (conn.leakWatch !== undefined) {
     const watch = conn.leakWatch
     conn.leakWatch = undefined
@@ -93,6 +76,19 @@ export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effe
   if (core.size > core.config.maxConnections) return discard(core, conn, "resized")
   if (core.config.reset !== "transaction" || conn.driver.transactionStatus() !== "idle") return reset(core, conn, usage)
   return checkin(core, conn, usage)
+}
+
+/**
+ * Waits for `wait` briefly, then goes on with the return; when it takes longer (or the wait is cut off), the
+ * return finishes in the background after it, so that the caller is not held up.
+ */
+const waitThenRelease = (core: PoolCore, conn: Physical, usage: number, wait: Effect.Effect<unknown>) => {
+  const rest = Effect.suspend(() => releaseWith(core, conn, usage))
+  const later = () => {
+    core.runCloser(Effect.zipRight(wait, rest))
+    return Effect.void
+  }
+  return waitWithin(wait, SETTLE_WAIT, { done: () => rest, timedOut: later, cutOff: later })
 }
 
 /**
