@@ -260,7 +260,8 @@ const memorySection = (index: number, memory: MemoryResult, select1: SuiteResult
     `the interleaved cells of section 1; "alone" and RSS come from a fresh Node process per candidate and worker count ` +
     `(${spec.repetitions} run(s) of ${spec.durationMs} ms after ${spec.warmupMs} ms warm-up, medians), so each process ` +
     `holds only that candidate's pool (plus the harness and every library's code, loaded but unused: the idle RSS). ` +
-    `pgbench is a process of its own, left out here.\n\n` +
+    `Those processes count operations without timing each one, so the harness keeps no latency per operation (which ` +
+    `would grow with the candidate's throughput). pgbench is a process of its own, left out here.\n\n` +
     table(
       [
         "candidate",

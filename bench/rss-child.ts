@@ -3,6 +3,10 @@
  * its own (in a shared process every library's pools and garbage share one heap). Started by `memory.ts`;
  * prints one JSON line: {@link ChildReport}.
  *
+ * The workers only count their operations here, they do not time each one: a recorder of every latency grows
+ * with the candidate's throughput (8 bytes per operation, and a sorted copy at the end), which would charge the
+ * harness's memory to the faster candidate. Latencies come from the interleaved cells of the SELECT 1 suite.
+ *
  *   BENCH_DATABASE_URL=... node --expose-gc rss-child.js <candidate> <workers> <warmupMs> <durationMs>
  */
 import * as Child from "./child.js"
@@ -26,12 +30,12 @@ Child.runMain(async () => {
   const idleRssBytes = process.memoryUsage.rss()
   const opened = await candidate.open({ url: Child.targetUrl() })
   try {
-    await runCell(opened.workload, Number(workers), Number(warmupMs), true)
+    await runCell(opened.workload, Number(workers), Number(warmupMs), false)
     let peakRssBytes = process.memoryUsage.rss()
     const sampler = setInterval(() => {
       peakRssBytes = Math.max(peakRssBytes, process.memoryUsage.rss())
     }, 10)
-    const cell = await runCell(opened.workload, Number(workers), Number(durationMs), true)
+    const cell = await runCell(opened.workload, Number(workers), Number(durationMs), false)
     clearInterval(sampler)
     peakRssBytes = Math.max(peakRssBytes, process.memoryUsage.rss())
     const report: ChildReport = { idleRssBytes, peakRssBytes, cell }
