@@ -71,7 +71,8 @@ describe("PgPool under an interruption storm", () => {
 
       const stats = yield* eventually(PgPool.stats, (s) => s.inUse === 0 && s.waiting === 0 && s.pending === 0)
       assert.isAtMost(stats.size, MAX, `seed ${seed}`)
-      assert.isAbove(stats.acquired, 500, `seed ${seed}`)
+      // the work served: checkouts, and one-shot statements that rode a busy connection (pipelining) instead
+      assert.isAbove(stats.acquired + stats.pipelined, 500, `seed ${seed}`)
 
       const server = yield* eventually(
         adminQuery(
