@@ -103,6 +103,27 @@ describe("PgPoolTest.layer (the fake server)", () => {
       assert.strictEqual(stats.inUse, 0)
     }).pipe(Effect.provide(PgPoolTest.layer())))
 
+  it.effect("a statement on a held connection dropped while idle never ran: safeToRetry, as on a real server (not in a transaction)", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      const lostOn = (inTransaction: boolean) =>
+        Effect.scoped(Effect.gen(function*() {
+          const conn = yield* PgPool.connection
+          if (inTransaction) yield* conn.query("begin")
+          assert.isTrue(yield* server.dropConnection(conn.backendPid))
+          return yield* Effect.flip(conn.query("select 'after the drop'"))
+        }))
+      const idle = yield* lostOn(false)
+      assert.strictEqual(idle._tag, "ConnectionError")
+      assert.isTrue(idle._tag === "ConnectionError" && idle.safeToRetry)
+      const inTransaction = yield* lostOn(true)
+      assert.strictEqual(inTransaction._tag, "ConnectionError")
+      assert.isUndefined(inTransaction._tag === "ConnectionError" ? inTransaction.safeToRetry : "not lost")
+      // it never reached the server
+      const log = yield* server.statements
+      assert.isFalse(log.some((s) => s.text === "select 'after the drop'"))
+    }).pipe(Effect.provide(PgPoolTest.layer())))
+
   it.effect("retryLostQueries: true: a one-shot statement whose connection is dropped is sent again, transparently", () =>
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller

@@ -193,7 +193,10 @@ export class FakeBackend implements Connector.Connection {
     callback: Callback
   ): void {
     if (this.lost || this.closed) {
-      return queueMicrotask(() => callback(this.lostError("Connection lost"), undefined))
+      // it never reached the server, so it is safe to send again, as a real connection reports it; not when a
+      // transaction was open: that is lost with the connection
+      const error = this.lostError("Connection lost", undefined, this.status === "idle")
+      return queueMicrotask(() => callback(error, undefined))
     }
     const record = { backendPid: this.backendPid, text, params: params ?? [], transactionStatus: this.status }
     this.server.log.push(record)
@@ -321,13 +324,14 @@ export class FakeBackend implements Connector.Connection {
     this.notificationHandler = handler
   }
 
-  lostError(message: string, code?: string): ConnectionError {
+  lostError(message: string, code?: string, safeToRetry = false): ConnectionError {
     return new ConnectionError({
       message: `${message} (fake backend ${this.backendPid})`,
       host: this.options.host,
       port: this.options.port,
       database: this.options.database,
-      code
+      code,
+      ...(safeToRetry ? { safeToRetry } : {})
     })
   }
 
