@@ -234,6 +234,36 @@ describe("handing the connection over at COMMIT", () => {
       }))
   }
 
+  it.scopedLive("with leakDetectionThreshold: handed over; the committing checkout's leak watch stops, the next one has its own", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "handover-leak", leakDetectionThreshold: "1 minute" })
+      const core = serviceOf(pool)!.main
+      const watchOf = Effect.sync(() => [...core.all][0]?.leakWatch)
+      yield* pool.query("create table if not exists ho_leak (id int primary key)")
+      const holding = yield* Deferred.make<void>()
+      const next = Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("insert into ho_leak values (2)")
+        yield* Deferred.await(holding)
+      }))
+      const [a, b] = yield* behindCommit(pool, "insert into ho_leak values (1)", next)
+      const first = yield* watchOf
+      assert.isDefined(first, "A's checkout is watched")
+      valueOf(yield* Fiber.await(a))
+      assert.strictEqual(yield* handedOver(pool), 1)
+      // (within a bound: a watch left running would only end at its threshold, a minute away)
+      assert.isTrue(
+        Exit.isInterrupted(yield* Effect.timeout(Fiber.await(first!), "5 seconds")),
+        "A's watch was stopped"
+      )
+      // B holds the connection now, watched by a watch of its own
+      const second = yield* eventually(watchOf, (watch) => watch !== undefined && watch !== first)
+      assert.isNull(second!.unsafePoll(), "still watching")
+      yield* Deferred.succeed(holding, undefined)
+      valueOf(yield* Fiber.await(b))
+      assert.isTrue(Exit.isInterrupted(yield* Fiber.await(second!)))
+      assert.deepStrictEqual(yield* ids(pool, "ho_leak"), [1, 2])
+    }))
+
   it.scopedLive("a connection lost while the COMMIT is out fails both at once with ConnectionError; the pool recovers", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "handover-lost" })

@@ -102,7 +102,7 @@ const waitThenRelease = (core: PoolCore, conn: Physical, usage: number, wait: Ef
 export const canHandOver = (core: PoolCore, conn: Physical): boolean => {
   const config = core.config
   return core.queue.length > 0 && config.pipelineDepth > 1 && conn.driver.sendBehind !== undefined &&
-    conn.alone && conn.settling === undefined && conn.leakWatch === undefined && conn.commitOut === undefined &&
+    conn.alone && conn.settling === undefined && conn.commitOut === undefined &&
     conn.deferred === undefined && !conn.beginLost && !conn.invalidated && !conn.broken && core.fits(conn) &&
     !core.closed && !conn.driver.isBusy() && conn.createdAt > core.drainBefore &&
     core.size <= config.maxConnections && config.reset === "transaction" && config.pooling && !core.counting &&
@@ -117,6 +117,12 @@ export const canHandOver = (core: PoolCore, conn: Physical): boolean => {
  */
 export const handOver = (core: PoolCore, conn: Physical): void => {
   core.tally.handedOver++
+  // the checkout ends with its COMMIT: its leak watch stops (in the background; the next checkout has its own)
+  const watch = conn.leakWatch
+  if (watch !== undefined) {
+    conn.leakWatch = undefined
+    core.runBackground(Fiber.interrupt(watch))
+  }
   // the waiter checked for is still there (nothing ran since): this is only in case it was not
   if (!core.deliver(conn, core.clock.unsafeCurrentTimeMillis())) core.runBackground(release(core, conn))
 }
