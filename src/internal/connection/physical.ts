@@ -9,12 +9,10 @@
  * @internal
  */
 import * as Cause from "effect/Cause"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as FiberId from "effect/FiberId"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import * as Connector from "../../Connector.js"
@@ -54,6 +52,34 @@ class Turn {
 }
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
+
+/**
+ * A COMMIT sent on a connection that went on to the next checkout at once (see `Physical.commitBehind`). One is
+ * made for every transaction handed over, so it is a plain object and its wait is made only when asked for (an
+ * Effect `Deferred` is made by spreading Effect's prototype into a new object: it measured 20 µs more client CPU
+ * per transaction, a quarter of a BEGIN/SELECT 1/COMMIT's).
+ */
+class CommitOut {
+  private answered = false
+  private waiters: Array<() => void> | undefined = undefined
+  /** Completes once the COMMIT has been answered (or failed). */
+  get wait(): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (this.answered) return resume(Effect.void)
+      const wake = () => resume(Effect.void)
+      ;(this.waiters ??= []).push(wake)
+      return Effect.sync(() => {
+        this.waiters = this.waiters?.filter((waiter) => waiter !== wake)
+      })
+    })
+  }
+  finish(): void {
+    this.answered = true
+    const waiters = this.waiters
+    this.waiters = undefined
+    if (waiters !== undefined) { for (const wake of waiters) wake() }
+  }
+}
 
 /**
  * The statement can go out under the extended protocol (held-back statements before it, or behind others): it has
@@ -102,7 +128,7 @@ export class Physical {
    * checkout when it was sent (see `commitBehind`). Until it is answered, statements go out behind it
    * (`Connection.sendBehind`), and the connection is not given back.
    */
-  commitOut: Deferred.Deferred<void> | undefined = undefined
+  commitOut: CommitOut | undefined = undefined
   /** The last statement sent behind a COMMIT still out, while it runs: its cancel is exact (`cancelAndSettle`). */
   private sentBehind: Connector.InFlight | undefined = undefined
   /**
@@ -386,11 +412,11 @@ export class Physical {
    * COMMIT ends its transaction too).
    */
   commitBehind(callback: Callback): void {
-    const out = Deferred.unsafeMake<void>(FiberId.none)
+    const out = new CommitOut()
     this.commitOut = out
     this.driver.send("COMMIT", undefined, undefined, (error, result) => {
       if (this.commitOut === out) this.commitOut = undefined
-      Deferred.unsafeDone(out, Exit.void)
+      out.finish()
       callback(error, result)
     })
   }

@@ -5,7 +5,6 @@
  *
  * @internal
  */
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -58,7 +57,7 @@ export const releaseWith = (core: PoolCore, conn: Physical, usage: number): Effe
   conn.beginLost = false
   // the COMMIT of the transaction before this checkout, still out (see `handOver`), or the cancel of an
   // interrupted statement: waited for briefly (a round trip on a healthy network), then the return goes on
-  if (conn.commitOut !== undefined) return waitThenRelease(core, conn, usage, Deferred.await(conn.commitOut))
+  if (conn.commitOut !== undefined) return waitThenRelease(core, conn, usage, conn.commitOut.wait)
   if (conn.settling !== undefined) return waitThenRelease(core, conn, usage, Fiber.await(conn.settling))
   if (conn.leakWatch !== undefined) {
     const watch = conn.leakWatch
