@@ -64,6 +64,27 @@ const behindCommit = <A, E>(pool: PgPool.PgPool, first: string, next: Effect.Eff
     return [a, b] as const
   })
 
+/**
+ * `behindCommit` with a COMMIT made slow (`seconds`, on table `${table}_a`) and `next`, a transaction of one
+ * statement on `${table}_b`: returns once the connection was handed over and the COMMIT is running on the
+ * server (its trigger sleeps), with the fibers of A and B and the backend's pid.
+ */
+const commitRunning = (pool: PgPool.PgPool, app: string, table: string, seconds: number, next: string) =>
+  Effect.gen(function*() {
+    yield* slowCommitTable(pool, `${table}_a`, seconds)
+    yield* pool.query(`create table if not exists ${table}_b (id int primary key)`)
+    const [a, b] = yield* behindCommit(
+      pool,
+      `insert into ${table}_a values (1)`,
+      Transaction.withTransaction(PgPool.query(next))
+    )
+    yield* eventually(handedOver(pool), (n) => n === 1)
+    const committing = (row: { readonly query: string }) =>
+      row.query.includes(`${table}_a_sleep`) || row.query === "COMMIT"
+    const running = yield* eventually(backends(app), (rows) => rows.some(committing))
+    return { a, b, pid: running.find(committing)!.pid }
+  })
+
 describe("handing the connection over at COMMIT", () => {
   it.scopedLive("the next transaction goes out behind the COMMIT: both commit, on one connection", () =>
     Effect.gen(function*() {
@@ -125,19 +146,14 @@ describe("handing the connection over at COMMIT", () => {
   it.scopedLive("interrupting the next transaction while its statement waits behind the COMMIT cancels that statement, never the COMMIT", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "handover-cancel" })
-      // a CancelRequest reaching this COMMIT would stop its trigger's pg_sleep: the COMMIT would fail (57014)
-      yield* slowCommitTable(pool, "ho_cancel_a", 0.5)
-      yield* pool.query("create table if not exists ho_cancel_b (id int primary key)")
-      const [a, b] = yield* behindCommit(
+      // a CancelRequest reaching this COMMIT would stop its trigger's pg_sleep: the COMMIT would fail (57014);
+      // while it runs its trigger, B's BEGIN and insert wait behind it
+      const { a, b } = yield* commitRunning(
         pool,
-        "insert into ho_cancel_a values (1)",
-        Transaction.withTransaction(PgPool.query("insert into ho_cancel_b select 2 from pg_sleep(0.3)"))
-      )
-      yield* eventually(handedOver(pool), (n) => n === 1)
-      // the COMMIT is running its trigger (pg_sleep): B's BEGIN and insert wait behind it
-      yield* eventually(
-        backends("handover-cancel"),
-        (rows) => rows.some((row) => row.query.includes("ho_cancel_a_sleep") || row.query === "COMMIT")
+        "handover-cancel",
+        "ho_cancel",
+        0.5,
+        "insert into ho_cancel_b select 2 from pg_sleep(0.3)"
       )
       yield* Fiber.interrupt(b)
       // the COMMIT succeeded (valueOf shows the cause otherwise)
@@ -267,19 +283,13 @@ describe("handing the connection over at COMMIT", () => {
   it.scopedLive("a connection lost while the COMMIT is out fails both at once with ConnectionError; the pool recovers", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "handover-lost" })
-      yield* slowCommitTable(pool, "ho_lost_a", 5)
-      yield* pool.query("create table if not exists ho_lost_b (id int primary key)")
-      const [a, b] = yield* behindCommit(
+      const { a, b, pid } = yield* commitRunning(
         pool,
-        "insert into ho_lost_a values (1)",
-        Transaction.withTransaction(PgPool.query("insert into ho_lost_b values (2)"))
+        "handover-lost",
+        "ho_lost",
+        5,
+        "insert into ho_lost_b values (2)"
       )
-      yield* eventually(handedOver(pool), (n) => n === 1)
-      const running = yield* eventually(
-        backends("handover-lost"),
-        (rows) => rows.some((row) => row.query.includes("ho_lost_a_sleep") || row.query === "COMMIT")
-      )
-      const pid = running.find((row) => row.query.includes("ho_lost_a_sleep") || row.query === "COMMIT")!.pid
       yield* adminQuery("select pg_terminate_backend($1)", [pid])
       assert.strictEqual(failureOf(yield* Fiber.await(a))._tag, "ConnectionError")
       assert.strictEqual(failureOf(yield* Fiber.await(b))._tag, "ConnectionError")
