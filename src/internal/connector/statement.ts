@@ -578,6 +578,11 @@ export class Statement {
     this.finished = true
     if (this.cache.capacity > 0) this.remember(error)
     this.done(error, result)
+    // handed on: not held by a statement that may have been moved to the old generation (see `QueryOp.forget`)
+    this.result = undefined
+    this.results = undefined
+    this.rows = undefined
+    this.parseError = undefined
   }
 
   /** Updates the statement cache with the outcome of this statement. */
