@@ -6,7 +6,7 @@
  * a new role for each lease), and both through `layerConfig`.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Config, Context, Effect, Layer, Redacted } from "effect"
+import { Cause, Config, Context, Effect, Layer, Logger, Redacted, Schedule } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import { adminQuery, backends, eventually, testConfig, testDatabase, testServer } from "./support/db.js"
 import { failureOf } from "./support/exits.js"
@@ -106,6 +106,54 @@ describe("password as an Effect, per connect", () => {
       }
       assert.isTrue(causes.some((text) => text.includes("the vault is sealed")), JSON.stringify(causes))
       assert.notInclude(JSON.stringify(error), "never-shown-secret")
+    }))
+
+  it.scopedLive("a password Effect failing while the pool runs: logged with its cause as the credentials' failure, not as the host being down", () =>
+    Effect.gen(function*() {
+      const name = yield* role("still-the-secret")
+      let sealed = false
+      const warnings: Array<string> = []
+      const logger = Logger.replace(
+        Logger.defaultLogger,
+        Logger.make(({ cause, logLevel, message }) => {
+          if (logLevel._tag !== "Warning") return
+          const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+          warnings.push(`${text} ${Cause.isEmpty(cause) ? "" : Cause.pretty(cause, { renderErrorCause: true })}`)
+        })
+      )
+      const pool = Context.get(
+        yield* Layer.build(
+          PgPool.layer(testConfig({
+            user: name,
+            password: Effect.suspend(() =>
+              sealed ? Effect.fail(new Error("the vault is sealed")) : Effect.succeed(Redacted.make("still-the-secret"))
+            ),
+            maxConnections: 1,
+            reconnect: Schedule.spaced("1 hour")
+          })).pipe(Layer.provide(logger))
+        ),
+        PgPool.PgPool
+      )
+      yield* pool.query("select 1")
+      sealed = true
+      // the connection is replaced: the next statement needs a new one, whose credentials fail
+      yield* pool.drain
+      const failed = yield* Effect.flip(pool.query("select 1"))
+      assert.strictEqual(failed._tag, "ConnectionError")
+      assert.include(failed.message, "password Effect failed")
+      // retried on the reconnect Schedule only, meanwhile the statements fail at once, saying what happened
+      const stranded = yield* Effect.flip(pool.query("select 1"))
+      assert.include(stranded.message, "not tried")
+      assert.include(stranded.message, "could not get their credentials")
+      assert.include(stranded.message, "password Effect failed")
+      assert.notInclude(stranded.message, "is down")
+      const logged = yield* eventually(
+        Effect.sync(() => warnings.filter((line) => line.includes("password Effect failed"))),
+        (lines) => lines.length > 0
+      )
+      assert.include(logged[0], "the vault is sealed", "the log shows the Effect's own failure")
+      assert.notInclude(logged[0], "is down")
+      assert.notInclude(warnings.join("\n"), "still-the-secret")
     }))
 
   it.scopedLive("user and password as Effects through layerConfig: a new role for each lease, under 32 fibers", () =>

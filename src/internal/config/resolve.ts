@@ -192,12 +192,21 @@ class SharedCredentials {
   readonly get: Effect.Effect<Credentials, ConnectionError> = sharedWhileRunning(Effect.suspend(() => this.evaluate()))
 }
 
-const failedCredential = (which: "user" | "password", cause: unknown) =>
-  new ConnectionError({
+/** The failures of a credentials Effect: the connect stopped before anything was sent to the host. */
+const credentialFailures = new WeakSet<ConnectionError>()
+
+/** Did `error` come from a credentials Effect rather than from the host (see `HostState.unreachable`)? @internal */
+export const isCredentialFailure = (error: ConnectionError): boolean => credentialFailures.has(error)
+
+const failedCredential = (which: "user" | "password", cause: unknown) => {
+  const error = new ConnectionError({
     message: `Cannot connect: the ${which} Effect failed (see the cause)`,
     cause,
     retryable: true
   })
+  credentialFailures.add(error)
+  return error
+}
 
 /** Runs a credential Effect; its failure, or a defect, becomes a retryable `ConnectionError` with the cause. */
 const credentialEffect = <A>(which: "user" | "password", effect: Effect.Effect<A, unknown>) =>

@@ -6,6 +6,7 @@
  * @internal
  */
 import type { ConnectionError } from "../../PgPoolError.js"
+import { isCredentialFailure } from "../config/resolve.js"
 import type { HostPort, ResolvedConfig, TargetSessionAttrs } from "../config/resolve.js"
 import type { Topology } from "./topology.js"
 
@@ -27,6 +28,18 @@ export class HostState {
   /** Down and being probed: connects leave it to the probe. */
   get leftToProbe(): boolean {
     return this.down && this.probing
+  }
+  /**
+   * Why no connect goes to it now, for errors: it did not answer, or (nothing sent to it) the credentials
+   * Effect failed, which is not the host's doing; either way it is tried again on the reconnect Schedule.
+   */
+  get unreachable(): string {
+    const error = this.lastError
+    return error !== undefined && isCredentialFailure(error)
+      ? `${this.key} not tried (${this.failures} connects could not get their credentials; asked again on the reconnect schedule): ${error.message}`
+      : `${this.key} is down (${this.failures} failed connects; probed on the reconnect schedule): ${
+        error?.message ?? "no answer"
+      }`
   }
   /** `host:port`, the host's name in logs, errors and stats. */
   readonly key: string

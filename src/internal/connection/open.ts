@@ -199,11 +199,7 @@ export const tryHosts = (
           transient ||= state.lastError === undefined || isTransientConnectError(state.lastError)
           if (pass === 0) {
             downFailures += state.failures
-            failures.push(
-              `${state.key} is down (${state.failures} failed connects; probed on the reconnect schedule): ${
-                state.lastError?.message ?? "no answer"
-              }`
-            )
+            failures.push(state.unreachable)
           }
           continue
         }

@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -13,7 +14,7 @@ import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import type * as Connector from "../../Connector.js"
 import type { ConnectionError } from "../../PgPoolError.js"
-import type { ResolvedConfig } from "../config/resolve.js"
+import { isCredentialFailure, type ResolvedConfig } from "../config/resolve.js"
 import { HostState, type ServerRole } from "./hosts.js"
 import { openOn } from "./open.js"
 
@@ -87,9 +88,15 @@ export class Topology {
     this.runBackground(this.probeLoop(state))
     if (wasDown) return
     this.runBackground(
-      Effect.logWarning(`host ${state.key} is down: ${error.message}`).pipe(
-        Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port })
-      )
+      (isCredentialFailure(error)
+        // nothing was sent to the host: its credentials Effect failed, with the cause the message points to
+        ? Effect.logWarning(
+          `no connect to host ${state.key}: ${error.message}; asked again on the reconnect schedule`,
+          Cause.fail(error)
+        )
+        : Effect.logWarning(`host ${state.key} is down: ${error.message}`)).pipe(
+          Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port })
+        )
     )
   }
 

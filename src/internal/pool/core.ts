@@ -314,17 +314,15 @@ export class PoolCore {
   strandedError(): ConnectionError | undefined {
     if (this.inUse > 0 || this.connects.size > 0 || this.reachable()) return undefined
     const hosts = this.role.hosts
-    const down = (state: HostState) =>
-      `${state.key} is down (${state.failures} failed connects; probed on the reconnect schedule): ${
-        state.lastError?.message ?? "no answer"
-      }`
     const last = hosts.length === 1 ? hosts[0]!.lastError : hosts.find((state) => state.lastError)?.lastError
     const attempts = hosts.reduce((n, state) => n + state.failures, 0)
     // the same state gives the same error: callers failing fast at a high rate build it once
     const cached = this.stranded
     if (cached !== undefined && cached.cause === last && cached.attempts === attempts) return cached
     return this.stranded = new ConnectionError({
-      message: hosts.length === 1 ? down(hosts[0]!) : `No host is up: ${hosts.map(down).join("; ")}`,
+      message: hosts.length === 1
+        ? hosts[0]!.unreachable
+        : `No host is up: ${hosts.map((state) => state.unreachable).join("; ")}`,
       cause: last,
       host: last?.host ?? hosts[0]!.host.host,
       port: last?.port ?? hosts[0]!.host.port,
