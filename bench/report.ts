@@ -17,6 +17,8 @@ export interface ReportInput {
   readonly suites: ReadonlyArray<SuiteResult>
   readonly memory: MemoryResult | undefined
   readonly wallMs: number
+  /** The commit measured as "(baseline)" (`--baseline`), if any. */
+  readonly baseline: string | undefined
   /** 1-minute load averages when the run started and ended: other work on the machine shows up here. */
   readonly load: { readonly start: number; readonly end: number }
 }
@@ -291,6 +293,10 @@ export const render = (input: ReportInput): string => {
     `- Commit: ${machine.commit}; whole run ${(input.wallMs / 1000).toFixed(0)} s; load average ${
       input.load.start.toFixed(2)
     } at the start, ${input.load.end.toFixed(2)} at the end`,
+    ...(input.baseline === undefined ? [] : [
+      `- Baseline: the candidates marked "(baseline)" are the pool at commit ${input.baseline} (\`--baseline\`), ` +
+      "measured as alternatives: ours ÷ baseline above 1 means the current code is faster"
+    ]),
     "",
     "Method: the project is compiled with tsc and run as plain JavaScript. Each cell runs N concurrent workers " +
     "in a loop for a fixed time; every pool has 10 connections. Candidates stay open for the whole suite, are " +

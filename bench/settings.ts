@@ -55,24 +55,31 @@ export interface Options {
   readonly candidates: ReadonlyArray<string> | undefined
   /** Write a V8 CPU profile of each suite's process to bench/results/. */
   readonly profile: boolean
+  /** A git revision to measure next to the current code (see baseline.ts). */
+  readonly baseline: string | undefined
 }
 
 const USAGE = `options:
   --quick                 short cells, 3 rounds (under a minute)
   --only=a,b              suites to run: ${SUITE_IDS.join(", ")}
   --candidates=a,b        only these candidates (exact names as in the report)
-  --profile               node --cpu-prof of each suite's process, into bench/results/*.cpuprofile`
+  --profile               node --cpu-prof of each suite's process, into bench/results/*.cpuprofile
+  --baseline=<rev>        also measure the pool at git revision <rev>, as the alternative "(baseline)"`
 
 export const parseArgs = (argv: ReadonlyArray<string>): Options => {
   let mode: Mode = "full"
   let only: ReadonlyArray<SuiteId> = SUITE_IDS
   let candidates: ReadonlyArray<string> | undefined
   let profile = false
+  let baseline: string | undefined
   for (const arg of argv) {
     if (arg === "--quick") {
       mode = "quick"
     } else if (arg === "--profile") {
       profile = true
+    } else if (arg.startsWith("--baseline=")) {
+      baseline = arg.slice("--baseline=".length).trim()
+      if (baseline === "") throw new Error(`--baseline needs a git revision\n${USAGE}`)
     } else if (arg.startsWith("--candidates=")) {
       candidates = arg.slice("--candidates=".length).split(",").map((name) => name.trim()).filter((name) => name !== "")
     } else if (arg.startsWith("--only=")) {
@@ -84,5 +91,5 @@ export const parseArgs = (argv: ReadonlyArray<string>): Options => {
       throw new Error(`Unknown option ${arg}\n${USAGE}`)
     }
   }
-  return { settings: SETTINGS[mode], only, candidates, profile }
+  return { settings: SETTINGS[mode], only, candidates, profile, baseline }
 }

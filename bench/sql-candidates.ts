@@ -22,6 +22,7 @@ import * as PgPool from "../src/PgPool.js"
 import type { PoolError, QueryError } from "../src/PgPoolError.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
 import * as Transaction from "../src/Transaction.js"
+import * as Baseline from "./baseline.js"
 import { fromPromise, fromRuntime, ready } from "./candidate.js"
 import type { Candidate, Role } from "./candidate.js"
 import type { Target } from "./database.js"
@@ -48,6 +49,19 @@ const ourLayer = (db: Target, config: PgPool.Config = {}): Layer.Layer<PgPool.Pg
   PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-ours", ...config }).pipe(
     Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
+
+/**
+ * The pool built from `--baseline=<revision>` (see baseline.ts), configured as ours. Its candidates are in the
+ * lists only in a run that has a baseline; their names are fixed (the report's header names the commit).
+ */
+const baselineLayer = (baseline: Baseline.Modules, db: Target): Layer.Layer<PgPool.PgPool, unknown> =>
+  baseline.PgPool.layer({ url: db.url, maxConnections: POOL_SIZE, applicationName: "bench-baseline" }).pipe(
+    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+  )
+
+/** `candidate` in a run with a baseline, else nothing. */
+const ifBaseline = (candidate: () => Candidate<Target>): ReadonlyArray<Candidate<Target>> =>
+  Baseline.commit() === undefined ? [] : [candidate()]
 
 /** Our `SqlClient` (PgPoolSql) on our pool. */
 const ourSqlLayer = (db: Target): Layer.Layer<SqlClient.SqlClient, unknown> =>
@@ -120,6 +134,15 @@ export const select1: ReadonlyArray<Candidate<Target>> = [
       Effect.scoped(Effect.flatMap(PgPool.connection, (conn) => conn.query("SELECT 1")))
     )),
   sqlClientSelect1("PgPoolSql (SqlClient)", "ours", ourSqlLayer),
+  ...ifBaseline(() =>
+    ready("PgPool.query (baseline)", "alternative", async (db) => {
+      const baseline = await Baseline.load()
+      return fromRuntime(
+        ManagedRuntime.make(baselineLayer(baseline, db)),
+        Effect.suspend(() => baseline.PgPool.query("SELECT 1"))
+      )
+    })
+  ),
   pgPoolSelect1,
   ready("postgres.js", "alternative", async (db) => {
     const sql = postgresJs(db)
@@ -155,11 +178,17 @@ export const traced: ReadonlyArray<Candidate<Target>> = [
  */
 export type TransactionWorkload = "row" | "select1"
 
-/** The statements inside the transaction, through our `PgPool.query` (which uses the pinned connection). */
-const ourBody = (workload: TransactionWorkload): Effect.Effect<unknown, PoolError | QueryError, PgPool.PgPool> =>
-  workload === "select1" ? PgPool.query("SELECT 1") : Effect.suspend(() => {
+/**
+ * The statements inside the transaction, through our `PgPool.query` (which uses the pinned connection), or the
+ * baseline's.
+ */
+const ourBody = (
+  workload: TransactionWorkload,
+  pool: typeof PgPool = PgPool
+): Effect.Effect<unknown, PoolError | QueryError, PgPool.PgPool> =>
+  workload === "select1" ? pool.query("SELECT 1") : Effect.suspend(() => {
     const id = randomId()
-    return Effect.zipRight(PgPool.query(SELECT_ROW, [id]), PgPool.query(UPDATE_ROW, [id]))
+    return Effect.zipRight(pool.query(SELECT_ROW, [id]), pool.query(UPDATE_ROW, [id]))
   })
 
 /** A transaction combinator of ours: BEGIN/COMMIT by hand, or `Transaction.withTransaction`. */
@@ -218,6 +247,15 @@ export const transaction = (workload: TransactionWorkload): ReadonlyArray<Candid
   ourTransaction("PgPool.withConnection + BEGIN/COMMIT", manualTransaction, workload),
   ourTransaction("Transaction.withTransaction", (body) => Transaction.withTransaction(body), workload),
   sqlClientTransaction("PgPoolSql withTransaction", "ours", ourSqlLayer, workload),
+  ...ifBaseline(() =>
+    ready("Transaction.withTransaction (baseline)", "alternative", async (db) => {
+      const baseline = await Baseline.load()
+      return fromRuntime(
+        ManagedRuntime.make(baselineLayer(baseline, db)),
+        baseline.Transaction.withTransaction(ourBody(workload, baseline.PgPool))
+      )
+    })
+  ),
   ready("pg.Pool", "alternative", async (db) => {
     const pool = pgPool(db)
     await pool.query("SELECT 1")
