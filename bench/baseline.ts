@@ -44,12 +44,10 @@ export const build = (root: string, revision: string, log: (line: string) => voi
   git("worktree", "add", "--detach", "--force", tree, commit)
   try {
     symlinkSync(path.join(root, "node_modules"), modules, "dir")
-    execFileSync(
-      process.execPath,
-      [path.join(root, "node_modules", "typescript", "bin", "tsc"), "-p", path.join(tree, "bench", "tsconfig.json")]
-        .concat(["--outDir", dir]),
-      { stdio: "inherit" }
-    )
+    const tsc = path.join(root, "node_modules", "typescript", "bin", "tsc")
+    execFileSync(process.execPath, [tsc, "-p", path.join(tree, "bench", "tsconfig.json"), "--outDir", dir], {
+      stdio: "inherit"
+    })
   } finally {
     // the link first, so that removing the worktree cannot reach this checkout's node_modules
     rmSync(modules, { force: true })
