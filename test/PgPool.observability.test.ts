@@ -170,6 +170,29 @@ describe("PgPool observability", () => {
       }
     }).pipe(Effect.provide(poolLayer({ name: "metrics-pool", maxConnections: 2, minConnections: 2 }))))
 
+  it.effect("metrics: false records none of the pool's metrics, and the pool serves as before", () =>
+    Effect.gen(function*() {
+      const pool = "unmetered-pool"
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(Effect.scoped(Effect.zipRight(PgPool.connection, Deferred.await(release))))
+      yield* eventually(PgPool.stats, (s) => s.inUse === 1)
+      const timedOut = yield* Effect.fork(Effect.flip(PgPool.query("select 1")))
+      yield* eventually(PgPool.stats, (s) => s.waiting === 1)
+      yield* TestClock.adjust("31 seconds")
+      assert.strictEqual((yield* Fiber.join(timedOut))._tag, "PoolExhaustedError")
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      assert.deepStrictEqual(yield* PgPool.query("select 1 as one"), [{ one: 1 }])
+      const stats = yield* PgPool.stats
+      assert.isAtLeast(stats.acquired, 2)
+      assert.strictEqual(stats.timeouts, 1)
+      // not one metric carries this pool's name: no gauge, counter or histogram was made for it
+      const tagged = (yield* Metric.snapshot).filter((pair) =>
+        pair.metricKey.tags.some((t) => t.key === "db.client.connection.pool.name" && t.value === pool)
+      )
+      assert.deepStrictEqual(tagged.map((pair) => pair.metricKey.name), [])
+    }).pipe(Effect.provide(poolLayer({ name: "unmetered-pool", maxConnections: 1, metrics: false }))))
+
   it.effect("gauges follow every change of the pool, without a stats call", () =>
     Effect.gen(function*() {
       const pool = "gauges-pool"
