@@ -18,6 +18,17 @@ const preparedOn = (conn: Connector.Connection) =>
     (result) => result.rows.map((row) => row.statement as string)
   )
 
+/** How many times the server ran `text` as one of the connector's prepared statements (PostgreSQL 14+). */
+const preparedRuns = (conn: Connector.Connection, text: string) =>
+  Effect.map(
+    Connector.query(
+      conn,
+      "select coalesce(sum(generic_plans + custom_plans), 0)::int as runs from pg_prepared_statements where name like $1 and statement = $2",
+      ["effect_pg_pool_%", text]
+    ),
+    (result) => result.rows[0]!.runs as number
+  )
+
 const open = openWith()
 
 describe("Connector (live, over pg)", () => {
@@ -313,6 +324,7 @@ describe("Connector (live, over pg)", () => {
         yield* Connector.query(conn, text, [1])
         yield* Connector.query(conn, text, [1])
         assert.deepStrictEqual(yield* preparedOn(conn), [text])
+        const before = yield* preparedRuns(conn, text)
         const result = yield* Effect.async<Connector.QueryResult, unknown>((resume) => {
           sendAfter(["BEGIN"], text, [21], undefined, (error, value) => {
             resume(error === undefined ? Effect.succeed(value!) : Effect.fail(error))
@@ -320,6 +332,8 @@ describe("Connector (live, over pg)", () => {
         })
         assert.deepStrictEqual(result.rows, [{ d: 42 }])
         assert.strictEqual(conn.transactionStatus(), "transaction")
+        // it ran as the prepared statement, not as its text parsed again
+        assert.strictEqual(yield* preparedRuns(conn, text), before + 1)
         yield* Connector.query(conn, "ROLLBACK")
       }))
 
