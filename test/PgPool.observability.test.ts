@@ -22,6 +22,7 @@ import * as PgPool from "../src/PgPool.js"
 import * as PgPoolSql from "../src/PgPoolSql.js"
 import * as Transaction from "../src/Transaction.js"
 import { backends, eventually, testConfig, testDatabase, testServer } from "./support/db.js"
+import { hold } from "./support/fake.js"
 import { counterValue, gaugeValue, histogramCount } from "./support/metrics.js"
 
 interface Captured {
@@ -173,15 +174,12 @@ describe("PgPool observability", () => {
   it.effect("metrics: false records none of the pool's metrics, and the pool serves as before", () =>
     Effect.gen(function*() {
       const pool = "unmetered-pool"
-      const release = yield* Deferred.make<void>()
-      const holder = yield* Effect.fork(Effect.scoped(Effect.zipRight(PgPool.connection, Deferred.await(release))))
-      yield* eventually(PgPool.stats, (s) => s.inUse === 1)
+      const held = yield* hold()
       const timedOut = yield* Effect.fork(Effect.flip(PgPool.query("select 1")))
       yield* eventually(PgPool.stats, (s) => s.waiting === 1)
       yield* TestClock.adjust("31 seconds")
       assert.strictEqual((yield* Fiber.join(timedOut))._tag, "PoolExhaustedError")
-      yield* Deferred.succeed(release, undefined)
-      yield* Fiber.join(holder)
+      yield* held.release
       assert.deepStrictEqual(yield* PgPool.query("select 1 as one"), [{ one: 1 }])
       const stats = yield* PgPool.stats
       assert.isAtLeast(stats.acquired, 2)
