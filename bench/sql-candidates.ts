@@ -101,6 +101,22 @@ const pgPoolSelect1: Candidate<Target> = ready("pg.Pool", "alternative", async (
   return fromPromise(() => pool.query("SELECT 1"), () => pool.end())
 })
 
+/**
+ * pg.Pool called from Effect workers, as an Effect program without this package would call it: the workers
+ * are the same fibers as ours, so the difference in memory between the two is the pools' alone. (Bare
+ * pg.Pool's workers are async functions, about 1 KB each while they wait; a fiber waiting in `Effect.all` is
+ * about 6 KB whatever it waits for.)
+ */
+const pgPoolFromEffectSelect1: Candidate<Target> = ready("pg.Pool (from Effect)", "alternative", async (db) => {
+  const pool = pgPool(db)
+  await pool.query("SELECT 1")
+  const opened = await fromRuntime(
+    ManagedRuntime.make(Layer.empty),
+    Effect.tryPromise(() => pool.query("SELECT 1"))
+  )
+  return { workload: opened.workload, close: () => opened.close().then(() => pool.end()) }
+})
+
 /** `SELECT 1` through any `SqlClient` layer (@effect/sql-pg's PgClient, later our PgPoolSql). */
 const sqlClientSelect1 = (
   name: string,
@@ -144,6 +160,7 @@ export const select1: ReadonlyArray<Candidate<Target>> = [
     })
   ),
   pgPoolSelect1,
+  pgPoolFromEffectSelect1,
   ready("postgres.js", "alternative", async (db) => {
     const sql = postgresJs(db)
     await sql`SELECT 1`
