@@ -307,7 +307,10 @@ export interface HostStats {
   readonly host: string
   readonly port: number
   readonly role: "primary" | "standby" | "unknown"
-  /** False while the host does not answer (it is probed per the `reconnect` schedule). */
+  /**
+   * False while no connect goes to the host: it did not answer, or the credentials to connect to it could not
+   * be had (the Warning logged says which); it is tried again per the `reconnect` schedule.
+   */
   readonly up: boolean
   readonly size: number
   readonly idle: number

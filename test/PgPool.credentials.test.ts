@@ -147,6 +147,9 @@ describe("password as an Effect, per connect", () => {
       assert.include(stranded.message, "could not get their credentials")
       assert.include(stranded.message, "password Effect failed")
       assert.notInclude(stranded.message, "is down")
+      // stats: no connect goes to the host until the Schedule asks again, so it is not up
+      const [host] = (yield* pool.stats).hosts
+      assert.deepStrictEqual([host!.up, host!.size], [false, 0])
       const logged = yield* eventually(
         Effect.sync(() => warnings.filter((line) => line.includes("password Effect failed"))),
         (lines) => lines.length > 0
