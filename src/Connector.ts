@@ -13,6 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
+import { tooManyParameters } from "./internal/connector/limits.js"
 import * as internal from "./internal/connector/pg.js"
 import type { ConnectionError, QueryError } from "./PgPoolError.js"
 
@@ -345,12 +346,15 @@ export const query = (
   text: string,
   params?: ReadonlyArray<unknown>,
   rowMode?: "array"
-): Effect.Effect<QueryResult, QueryError | ConnectionError> =>
-  Effect.async((resume) => {
+): Effect.Effect<QueryResult, QueryError | ConnectionError> => {
+  const unsendable = tooManyParameters(params)
+  if (unsendable !== undefined) return Effect.fail(unsendable)
+  return Effect.async((resume) => {
     connection.send(text, params, rowMode, (error, result) => {
       resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error))
     })
   })
+}
 
 /**
  * @since 0.1.0

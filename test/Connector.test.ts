@@ -32,6 +32,23 @@ const preparedRuns = (conn: Connector.Connection, text: string) =>
 const open = openWith()
 
 describe("Connector (live, over pg)", () => {
+  it.scoped("a statement or cursor with more parameters than the protocol carries is a QueryError 54000, not sent", () =>
+    Effect.gen(function*() {
+      const conn = yield* open
+      const values = Array.from({ length: 65_536 }, (_, i) => i)
+      const failed = yield* Effect.flip(Connector.query(conn, "select 1", values))
+      assert.strictEqual(failed._tag, "QueryError")
+      assert.strictEqual((failed as { code?: string }).code, "54000")
+      assert.include(failed.message, "this one has 65536")
+      const cursor = conn.cursor("select 1", values)
+      const unread = yield* Effect.flip(cursor.read(10))
+      assert.strictEqual((unread as { code?: string }).code, "54000")
+      yield* cursor.close
+      assert.isFalse(conn.isBusy(), "nothing went out")
+      const result = yield* Connector.query(conn, "select 1 as one")
+      assert.deepStrictEqual(result.rows, [{ one: 1 }])
+    }))
+
   it.scoped("parameters of every common type round-trip; nulls stay null", () =>
     Effect.gen(function*() {
       const conn = yield* open

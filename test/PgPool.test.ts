@@ -56,6 +56,40 @@ describe("PgPool", () => {
         assert.strictEqual(error.constraint, "uniq_t_pkey")
         assert.include(error.detail ?? "", "already exists")
       }).pipe(Effect.provide(testLayer())))
+
+    it.effect("a statement with more parameters than the protocol carries (65,535) is a QueryError 54000, sent nowhere; 65,535 run", () =>
+      Effect.gen(function*() {
+        const values = (n: number) => Array.from({ length: n }, (_, i) => i)
+        // every parameter used, or the server refuses the statement: one array of them all
+        const text = (n: number) => `select array_length(array[${values(n).map((i) => `$${i + 1}::int`)}], 1) as n`
+        const tooMany = (error: unknown) => {
+          assert.strictEqual((error as { _tag?: unknown })._tag, "QueryError")
+          assert.strictEqual((error as PgPool.Row).code, "54000")
+          assert.include((error as Error).message, "at most 65535 parameters")
+          assert.include((error as Error).message, "this one has 65536")
+        }
+        const acquired = (yield* PgPool.stats).acquired
+        tooMany(yield* Effect.flip(PgPool.query(text(65_536), values(65_536))))
+        assert.strictEqual((yield* PgPool.stats).acquired, acquired, "no connection was taken for it")
+        // on a pinned connection, a scoped one and in a transaction alike; each connection still serves
+        yield* PgPool.withConnection(Effect.gen(function*() {
+          tooMany(yield* Effect.flip(PgPool.query("select 1", values(65_536))))
+          assert.deepStrictEqual(yield* PgPool.query("select 1 as one"), [{ one: 1 }])
+        }))
+        yield* Effect.scoped(Effect.gen(function*() {
+          const conn = yield* PgPool.connection
+          tooMany(yield* Effect.flip(conn.query("select 1", values(65_536))))
+          assert.deepStrictEqual(yield* conn.query("select 1 as one"), [{ one: 1 }])
+        }))
+        const rolledBack = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("create table params_t (x int)")
+          return yield* PgPool.query("select 1", values(65_536))
+        })))
+        assert.isTrue(Exit.isFailure(rolledBack))
+        const [table] = yield* PgPool.query("select to_regclass('params_t') as t")
+        assert.isNull(table!.t, "the transaction rolled back")
+        assert.deepStrictEqual(yield* PgPool.query(text(65_535), values(65_535)), [{ n: 65_535 }])
+      }).pipe(Effect.provide(testLayer())))
   })
 
   describe("connections", () => {

@@ -93,6 +93,20 @@ describe("PgPoolSql", () => {
       assert.deepStrictEqual(rows, [{ ok: 1 }])
     }).pipe(Effect.provide(Live)))
 
+  it.effect("a statement or stream with more parameters than the protocol carries fails naming the limit, sent nowhere", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const values = Array.from({ length: 65_536 }, (_, i) => i)
+      const failed = yield* Effect.flip(sql.unsafe("select 1", values))
+      assert.strictEqual(failed._tag, "SqlError")
+      assert.include(failed.message, "at most 65535 parameters")
+      const streamed = yield* Effect.flip(Stream.runCollect(sql.unsafe("select 1", values).stream))
+      assert.strictEqual(streamed._tag, "SqlError")
+      assert.include(streamed.message, "at most 65535 parameters")
+      yield* eventually(PgPool.stats, (s) => s.inUse === 0)
+      assert.deepStrictEqual(yield* sql`select 1 as ok`, [{ ok: 1 }])
+    }).pipe(Effect.provide(Live)))
+
   it.live("a stream whose connection the server ended can still be interrupted; the connection is dropped", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
