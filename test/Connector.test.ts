@@ -32,7 +32,7 @@ const preparedRuns = (conn: Connector.Connection, text: string) =>
 const open = openWith()
 
 describe("Connector (live, over pg)", () => {
-  it.scoped("a statement or cursor with more parameters than the protocol carries is a QueryError 54000, not sent", () =>
+  it.scoped("a statement or cursor with more parameters than the protocol carries is a QueryError 54000, not sent; a cursor refuses a function as a statement does (22023)", () =>
     Effect.gen(function*() {
       const conn = yield* open
       const values = Array.from({ length: 65_536 }, (_, i) => i)
@@ -44,6 +44,12 @@ describe("Connector (live, over pg)", () => {
       const unread = yield* Effect.flip(cursor.read(10))
       assert.strictEqual((unread as { code?: string }).code, "54000")
       yield* cursor.close
+      // a cursor refuses what a statement refuses (pg-cursor serialises its parameters itself)
+      const fnCursor = conn.cursor("select $1::text", [() => 1])
+      const fnRead = yield* Effect.flip(fnCursor.read(10))
+      assert.strictEqual((fnRead as { code?: string }).code, "22023")
+      assert.include(fnRead.message, "parameter $1 is a function")
+      yield* fnCursor.close
       assert.isFalse(conn.isBusy(), "nothing went out")
       const result = yield* Connector.query(conn, "select 1 as one")
       assert.deepStrictEqual(result.rows, [{ one: 1 }])

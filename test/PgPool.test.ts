@@ -64,7 +64,7 @@ describe("PgPool", () => {
         const text = (n: number) => `select array_length(array[${values(n).map((i) => `$${i + 1}::int`)}], 1) as n`
         const tooMany = (error: unknown) => {
           assert.strictEqual((error as { _tag?: unknown })._tag, "QueryError")
-          assert.strictEqual((error as PgPool.Row).code, "54000")
+          assert.strictEqual((error as { code?: string }).code, "54000")
           assert.include((error as Error).message, "at most 65535 parameters")
           assert.include((error as Error).message, "this one has 65536")
         }
@@ -89,6 +89,29 @@ describe("PgPool", () => {
         const [table] = yield* PgPool.query("select to_regclass('params_t') as t")
         assert.isNull(table!.t, "the transaction rolled back")
         assert.deepStrictEqual(yield* PgPool.query(text(65_535), values(65_535)), [{ n: 65_535 }])
+      }).pipe(Effect.provide(testLayer())))
+
+    it.effect("a function, a symbol or an invalid Date as a parameter is a QueryError 22023 naming it, not sent", () =>
+      Effect.gen(function*() {
+        const refused = (params: ReadonlyArray<unknown>, why: string) =>
+          Effect.gen(function*() {
+            const error = yield* Effect.flip(PgPool.query("select $1::text as a, $2::text as b", params))
+            assert.strictEqual(error._tag, "QueryError")
+            assert.strictEqual((error as { code?: string }).code, "22023")
+            assert.include(error.message, why)
+          })
+        yield* refused(["ok", () => 1], "parameter $2 is a function")
+        yield* refused([Symbol("s"), "ok"], "parameter $1 is a symbol")
+        yield* refused([new Date("never"), "ok"], "parameter $1 is an invalid Date")
+        yield* refused([[1, () => 2], "ok"], "parameter $1 is an array holding a function")
+        // the same in a transaction, which goes on: the server never saw the statement
+        const [row] = yield* Transaction.withTransaction(Effect.gen(function*() {
+          yield* refused([() => 1, "ok"], "parameter $1 is a function")
+          return yield* PgPool.query("select $1::text as a, $2::timestamptz as b", ["fine", new Date(0)])
+        }))
+        assert.deepStrictEqual(row, { a: "fine", b: new Date(0) })
+        const stats = yield* PgPool.stats
+        assert.deepStrictEqual([stats.inUse, stats.size], [0, 1])
       }).pipe(Effect.provide(testLayer())))
   })
 

@@ -298,6 +298,13 @@ interface Scenario {
   readonly run: Effect.Effect<unknown, unknown, PgPool.PgPool>
 }
 
+/** An object JSON cannot write. */
+const circular = () => {
+  const value: { self?: unknown } = {}
+  value.self = value
+  return value
+}
+
 const scenarios: ReadonlyArray<Scenario> = [
   {
     name: "checkout: two connections held together, then both idle",
@@ -386,6 +393,26 @@ const scenarios: ReadonlyArray<Scenario> = [
         write: write._tag === "QueryError" ? [write.code, write.message] : write._tag,
         written: written.length,
         after
+      }
+    })
+  },
+  {
+    name: "parameters that have no PostgreSQL value, and more parameters than the protocol carries, are refused",
+    config: {},
+    run: Effect.gen(function*() {
+      const refused = (params: ReadonlyArray<unknown>) =>
+        Effect.map(
+          Effect.flip(PgPool.query("select $1::text as v", params)),
+          (error) => error._tag === "QueryError" ? [error.code, error.message] : [error._tag]
+        )
+      return {
+        function: yield* refused([() => 1]),
+        symbol: yield* refused([Symbol("s")]),
+        invalidDate: yield* refused([new Date("never")]),
+        inArray: yield* refused([[1, () => 2]]),
+        circular: yield* refused([circular()]),
+        tooMany: yield* refused(Array.from({ length: 65_536 }, () => 1)),
+        after: yield* PgPool.query("select 1 as x")
       }
     })
   },

@@ -23,3 +23,54 @@ export const tooManyParameters = (params: ReadonlyArray<unknown> | undefined): Q
       `(e.g. "where id = any($1)") or split the statement (SQLSTATE 54000)`,
     code: "54000"
   })
+
+/**
+ * Why parameter `$index + 1` cannot be sent, or `undefined`. A function or a symbol has no PostgreSQL value
+ * (node-postgres would send its source text or its description: a function passed instead of its result would
+ * be stored as code), and an invalid Date would go out as the text "0NaN-NaN-NaN...". The elements of an
+ * array are looked at too.
+ *
+ * @internal
+ */
+export const unsendableParameter = (value: unknown, index: number): string | undefined => {
+  const why = unsendable(value)
+  return why === undefined ? undefined : `parameter $${index + 1} is ${why}`
+}
+
+const unsendable = (value: unknown): string | undefined => {
+  switch (typeof value) {
+    case "function":
+      return "a function, which has no PostgreSQL value (was it passed instead of its result?)"
+    case "symbol":
+      return "a symbol, which has no PostgreSQL value"
+    case "object":
+      if (value instanceof Date) return Number.isNaN(value.getTime()) ? "an invalid Date" : undefined
+      if (Array.isArray(value)) {
+        for (const element of value) {
+          const why = unsendable(element)
+          if (why !== undefined) return `an array holding ${why}`
+        }
+      }
+      return undefined
+    default:
+      return undefined
+  }
+}
+
+/**
+ * The `QueryError` (SQLSTATE 22023) of the first parameter that cannot be sent, in the words of the connector's
+ * statements, else `undefined`: for the paths that do not serialise parameters through them (cursors, the
+ * test kit's fake server).
+ *
+ * @internal
+ */
+export const unsendableParameters = (params: ReadonlyArray<unknown> | undefined): QueryError | undefined => {
+  if (params === undefined) return undefined
+  for (let i = 0; i < params.length; i++) {
+    const why = unsendableParameter(params[i], i)
+    if (why !== undefined) {
+      return new QueryError({ message: `A parameter cannot be sent: ${why} (SQLSTATE 22023)`, code: "22023" })
+    }
+  }
+  return undefined
+}

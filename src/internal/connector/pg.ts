@@ -12,7 +12,7 @@ import pg from "pg"
 import PgCursor from "pg-cursor"
 import type * as Connector from "../../Connector.js"
 import { ConnectionError, QueryError } from "../../PgPoolError.js"
-import { tooManyParameters } from "./limits.js"
+import { tooManyParameters, unsendableParameters } from "./limits.js"
 import { ClientSideError, makeStatementCache, Statement, typesOf } from "./statement.js"
 import * as tls from "./tls.js"
 
@@ -509,7 +509,8 @@ const makeConnection = (
       return new PipelinedHandle(statement, cancelPipelined)
     },
     cursor: (text, params, rowMode) => {
-      const unsendable = tooManyParameters(params)
+      // pg-cursor serialises the parameters itself: what the connector's statements refuse is refused here
+      const unsendable = tooManyParameters(params) ?? unsendableParameters(params)
       if (unsendable !== undefined) return { read: () => Effect.fail(unsendable), close: Effect.void }
       const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)
       let open = true

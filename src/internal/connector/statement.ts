@@ -11,6 +11,7 @@ import type pg from "pg"
 import { serialize } from "pg-protocol"
 import pgUtils from "pg/lib/utils.js"
 import type * as Connector from "../../Connector.js"
+import { unsendableParameter } from "./limits.js"
 
 /** A RowDescription field, as pg-protocol parses it. */
 interface WireField {
@@ -27,6 +28,13 @@ interface PgConnection {
 }
 
 type Parser = (value: string) => unknown
+
+/** A parameter as pg serialises it, after refusing what has no PostgreSQL value (see `unsendableParameter`). */
+const prepareParameter = (value: unknown, index: number): unknown => {
+  const why = unsendableParameter(value, index)
+  if (why !== undefined) throw new TypeError(why)
+  return pgUtils.prepareValue(value)
+}
 
 /** The columns of a result and their type parsers. @internal */
 export interface Shape {
@@ -433,7 +441,7 @@ export class Statement {
       } else {
         // the values are serialised first: a value whose serialiser throws must not reach pg-protocol's writer,
         // whose shared buffer keeps the bytes of a message cut off by a throw (before pg-protocol 1.15)
-        const prepared = values.map((value) => pgUtils.prepareValue(value))
+        const prepared = values.map(prepareParameter)
         bind = serialize.bind({ statement, values: prepared as Array<string> })
       }
     } catch (error) {

@@ -20,6 +20,7 @@ import * as Fiber from "effect/Fiber"
 import type * as Connector from "../../Connector.js"
 import { ConnectionError, QueryError } from "../../PgPoolError.js"
 import type * as PgPoolTest from "../../PgPoolTest.js"
+import { unsendableParameters } from "../connector/limits.js"
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 
@@ -154,6 +155,27 @@ const writeCommand = (text: string): string | undefined => {
  * transaction, the reset of a returned connection). With latency on them, interrupting a transaction under
  * TestClock would wait for a clock that only the test can move.
  */
+/**
+ * A parameter the real connector cannot serialise: an object without `toPostgres` that JSON cannot write (a
+ * circular one), refused with the same words (22023). The fake keeps parameters as they are; this is the one
+ * serialisation failure it models.
+ */
+const unserialisable = (params: ReadonlyArray<unknown> | undefined): QueryError | undefined => {
+  for (const value of params ?? []) {
+    if (
+      typeof value !== "object" || value === null || value instanceof Date || ArrayBuffer.isView(value) ||
+      Array.isArray(value) || typeof (value as { toPostgres?: unknown }).toPostgres === "function"
+    ) continue
+    try {
+      JSON.stringify(value)
+    } catch (error) {
+      const message = `A parameter cannot be sent: ${(error as Error).message} (SQLSTATE 22023)`
+      return new QueryError({ message, code: "22023", cause: error })
+    }
+  }
+  return undefined
+}
+
 const controlStatement = /^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|DISCARD\s+ALL)\b/i
 
 /** @internal */
@@ -198,6 +220,9 @@ export class FakeBackend implements Connector.Connection {
       const error = this.lostError("Connection lost", undefined, this.status === "idle")
       return queueMicrotask(() => callback(error, undefined))
     }
+    // refused before it is sent, as the real connector refuses it (see `unsendableParameters`)
+    const unsendable = unsendableParameters(params) ?? unserialisable(params)
+    if (unsendable !== undefined) return queueMicrotask(() => callback(unsendable, undefined))
     const record = { backendPid: this.backendPid, text, params: params ?? [], transactionStatus: this.status }
     this.server.log.push(record)
     const outcome = this.answer(text, params ?? [])
