@@ -1,6 +1,7 @@
 /**
- * What a statement must fit in to be sent at all: the limits of PostgreSQL's wire protocol, checked before a
- * connection is taken for it.
+ * What a statement must fit in to be sent at all: the number of parameters PostgreSQL's wire protocol can carry
+ * (checked before a connection is taken for the statement), and the values that have no PostgreSQL value
+ * (checked where the parameters are serialised).
  *
  * @internal
  */

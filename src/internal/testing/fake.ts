@@ -150,12 +150,6 @@ const writeCommand = (text: string): string | undefined => {
 }
 
 /**
- * Statements exempt from the scripted latency (`setLatency`): transaction control and the pool's reset
- * statements, which the pool runs where nothing can interrupt them (the ROLLBACK of an interrupted
- * transaction, the reset of a returned connection). With latency on them, interrupting a transaction under
- * TestClock would wait for a clock that only the test can move.
- */
-/**
  * A parameter the real connector cannot serialise: an object without `toPostgres` that JSON cannot write (a
  * circular one), refused with the same words (22023). The fake keeps parameters as they are; this is the one
  * serialisation failure it models.
@@ -176,6 +170,12 @@ const unserialisable = (params: ReadonlyArray<unknown> | undefined): QueryError 
   return undefined
 }
 
+/**
+ * Statements exempt from the scripted latency (`setLatency`): transaction control and the pool's reset
+ * statements, which the pool runs where nothing can interrupt them (the ROLLBACK of an interrupted
+ * transaction, the reset of a returned connection). With latency on them, interrupting a transaction under
+ * TestClock would wait for a clock that only the test can move.
+ */
 const controlStatement = /^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|DISCARD\s+ALL)\b/i
 
 /** @internal */
