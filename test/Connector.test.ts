@@ -32,7 +32,7 @@ const preparedRuns = (conn: Connector.Connection, text: string) =>
 const open = openWith()
 
 describe("Connector (live, over pg)", () => {
-  it.scoped("a statement or cursor with more parameters than the protocol carries is a QueryError 54000, not sent; a cursor refuses a function as a statement does (22023)", () =>
+  it.scoped("a statement or cursor with more parameters than the protocol carries is a QueryError 54000, not sent; a cursor refuses what a statement refuses (22023), an array holding itself too", () =>
     Effect.gen(function*() {
       const conn = yield* open
       const values = Array.from({ length: 65_536 }, (_, i) => i)
@@ -50,6 +50,14 @@ describe("Connector (live, over pg)", () => {
       assert.strictEqual((fnRead as { code?: string }).code, "22023")
       assert.include(fnRead.message, "parameter $1 is a function")
       yield* fnCursor.close
+      // serialised before it is handed to pg (which may serialise it in a socket handler, where a throw would
+      // end the process): an array holding itself is a typed failure
+      const cyclic: Array<unknown> = [1]
+      cyclic.push(cyclic)
+      const cyclicCursor = conn.cursor("select $1::int[]", [cyclic])
+      const cyclicRead = yield* Effect.flip(cyclicCursor.read(10))
+      assert.strictEqual((cyclicRead as { code?: string }).code, "22023")
+      yield* cyclicCursor.close
       assert.isFalse(conn.isBusy(), "nothing went out")
       const result = yield* Connector.query(conn, "select 1 as one")
       assert.deepStrictEqual(result.rows, [{ one: 1 }])

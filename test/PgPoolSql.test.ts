@@ -93,7 +93,7 @@ describe("PgPoolSql", () => {
       assert.deepStrictEqual(rows, [{ ok: 1 }])
     }).pipe(Effect.provide(Live)))
 
-  it.effect("a statement or stream with more parameters than the protocol carries fails naming the limit, sent nowhere", () =>
+  it.effect("a statement or stream with more parameters than the protocol carries fails naming the limit, sent nowhere; a stream whose parameter cannot be serialised fails typed", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const values = Array.from({ length: 65_536 }, (_, i) => i)
@@ -103,6 +103,12 @@ describe("PgPoolSql", () => {
       const streamed = yield* Effect.flip(Stream.runCollect(sql.unsafe("select 1", values).stream))
       assert.strictEqual(streamed._tag, "SqlError")
       assert.include(streamed.message, "at most 65535 parameters")
+      // a parameter that cannot be serialised: a typed failure of the stream, not a defect
+      const circular: { self?: unknown } = {}
+      circular.self = circular
+      const unsent = yield* Effect.flip(Stream.runCollect(sql.unsafe("select $1::jsonb", [circular]).stream))
+      assert.strictEqual(unsent._tag, "SqlError")
+      assert.include(unsent.message, "A parameter cannot be sent")
       yield* eventually(PgPool.stats, (s) => s.inUse === 0)
       assert.deepStrictEqual(yield* sql`select 1 as ok`, [{ ok: 1 }])
     }).pipe(Effect.provide(Live)))

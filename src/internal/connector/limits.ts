@@ -38,7 +38,10 @@ export const unsendableParameter = (value: unknown, index: number): string | und
   return why === undefined ? undefined : `parameter $${index + 1} is ${why}`
 }
 
-const unsendable = (value: unknown): string | undefined => {
+/** Arrays nested deeper are not looked into (an array holding itself would be followed forever). */
+const MAX_DEPTH = 32
+
+const unsendable = (value: unknown, depth = 0): string | undefined => {
   switch (typeof value) {
     case "function":
       return "a function, which has no PostgreSQL value (was it passed instead of its result?)"
@@ -46,9 +49,9 @@ const unsendable = (value: unknown): string | undefined => {
       return "a symbol, which has no PostgreSQL value"
     case "object":
       if (value instanceof Date) return Number.isNaN(value.getTime()) ? "an invalid Date" : undefined
-      if (Array.isArray(value)) {
+      if (Array.isArray(value) && depth < MAX_DEPTH) {
         for (const element of value) {
-          const why = unsendable(element)
+          const why = unsendable(element, depth + 1)
           if (why !== undefined) return `an array holding ${why}`
         }
       }

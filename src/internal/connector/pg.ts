@@ -12,8 +12,15 @@ import pg from "pg"
 import PgCursor from "pg-cursor"
 import type * as Connector from "../../Connector.js"
 import { ConnectionError, QueryError } from "../../PgPoolError.js"
-import { tooManyParameters, unsendableParameters } from "./limits.js"
-import { ClientSideError, makeStatementCache, Statement, typesOf } from "./statement.js"
+import { tooManyParameters } from "./limits.js"
+import {
+  ClientSideError,
+  makeStatementCache,
+  prepareParameter,
+  Statement,
+  typesOf,
+  unsendableError
+} from "./statement.js"
 import * as tls from "./tls.js"
 
 const CLOSE_TIMEOUT = Duration.seconds(2)
@@ -509,10 +516,19 @@ const makeConnection = (
       return new PipelinedHandle(statement, cancelPipelined)
     },
     cursor: (text, params, rowMode) => {
-      // pg-cursor serialises the parameters itself: what the connector's statements refuse is refused here
-      const unsendable = tooManyParameters(params) ?? unsendableParameters(params)
-      if (unsendable !== undefined) return { read: () => Effect.fail(unsendable), close: Effect.void }
-      const cursor = new PgCursor(text, params as Array<unknown> | undefined, rowMode ? { rowMode } : undefined)
+      // serialised here, as a statement's are: pg-cursor would serialise them when pg sends it, which may be in
+      // an event handler of the socket, where a throw (a circular object, an array holding itself) ends the
+      // process; what a statement refuses is refused here the same way
+      const tooMany = tooManyParameters(params)
+      if (tooMany !== undefined) return { read: () => Effect.fail(tooMany), close: Effect.void }
+      let values: Array<unknown> | undefined
+      try {
+        values = params?.map(prepareParameter)
+      } catch (error) {
+        const refused = toStatementError(target, unsendableError(error))
+        return { read: () => Effect.fail(refused), close: Effect.void }
+      }
+      const cursor = new PgCursor(text, values, rowMode ? { rowMode } : undefined)
       let open = true
       /** A read is out: the server may be running the statement. */
       let reading = false

@@ -29,8 +29,13 @@ interface PgConnection {
 
 type Parser = (value: string) => unknown
 
-/** A parameter as pg serialises it, after refusing what has no PostgreSQL value (see `unsendableParameter`). */
-const prepareParameter = (value: unknown, index: number): unknown => {
+/**
+ * A parameter as pg serialises it, after refusing what has no PostgreSQL value (see `unsendableParameter`);
+ * throws what cannot be sent.
+ *
+ * @internal
+ */
+export const prepareParameter = (value: unknown, index: number): unknown => {
   const why = unsendableParameter(value, index)
   if (why !== undefined) throw new TypeError(why)
   return pgUtils.prepareValue(value)
@@ -288,6 +293,10 @@ export class ClientSideError extends Error {
   }
 }
 
+/** The failure of a statement whose parameters could not be serialised (`prepareParameter` threw `error`). @internal */
+export const unsendableError = (error: unknown): ClientSideError =>
+  new ClientSideError("22023", `A parameter cannot be sent: ${(error as Error).message ?? String(error)}`, error)
+
 /** The fields of a result without columns, shared (frozen). */
 const NO_FIELDS: ReadonlyArray<Connector.FieldInfo> = Object.freeze([])
 
@@ -449,7 +458,7 @@ export class Statement {
       parts.push(SYNC)
       write(connection, parts)
       this.handleError(
-        new ClientSideError("22023", `A parameter cannot be sent: ${(error as Error).message ?? String(error)}`, error)
+        unsendableError(error)
       )
       return null
     }
