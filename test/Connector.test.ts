@@ -85,6 +85,13 @@ describe("Connector (live, over pg)", () => {
       assert.strictEqual(result.command, "SELECT")
       assert.strictEqual(result.rowCount, 1)
       assert.deepStrictEqual(result.fields.map((f) => f.name), ["i", "t", "b", "j", "ts", "n", "a", "bin"])
+      // a cursor's parameters (serialised by the connector before pg-cursor gets them) arrive the same
+      const cursor = conn.cursor(
+        "select $1::int as i, $2::text as t, $3::bool as b, $4::jsonb as j, $5::timestamptz as ts, $6::int as n, $7::int[] as a, $8::bytea as bin",
+        [42, "héllo", true, { a: [1, 2] }, now, null, [1, 2, 3], Buffer.from([1, 2, 255])]
+      )
+      assert.deepStrictEqual(yield* cursor.read(10), result.rows)
+      yield* cursor.close
     }))
 
   it.scoped("sendAfter runs the prefix and the statement in order; a failing prefix keeps the statement from running", () =>
