@@ -87,16 +87,15 @@ export class Topology {
     state.probing = true
     this.runBackground(this.probeLoop(state))
     if (wasDown) return
+    const warning = isCredentialFailure(error)
+      // nothing was sent to the host: its credentials Effect failed, with the cause the message points to
+      ? Effect.logWarning(
+        `no connect to host ${state.key}: ${error.message}; asked again on the reconnect schedule`,
+        Cause.fail(error)
+      )
+      : Effect.logWarning(`host ${state.key} is down: ${error.message}`)
     this.runBackground(
-      (isCredentialFailure(error)
-        // nothing was sent to the host: its credentials Effect failed, with the cause the message points to
-        ? Effect.logWarning(
-          `no connect to host ${state.key}: ${error.message}; asked again on the reconnect schedule`,
-          Cause.fail(error)
-        )
-        : Effect.logWarning(`host ${state.key} is down: ${error.message}`)).pipe(
-          Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port })
-        )
+      warning.pipe(Effect.annotateLogs({ pool: this.config.name, host: state.host.host, port: state.host.port }))
     )
   }
 

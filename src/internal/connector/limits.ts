@@ -60,21 +60,3 @@ const unsendable = (value: unknown, depth = 0): string | undefined => {
       return undefined
   }
 }
-
-/**
- * The `QueryError` (SQLSTATE 22023) of the first parameter that cannot be sent, in the words of the connector's
- * statements, else `undefined`: for the paths that do not serialise parameters through them (cursors, the
- * test kit's fake server).
- *
- * @internal
- */
-export const unsendableParameters = (params: ReadonlyArray<unknown> | undefined): QueryError | undefined => {
-  if (params === undefined) return undefined
-  for (let i = 0; i < params.length; i++) {
-    const why = unsendableParameter(params[i], i)
-    if (why !== undefined) {
-      return new QueryError({ message: `A parameter cannot be sent: ${why} (SQLSTATE 22023)`, code: "22023" })
-    }
-  }
-  return undefined
-}

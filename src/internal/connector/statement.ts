@@ -457,9 +457,7 @@ export class Statement {
       // the statement is not sent; what comes before it is, so that the answers end with a ReadyForQuery
       parts.push(SYNC)
       write(connection, parts)
-      this.handleError(
-        unsendableError(error)
-      )
+      this.handleError(unsendableError(error))
       return null
     }
     if (this.mode === Mode.Prepared) {

@@ -20,7 +20,7 @@ import * as Fiber from "effect/Fiber"
 import type * as Connector from "../../Connector.js"
 import { ConnectionError, QueryError } from "../../PgPoolError.js"
 import type * as PgPoolTest from "../../PgPoolTest.js"
-import { unsendableParameters } from "../connector/limits.js"
+import { unsendableParameter } from "../connector/limits.js"
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 
@@ -150,12 +150,16 @@ const writeCommand = (text: string): string | undefined => {
 }
 
 /**
- * A parameter the real connector cannot serialise: an object without `toPostgres` that JSON cannot write (a
- * circular one), refused with the same words (22023). The fake keeps parameters as they are; this is the one
- * serialisation failure it models.
+ * The first parameter the real connector would refuse, as it words it (22023): one with no PostgreSQL value
+ * (`unsendableParameter`), or an object without `toPostgres` that JSON cannot write (a circular one). The fake
+ * keeps parameters as they are; that is the one serialisation failure it models.
  */
-const unserialisable = (params: ReadonlyArray<unknown> | undefined): QueryError | undefined => {
-  for (const value of params ?? []) {
+const unsendable = (params: ReadonlyArray<unknown> | undefined): QueryError | undefined => {
+  const refused = (why: string, cause?: unknown) =>
+    new QueryError({ message: `A parameter cannot be sent: ${why} (SQLSTATE 22023)`, code: "22023", cause })
+  for (const [index, value] of (params ?? []).entries()) {
+    const why = unsendableParameter(value, index)
+    if (why !== undefined) return refused(why)
     if (
       typeof value !== "object" || value === null || value instanceof Date || ArrayBuffer.isView(value) ||
       Array.isArray(value) || typeof (value as { toPostgres?: unknown }).toPostgres === "function"
@@ -163,8 +167,7 @@ const unserialisable = (params: ReadonlyArray<unknown> | undefined): QueryError 
     try {
       JSON.stringify(value)
     } catch (error) {
-      const message = `A parameter cannot be sent: ${(error as Error).message} (SQLSTATE 22023)`
-      return new QueryError({ message, code: "22023", cause: error })
+      return refused((error as Error).message, error)
     }
   }
   return undefined
@@ -220,9 +223,9 @@ export class FakeBackend implements Connector.Connection {
       const error = this.lostError("Connection lost", undefined, this.status === "idle")
       return queueMicrotask(() => callback(error, undefined))
     }
-    // refused before it is sent, as the real connector refuses it (see `unsendableParameters`)
-    const unsendable = unsendableParameters(params) ?? unserialisable(params)
-    if (unsendable !== undefined) return queueMicrotask(() => callback(unsendable, undefined))
+    // refused before it is sent, as the real connector refuses it
+    const refused = unsendable(params)
+    if (refused !== undefined) return queueMicrotask(() => callback(refused, undefined))
     const record = { backendPid: this.backendPid, text, params: params ?? [], transactionStatus: this.status }
     this.server.log.push(record)
     const outcome = this.answer(text, params ?? [])
