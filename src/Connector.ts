@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import { tooManyParameters } from "./internal/connector/limits.js"
+import { unsendableStatement } from "./internal/connector/limits.js"
 import * as internal from "./internal/connector/pg.js"
 import type { ConnectionError, QueryError } from "./PgPoolError.js"
 
@@ -347,7 +347,7 @@ export const query = (
   params?: ReadonlyArray<unknown>,
   rowMode?: "array"
 ): Effect.Effect<QueryResult, QueryError | ConnectionError> => {
-  const unsendable = tooManyParameters(params)
+  const unsendable = unsendableStatement(text, params)
   if (unsendable !== undefined) return Effect.fail(unsendable)
   return Effect.async((resume) => {
     connection.send(text, params, rowMode, (error, result) => {

@@ -113,6 +113,40 @@ describe("PgPool", () => {
         const stats = yield* PgPool.stats
         assert.deepStrictEqual([stats.inUse, stats.size], [0, 1])
       }).pipe(Effect.provide(testLayer())))
+
+    it.effect("a NUL in a statement's text, a text that is no string or parameters that are no array: a QueryError naming it, sent nowhere", () =>
+      Effect.gen(function*() {
+        yield* PgPool.query("create table nul_t (id int)")
+        yield* PgPool.query("insert into nul_t values (1), (2)")
+        const refused = (text: unknown, params: unknown, code: string, why: string) =>
+          Effect.gen(function*() {
+            // as a caller without types passes them
+            const error = yield* Effect.flip(PgPool.query(text as string, params as ReadonlyArray<unknown>))
+            assert.strictEqual(error._tag, "QueryError")
+            assert.strictEqual((error as { code?: string }).code, code)
+            assert.include(error.message, why)
+          })
+        const acquired = (yield* PgPool.stats).acquired
+        // the server would end the text at the NUL: a protocol error, or the text before it alone
+        yield* refused("delete from nul_t\0 where id = 1", undefined, "22021", "NUL character (found at offset 17)")
+        yield* refused("delete from nul_t\0 where id = $1", [1], "22021", "NUL character")
+        yield* refused(undefined, undefined, "22023", "text must be a string; got undefined")
+        yield* refused({ text: "select 1" }, undefined, "22023", "text must be a string; got an object")
+        yield* refused("select $1::int", 5, "22023", "parameters must be an array; got a number")
+        yield* refused("select $1::text", "ab", "22023", "parameters must be an array; got a string")
+        assert.strictEqual((yield* PgPool.stats).acquired, acquired, "no connection was taken for them")
+        // the same in a transaction, which goes on, and on a scoped connection
+        yield* Transaction.withTransaction(refused("delete from nul_t\0", undefined, "22021", "NUL character"))
+        yield* Effect.scoped(Effect.flatMap(PgPool.connection, (conn) =>
+          Effect.gen(function*() {
+            const error = yield* Effect.flip(conn.query("delete from nul_t\0"))
+            assert.strictEqual((error as { code?: string }).code, "22021")
+          })))
+        assert.deepStrictEqual(yield* PgPool.query("select count(*)::int as n from nul_t"), [{ n: 2 }])
+        // a NUL in a parameter is the server's to refuse (22021), as it is data
+        const param = yield* Effect.flip(PgPool.query("select $1::text", ["a\0b"]))
+        assert.strictEqual((param as { code?: string }).code, "22021")
+      }).pipe(Effect.provide(testLayer())))
   })
 
   describe("connections", () => {

@@ -397,7 +397,8 @@ const scenarios: ReadonlyArray<Scenario> = [
     })
   },
   {
-    name: "parameters that have no PostgreSQL value, and more parameters than the protocol carries, are refused",
+    name:
+      "parameters that have no PostgreSQL value or hold a NUL, more parameters than the protocol carries, and a NUL in a statement's text are refused",
     config: {},
     run: Effect.gen(function*() {
       const refused = (params: ReadonlyArray<unknown>) =>
@@ -411,7 +412,15 @@ const scenarios: ReadonlyArray<Scenario> = [
         invalidDate: yield* refused([new Date("never")]),
         inArray: yield* refused([[1, () => 2]]),
         circular: yield* refused([circular()]),
+        circularInArray: yield* refused([[1, [circular()]]]),
+        nul: yield* refused(["a\0b"]),
+        nulInArray: yield* refused([["a", "b\0"]]),
         tooMany: yield* refused(Array.from({ length: 65_536 }, () => 1)),
+        notAnArray: yield* refused("ab" as unknown as ReadonlyArray<unknown>),
+        nulText: yield* Effect.map(
+          Effect.flip(PgPool.query("select 1\0")),
+          (error) => error._tag === "QueryError" ? [error.code, error.message] : [error._tag]
+        ),
         after: yield* PgPool.query("select 1 as x")
       }
     })

@@ -18,7 +18,7 @@ import * as Scope from "effect/Scope"
 import * as Connector from "../../Connector.js"
 import type * as PgPool from "../../PgPool.js"
 import { type ConnectionError, QueryError } from "../../PgPoolError.js"
-import { tooManyParameters } from "../connector/limits.js"
+import { unsendableStatement } from "../connector/limits.js"
 import type { HostState } from "./hosts.js"
 
 /** @internal */
@@ -263,7 +263,7 @@ export class Physical {
     member: TxToken | undefined
   ): Effect.Effect<A, QueryError | ConnectionError> {
     if (member?.ended === true) return Effect.fail(endedError())
-    const unsendable = tooManyParameters(params)
+    const unsendable = unsendableStatement(text, params)
     if (unsendable !== undefined) return Effect.fail(unsendable)
     const statement = this.countStatement(
       Effect.uninterruptibleMask((restore) => {

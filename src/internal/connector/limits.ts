@@ -1,7 +1,7 @@
 /**
- * What a statement must fit in to be sent at all: the number of parameters PostgreSQL's wire protocol can carry
- * (checked before a connection is taken for the statement), and the values that have no PostgreSQL value
- * (checked where the parameters are serialised).
+ * What a statement must fit in to be sent at all: a string for its text, with no NUL in it, and an array of at
+ * most as many parameters as PostgreSQL's wire protocol can carry (checked before a connection is taken for the
+ * statement), and parameters that have a PostgreSQL value (checked where the parameters are serialised).
  *
  * @internal
  */
@@ -11,19 +11,51 @@ import { QueryError } from "../../PgPoolError.js"
 const MAX_PARAMETERS = 65_535
 
 /**
- * A `QueryError` (SQLSTATE 54000, program_limit_exceeded) for a statement with more parameters than the
- * protocol can carry, else `undefined`. Sent anyway, the count would wrap around: the server would be told of
- * another number of parameters than were sent, and answer with an error about something else.
+ * A `QueryError` for a statement that cannot be sent as it is, else `undefined`: checked before a connection is
+ * taken for it, so nothing is sent.
+ * - Its text is not a string, or its parameters not an array (a caller without types): 22023.
+ * - More parameters than the protocol can carry: 54000 (program_limit_exceeded). Sent anyway, the count would
+ *   wrap around: the server would be told of another number of parameters than were sent, and answer with an
+ *   error about something else.
+ * - A NUL character in its text: 22021, as the server words a NUL in a parameter. The protocol ends the text at
+ *   its first NUL: the server would read the rest as the message's other fields and answer with a protocol
+ *   error (08P01), or, should the rest read as valid fields, run the text before the NUL alone.
  *
  * @internal
  */
-export const tooManyParameters = (params: ReadonlyArray<unknown> | undefined): QueryError | undefined =>
-  params === undefined || params.length <= MAX_PARAMETERS ? undefined : new QueryError({
-    message: `A statement can carry at most ${MAX_PARAMETERS} parameters (the PostgreSQL protocol counts them in 16 ` +
-      `bits); this one has ${params.length}, so it was not sent: pass the values as one array parameter ` +
-      `(e.g. "where id = any($1)") or split the statement (SQLSTATE 54000)`,
-    code: "54000"
+export const unsendableStatement = (
+  text: string,
+  params: ReadonlyArray<unknown> | undefined
+): QueryError | undefined => {
+  if (typeof text !== "string") return invalid(`A statement's text must be a string; got ${describe(text)}`)
+  if (params !== undefined) {
+    if (!Array.isArray(params)) return invalid(`A statement's parameters must be an array; got ${describe(params)}`)
+    if (params.length > MAX_PARAMETERS) {
+      return new QueryError({
+        message: `A statement can carry at most ${MAX_PARAMETERS} parameters (the PostgreSQL protocol counts them ` +
+          `in 16 bits); this one has ${params.length}, so it was not sent: pass the values as one array ` +
+          `parameter (e.g. "where id = any($1)") or split the statement (SQLSTATE 54000)`,
+        code: "54000"
+      })
+    }
+  }
+  const nul = text.indexOf("\0")
+  return nul === -1 ? undefined : new QueryError({
+    message: `A statement's text cannot hold a NUL character (found at offset ${nul}), so it was not sent: ` +
+      `PostgreSQL ends a statement's text at its first NUL (SQLSTATE 22021)`,
+    code: "22021"
   })
+}
+
+const invalid = (message: string) =>
+  new QueryError({ message: `${message}, so nothing was sent (SQLSTATE 22023)`, code: "22023" })
+
+const describe = (value: unknown): string => {
+  if (value === null || value === undefined) return String(value)
+  if (Array.isArray(value)) return "an array"
+  const type = typeof value
+  return `${type === "object" ? "an" : "a"} ${type}`
+}
 
 /**
  * Why parameter `$index + 1` cannot be sent, or `undefined`. A function or a symbol has no PostgreSQL value

@@ -12,7 +12,7 @@ import pg from "pg"
 import PgCursor from "pg-cursor"
 import type * as Connector from "../../Connector.js"
 import { ConnectionError, QueryError } from "../../PgPoolError.js"
-import { tooManyParameters } from "./limits.js"
+import { unsendableStatement } from "./limits.js"
 import {
   ClientSideError,
   makeStatementCache,
@@ -519,14 +519,14 @@ const makeConnection = (
       // serialised here, as a statement's are: pg-cursor would serialise them when pg sends it, which may be in
       // an event handler of the socket, where a throw (a circular object, an array holding itself) ends the
       // process; what a statement refuses is refused here the same way
-      const tooMany = tooManyParameters(params)
-      if (tooMany !== undefined) return { read: () => Effect.fail(tooMany), close: Effect.void }
+      const refused = unsendableStatement(text, params)
+      if (refused !== undefined) return { read: () => Effect.fail(refused), close: Effect.void }
       let values: Array<unknown> | undefined
       try {
         values = params?.map(prepareParameter)
       } catch (error) {
-        const refused = toStatementError(target, unsendableError(error))
-        return { read: () => Effect.fail(refused), close: Effect.void }
+        const failed = toStatementError(target, unsendableError(error))
+        return { read: () => Effect.fail(failed), close: Effect.void }
       }
       const cursor = new PgCursor(text, values, rowMode ? { rowMode } : undefined)
       let open = true

@@ -16,7 +16,7 @@ import type * as Connector from "../../Connector.js"
 import type * as PgPool from "../../PgPool.js"
 import type { ConnectionError, PoolError, QueryError } from "../../PgPoolError.js"
 import type { Physical } from "../connection/physical.js"
-import { tooManyParameters } from "../connector/limits.js"
+import { unsendableStatement } from "../connector/limits.js"
 import { checkedOutFrom } from "../tracing.js"
 import type { PoolCore } from "./core.js"
 import { release, releaseWith } from "./release.js"
@@ -262,7 +262,7 @@ export const oneShot = <A>(
   span?: Tracer.Span | undefined,
   resent = 0
 ): Effect.Effect<A, PoolError | QueryError> => {
-  const unsendable = tooManyParameters(params)
+  const unsendable = unsendableStatement(text, params)
   if (unsendable !== undefined) return Effect.fail(unsendable)
   if (core.config.queryTimeout !== undefined) {
     return oneShotTimed(core, text, params, rowMode, project, retry, span, resent)

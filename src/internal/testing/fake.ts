@@ -20,7 +20,7 @@ import * as Fiber from "effect/Fiber"
 import type * as Connector from "../../Connector.js"
 import { ConnectionError, QueryError } from "../../PgPoolError.js"
 import type * as PgPoolTest from "../../PgPoolTest.js"
-import { unsendableParameter } from "../connector/limits.js"
+import { unsendableParameter, unsendableStatement } from "../connector/limits.js"
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 
@@ -150,27 +150,47 @@ const writeCommand = (text: string): string | undefined => {
 }
 
 /**
- * The first parameter the real connector would refuse, as it words it (22023): one with no PostgreSQL value
- * (`unsendableParameter`), or an object without `toPostgres` that JSON cannot write (a circular one). The fake
- * keeps parameters as they are; that is the one serialisation failure it models.
+ * The first parameter the real connector or server would refuse, as they word it: one with no PostgreSQL value
+ * (`unsendableParameter`, 22023), then, in it or in the arrays it holds, an object without `toPostgres` that JSON
+ * cannot write (a circular one, 22023), or a string holding a NUL, which no PostgreSQL text can (22021). The fake
+ * keeps parameters as they are: these are the serialisation failures it models.
  */
 const unsendable = (params: ReadonlyArray<unknown> | undefined): QueryError | undefined => {
-  const refused = (why: string, cause?: unknown) =>
-    new QueryError({ message: `A parameter cannot be sent: ${why} (SQLSTATE 22023)`, code: "22023", cause })
   for (const [index, value] of (params ?? []).entries()) {
     const why = unsendableParameter(value, index)
-    if (why !== undefined) return refused(why)
-    if (
-      typeof value !== "object" || value === null || value instanceof Date || ArrayBuffer.isView(value) ||
-      Array.isArray(value) || typeof (value as { toPostgres?: unknown }).toPostgres === "function"
-    ) continue
-    try {
-      JSON.stringify(value)
-    } catch (error) {
-      return refused((error as Error).message, error)
-    }
+    const refused = why === undefined ? unwritable(value, 0) : cannotSend(why)
+    if (refused !== undefined) return refused
   }
   return undefined
+}
+
+const cannotSend = (why: string, cause?: unknown) =>
+  new QueryError({ message: `A parameter cannot be sent: ${why} (SQLSTATE 22023)`, code: "22023", cause })
+
+/** Arrays nested deeper are not looked into, as the real connector's check does not. */
+const MAX_DEPTH = 32
+
+const unwritable = (value: unknown, depth: number): QueryError | undefined => {
+  if (typeof value === "string") {
+    return value.includes("\0") ? queryError("22021", "invalid byte sequence for encoding \"UTF8\": 0x00") : undefined
+  }
+  if (Array.isArray(value)) {
+    for (const element of depth < MAX_DEPTH ? value : []) {
+      const refused = unwritable(element, depth + 1)
+      if (refused !== undefined) return refused
+    }
+    return undefined
+  }
+  if (
+    typeof value !== "object" || value === null || value instanceof Date || ArrayBuffer.isView(value) ||
+    typeof (value as { toPostgres?: unknown }).toPostgres === "function"
+  ) return undefined
+  try {
+    JSON.stringify(value)
+    return undefined
+  } catch (error) {
+    return cannotSend((error as Error).message, error)
+  }
 }
 
 /**
@@ -224,7 +244,7 @@ export class FakeBackend implements Connector.Connection {
       return queueMicrotask(() => callback(error, undefined))
     }
     // refused before it is sent, as the real connector refuses it
-    const refused = unsendable(params)
+    const refused = unsendableStatement(text, params) ?? unsendable(params)
     if (refused !== undefined) return queueMicrotask(() => callback(refused, undefined))
     const record = { backendPid: this.backendPid, text, params: params ?? [], transactionStatus: this.status }
     this.server.log.push(record)
