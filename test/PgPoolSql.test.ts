@@ -288,6 +288,41 @@ describe("PgPoolSql", () => {
     30_000
   )
 
+  it.live(
+    "listen refuses a channel name PostgreSQL would shorten (over 63 bytes) or cut (a NUL): its notifications would never arrive",
+    () =>
+      Effect.gen(function*() {
+        const sql = yield* PgClient.PgClient
+        const refused = (channel: string) =>
+          Effect.flip(Stream.runDrain(sql.listen(channel))).pipe(
+            Effect.timeoutFail({
+              duration: "10 seconds",
+              onTimeout: () => `listen(${channel}) neither failed nor ended`
+            })
+          )
+        const long = yield* refused("c".repeat(64))
+        assert.instanceOf(long, SqlError.SqlError)
+        assert.include(long.message, "at most 63 bytes, this one has 64")
+        // counted in bytes, as the server counts them: 32 two-byte characters are 64 bytes
+        assert.include((yield* refused("é".repeat(32))).message, "this one has 64")
+        assert.include((yield* refused("a\0b")).message, "cannot hold a NUL")
+        // 63 bytes is a name the server keeps whole: a notification sent to it with NOTIFY arrives
+        const name = "é".repeat(31) + "c"
+        const received = yield* Deferred.make<string>()
+        const fiber = yield* Effect.fork(
+          Stream.runForEach(sql.listen(name), (payload) => Deferred.succeed(received, payload))
+        )
+        const quoted = `"${name}"`
+        const arrived = yield* eventually(
+          Effect.zipRight(sql.unsafe(`NOTIFY ${quoted}, 'hello'`), Deferred.poll(received)),
+          (done) => done._tag === "Some"
+        )
+        assert.strictEqual(yield* Option.getOrThrow(arrived), "hello")
+        yield* Fiber.interrupt(fiber)
+      }).pipe(Effect.provide(Live)),
+    30_000
+  )
+
   it.effect("PgMigrator runs migrations on the pool", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

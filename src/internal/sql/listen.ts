@@ -250,6 +250,28 @@ class Listener {
 const listenError = (channel: string, error: QueryError): SqlError =>
   new SqlError({ cause: error, message: `LISTEN ${quoteIdent(channel)} failed: ${error.message}` })
 
+/** The longest name PostgreSQL keeps, in bytes (NAMEDATALEN - 1). */
+const MAX_NAME_BYTES = 63
+
+/**
+ * A channel name the server would not listen to as given, or `undefined`. A longer name than 63 bytes is
+ * shortened by LISTEN (with only a NOTICE), so its notifications would arrive under the shortened name, never
+ * this stream's (and `notify`'s pg_notify refuses it); a NUL would end the statement's text.
+ */
+const invalidChannel = (channel: string): SqlError | undefined => {
+  if (typeof channel !== "string") {
+    return new SqlError({ message: `A channel name must be a string; got ${typeof channel}` })
+  }
+  const bytes = Buffer.byteLength(channel)
+  const why = bytes > MAX_NAME_BYTES
+    ? `a channel name is at most ${MAX_NAME_BYTES} bytes, this one has ${bytes} (PostgreSQL would shorten it, and ` +
+      `its notifications would arrive under the shortened name, never on this stream)`
+    : channel.includes("\0")
+    ? "a channel name cannot hold a NUL character"
+    : undefined
+  return why === undefined ? undefined : new SqlError({ message: `Cannot listen to ${quoteIdent(channel)}: ${why}` })
+}
+
 /** `listen` with `pooler: "transaction"`: refused, as a transaction pooler does not keep a LISTEN anywhere. */
 const behindPooler = (channel: string): SqlError =>
   new SqlError({
@@ -276,8 +298,10 @@ export const makeListen = (
       }),
       idleTimeToLive: "1 second"
     }),
-    (listener) => (channel: string) =>
-      core.config.pooler.mode === "transaction" ?
+    (listener) => (channel: string) => {
+      const invalid = invalidChannel(channel)
+      if (invalid !== undefined) return Stream.fail(invalid)
+      return core.config.pooler.mode === "transaction" ?
         Stream.fail(behindPooler(channel)) :
         Stream.asyncPush<string, SqlError>((emit) =>
           Effect.gen(function*() {
@@ -302,4 +326,5 @@ export const makeListen = (
             )
           })
         )
+    }
   )
