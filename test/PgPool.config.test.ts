@@ -105,7 +105,25 @@ describe("PgPool configuration", () => {
     ["statementTimeout", { statementTimeout: -1 }],
     ["queryTimeout", { queryTimeout: "later" as never }],
     ["reconnect", { reconnect: "exponential" as never }],
-    ["healthCheck.interval", { healthCheck: { interval: 0 } }]
+    ["healthCheck.interval", { healthCheck: { interval: 0 } }],
+    // a NUL ends a string on the wire: the server would read the rest as the next fields of the message
+    ["user", { user: "post\0gres" }],
+    ["database", { database: "post\0gres" }],
+    ["applicationName", { applicationName: "app\0" }],
+    ["options", { options: "-c a=\0" }],
+    ["setSession", { setSession: ["SET TIME ZONE 'UTC'\0"] }],
+    ["password", { password: Redacted.make("secret\0anything") }],
+    // Effect's Duration reads a negative one as zero
+    ["acquireTimeout", { acquireTimeout: "-5 seconds" }],
+    ["drainTimeout", { drainTimeout: " -1 seconds" }],
+    ["statementTimeout", { statementTimeout: 1e12 }],
+    ["healthCheck", { healthCheck: { idleTreshold: 5 } as never }],
+    ["healthCheck", { healthCheck: [] as never }],
+    ["ssl", { ssl: { rejectUnauthorised: false } as never }],
+    ["ssl", { ssl: { rejectUnauthorized: "false" } as never }],
+    ["ssl", { ssl: { ca: 123 } as never }],
+    ["url", { url: "postgres://user:pa%zz@localhost/db" }],
+    ["url", { url: "postgres://localhost/db?connect_timeout=0.5" }]
   ]
   for (const [field, config] of invalid) {
     it.effect(`an invalid ${field} fails the layer with a ConfigError naming it: ${JSON.stringify(config)}`, () =>
@@ -783,6 +801,28 @@ describe("configuration that means what it says", () => {
       assert.strictEqual(Duration.toMillis(five.connectTimeout), 5000)
       const bad = yield* Effect.flip(resolve({ url: withParams({ connect_timeout: "soon" }) }))
       assertConfigError(bad, "url")
+      // whole seconds, at least two (libpq's clock ticks in seconds)
+      const one = yield* resolve({ url: withParams({ connect_timeout: "1" }) })
+      assert.strictEqual(Duration.toMillis(one.connectTimeout), 2000)
+      const fractional = yield* Effect.flip(PgPool.configFromEnv.pipe(
+        Effect.flatMap(resolve),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["PGCONNECT_TIMEOUT", "0.5"]])))
+      ))
+      assert.include(String(fractional), "PGCONNECT_TIMEOUT")
+    }))
+
+  it.effect("a statementTimeout under a millisecond still bounds statements (PostgreSQL's 0 would mean no limit)", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(PgPool.query("select pg_sleep(0.2)"))
+      assert.strictEqual((error as { code?: string }).code, "57014")
+    }).pipe(Effect.provide(PgPool.layer({ ...testConfig(), statementTimeout: Duration.micros(400n) }))))
+
+  it.effect("the options of healthCheck and ssl are checked by name: a misspelt one is a ConfigError naming the one meant", () =>
+    Effect.gen(function*() {
+      const health = yield* Effect.flip(resolve({ healthCheck: { idleTreshold: "1 second" } as never }))
+      assert.include(String(health), "did you mean idleThreshold?")
+      const ssl = yield* Effect.flip(resolve({ ssl: { rejectUnauthorised: false } as never }))
+      assert.include(String(ssl), "did you mean rejectUnauthorized?")
     }))
 
   it.live("pg reads nothing from the process environment behind the configuration", () => {

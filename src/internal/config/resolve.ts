@@ -16,7 +16,7 @@ import type { Config, ResetMode } from "../../PgPool.js"
 import { ConnectionError } from "../../PgPoolError.js"
 import { PoolerWatch } from "../connection/pooler.js"
 import { sharedWhileRunning } from "../shared.js"
-import { invalid, unknownField } from "./fields.js"
+import { closest, invalid, unknownField } from "./fields.js"
 import { isSslMode, knownUrlParams, libpqSeconds, type ParsedUrl, parseUrl, sslModes } from "./url.js"
 
 /** @internal */
@@ -219,7 +219,11 @@ const millis = (
   options: { readonly allowZero: boolean }
 ): number | undefined | ConfigError.ConfigError => {
   if (value === undefined) return fallback
-  if (typeof value === "number" && (value < 0 || Number.isNaN(value))) {
+  // Effect's Duration takes a negative one for zero: refused here, as a negative number is
+  if (
+    (typeof value === "number" && (value < 0 || Number.isNaN(value))) ||
+    (typeof value === "string" && /^\s*-/.test(value))
+  ) {
     return invalid(field, `${field} must be a non-negative duration, got ${value}`)
   }
   const decoded = Duration.decodeUnknown(value)
@@ -232,6 +236,10 @@ const millis = (
 }
 
 const isError = (u: unknown): u is ConfigError.ConfigError => ConfigError.isConfigError(u)
+
+/** A NUL character ends a string on the wire: the server would read the rest as the message's next fields. */
+const holdsNul = (field: string) =>
+  invalid(field, `${field} cannot hold a NUL character (the PostgreSQL protocol ends a string at its first NUL)`)
 
 /**
  * Checks every field and fills in the defaults.
@@ -256,7 +264,12 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
     if (typeof raw !== "string") return invalid("url", "url must be a string or a Redacted string")
     parsed = parseUrl(raw)
     if (parsed === undefined) {
-      return invalid("url", "url is not a PostgreSQL connection URI (postgres://user:password@host:port/database)")
+      return invalid(
+        "url",
+        badPercentEncoding(raw)
+          ? "url has a % that does not start a percent-encoded character (write %25 for a % in a password or name)"
+          : "url is not a PostgreSQL connection URI (postgres://user:password@host:port/database)"
+      )
     }
     for (const name of parsed.params.keys()) {
       if (!knownUrlParams.has(name)) {
@@ -328,6 +341,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   if (user !== undefined && (typeof user !== "string" || user === "")) {
     return invalid("user", "user must be a non-empty string or an Effect that yields one (or a Redacted one)")
   }
+  if (user !== undefined && user.includes("\0")) return holdsNul("user")
   const database = config.database ?? parsed?.database ?? params.get("dbname") ?? user
   if (database === undefined) {
     return invalid(
@@ -338,6 +352,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   if (typeof database !== "string" || database === "") {
     return invalid("database", "database must be a non-empty string")
   }
+  if (database.includes("\0")) return holdsNul("database")
   const passwordEffect = Effect.isEffect(config.password) ? config.password : undefined
   if (config.password !== undefined && passwordEffect === undefined && !Redacted.isRedacted(config.password)) {
     return invalid(
@@ -351,6 +366,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   const password = (passwordEffect === undefined ? config.password as Redacted.Redacted | undefined : undefined) ??
     parsed?.password ??
     (params.has("password") ? Redacted.make(params.get("password")!) : undefined)
+  if (password !== undefined && Redacted.value(password).includes("\0")) return holdsNul("password")
 
   const ssl = resolveSsl(config, params)
   if (isError(ssl)) return ssl
@@ -359,8 +375,10 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   if (applicationName !== undefined && typeof applicationName !== "string") {
     return invalid("applicationName", "applicationName must be a string")
   }
+  if (applicationName?.includes("\0")) return holdsNul("applicationName")
   const options = config.options ?? params.get("options")
   if (options !== undefined && typeof options !== "string") return invalid("options", "options must be a string")
+  if (options?.includes("\0")) return holdsNul("options")
   if (config.types !== undefined && typeof config.types?.getTypeParser !== "function") {
     return invalid("types", "types must have a getTypeParser function (node-postgres' types)")
   }
@@ -412,6 +430,7 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   if (!Array.isArray(setSession) || setSession.some((s) => typeof s !== "string" || s.trim() === "")) {
     return invalid("setSession", "setSession must be an array of non-empty SQL strings")
   }
+  if (setSession.some((s) => s.includes("\0"))) return holdsNul("setSession")
   const reset = config.reset ?? "transaction"
   if (reset !== "transaction" && reset !== "always" && reset !== "full") {
     return invalid("reset", `reset must be "transaction", "always" or "full", got ${JSON.stringify(reset)}`)
@@ -450,6 +469,13 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   if (config.lazy !== undefined && typeof config.lazy !== "boolean") return invalid("lazy", "lazy must be a boolean")
   const statementTimeout = millis("statementTimeout", config.statementTimeout, undefined, { allowZero: false })
   if (isError(statementTimeout)) return statementTimeout
+  if (statementTimeout !== undefined && statementTimeout !== Infinity && statementTimeout > MAX_STATEMENT_TIMEOUT) {
+    return invalid(
+      "statementTimeout",
+      `statementTimeout can be at most ${MAX_STATEMENT_TIMEOUT} ms (about 24.8 days, PostgreSQL's limit); leave it out ` +
+        `for no limit`
+    )
+  }
   const queryTimeout = millis("queryTimeout", config.queryTimeout, undefined, { allowZero: false })
   if (isError(queryTimeout)) return queryTimeout
   const leakDetectionThreshold = millis("leakDetectionThreshold", config.leakDetectionThreshold, undefined, {
@@ -595,14 +621,71 @@ export const resolveSync = (config: Config): ResolvedConfig | ConfigError.Config
   }
 }
 
+/** PostgreSQL's largest statement_timeout, in milliseconds (a 32-bit integer). */
+const MAX_STATEMENT_TIMEOUT = 2_147_483_647
+
+const healthCheckKeys = ["idleThreshold", "interval", "timeout"]
+
+const sslKeys = [
+  "mode",
+  "ca",
+  "caFile",
+  "cert",
+  "certFile",
+  "key",
+  "keyFile",
+  "passphrase",
+  "rejectUnauthorized",
+  "servername"
+]
+
+/** A key of the options object `field` that it does not have, as a `ConfigError` naming it and the key meant. */
+const unknownKeyOf = (field: string, options: object, keys: ReadonlyArray<string>) => {
+  const key = Object.keys(options).find((key) =>
+    !keys.includes(key) && (options as Record<string, unknown>)[key] !== undefined
+  )
+  if (key === undefined) return undefined
+  const meant = closest(key, keys)
+  return invalid(
+    field,
+    `${field} has no option ${JSON.stringify(key)}${meant === undefined ? "" : ` (did you mean ${meant}?)`}; its ` +
+      `options are ${keys.join(", ")}`
+  )
+}
+
+/** The TLS options whose values are not of their type (the key and passphrase are checked on their own). */
+const sslTypes = (options: Connector.SslOptions): ConfigError.ConfigError | undefined => {
+  for (const key of ["ca", "caFile", "cert", "certFile", "keyFile", "servername"] as const) {
+    const value: unknown = options[key]
+    if (value !== undefined && typeof value !== "string") return invalid("ssl", `ssl.${key} must be a string`)
+  }
+  const reject: unknown = options.rejectUnauthorized
+  if (reject !== undefined && typeof reject !== "boolean") {
+    return invalid("ssl", "ssl.rejectUnauthorized must be a boolean")
+  }
+  return undefined
+}
+
+/** Whether `url` has a `%` that does not start a valid percent-encoded character (libpq refuses such a URI). */
+const badPercentEncoding = (url: string): boolean => {
+  try {
+    decodeURIComponent(url)
+    return false
+  } catch {
+    return true
+  }
+}
+
 const resolveHealthCheck = (input: Config["healthCheck"]): HealthCheck | ConfigError.ConfigError => {
   if (input === false) {
     return { enabled: false, idleThreshold: Infinity, interval: Infinity, timeout: Duration.seconds(5) }
   }
   const options = input === undefined || input === true ? {} : input
-  if (typeof options !== "object" || options === null) {
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
     return invalid("healthCheck", "healthCheck must be a boolean or { idleThreshold, interval, timeout }")
   }
+  const unknownKey = unknownKeyOf("healthCheck", options, healthCheckKeys)
+  if (unknownKey !== undefined) return unknownKey
   const idleThreshold = millis("healthCheck.idleThreshold", options.idleThreshold, 5_000, { allowZero: true })
   if (isError(idleThreshold)) return idleThreshold
   const interval = millis("healthCheck.interval", options.interval, 60_000, { allowZero: false })
@@ -631,6 +714,8 @@ const resolveSsl = (
     return invalid("ssl", "ssl must be a boolean or an object of TLS options")
   }
   const options: Connector.SslOptions = typeof ssl === "object" ? ssl : {}
+  const wrongSsl = unknownKeyOf("ssl", options, sslKeys) ?? sslTypes(options)
+  if (wrongSsl !== undefined) return wrongSsl
   if (options.key !== undefined && !Redacted.isRedacted(options.key)) {
     return invalid("ssl", "ssl.key must be a Redacted value")
   }
@@ -697,7 +782,10 @@ export const connectOptions = (
   credentials: Credentials = {}
 ): Connector.ConnectOptions => {
   const parameters: Record<string, string> = {}
-  if (config.statementTimeout !== undefined) parameters.statement_timeout = String(Math.round(config.statementTimeout))
+  // in whole milliseconds, at least 1: PostgreSQL takes 0 for no limit
+  if (config.statementTimeout !== undefined) {
+    parameters.statement_timeout = String(Math.max(1, Math.round(config.statementTimeout)))
+  }
   return {
     host: host.host,
     port: host.port,

@@ -15,13 +15,8 @@ export interface ParsedUrl {
   readonly params: ReadonlyMap<string, string>
 }
 
-const decode = (part: string): string => {
-  try {
-    return decodeURIComponent(part)
-  } catch {
-    return part
-  }
-}
+/** Throws on a `%` that does not start a percent-encoded character: `parseUrl` refuses the URL then (as libpq). */
+const decode = (part: string): string => decodeURIComponent(part)
 
 /**
  * Parses a libpq connection URI: `postgres[ql]://[user[:password]@][host[:port][,host[:port]...]][/database][?param=value&...]`.
@@ -33,11 +28,20 @@ const decode = (part: string): string => {
  * copied into errors, logs and the pool's name (a metric label). A URL with an `@` in those places is
  * refused instead (`undefined`: a `ConfigError` that quotes nothing of it): write `%40` for an `@` in a
  * database name. So is a query with an `@` and a parameter this pool does not know (whose name, quoted in the
- * error otherwise, may be part of a password with `?` and `=` in it).
+ * error otherwise, may be part of a password with `?` and `=` in it), and, as libpq refuses it, a `%` that does
+ * not start a percent-encoded character.
  *
  * @internal
  */
 export const parseUrl = (url: string): ParsedUrl | undefined => {
+  try {
+    return parse(url)
+  } catch {
+    return undefined
+  }
+}
+
+const parse = (url: string): ParsedUrl | undefined => {
   const match = /^postgres(?:ql)?:\/\/([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?(?:#(.*))?$/.exec(url.trim())
   if (match === null) return undefined
   const [, authority = "", path, query, fragment] = match
@@ -86,10 +90,16 @@ export const sslModes: ReadonlyArray<Connector.SslMode> = [
 /** @internal */
 export const isSslMode = (u: unknown): u is Connector.SslMode => sslModes.includes(u as Connector.SslMode)
 
-/** libpq's `connect_timeout`: seconds; zero or negative means no limit. NaN when it is not a number. @internal */
+/**
+ * libpq's `connect_timeout`, in milliseconds: a whole number of seconds; zero or negative means no limit, and 1
+ * means 2 (libpq insists on two seconds at least, as its clock ticks in whole seconds). NaN when it is not an
+ * integer (libpq refuses it).
+ *
+ * @internal
+ */
 export const libpqSeconds = (text: string): number => {
-  const seconds = text.trim() === "" ? NaN : Number(text)
-  return Number.isNaN(seconds) ? NaN : seconds <= 0 ? Infinity : seconds * 1000
+  const seconds = /^\s*[-+]?\d+\s*$/.test(text) ? Number(text) : NaN
+  return Number.isNaN(seconds) ? NaN : seconds <= 0 ? Infinity : Math.max(2, seconds) * 1000
 }
 
 /** The URL parameters this pool supports: any other is a `ConfigError` naming it. @internal */
