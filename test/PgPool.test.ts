@@ -91,7 +91,7 @@ describe("PgPool", () => {
         assert.deepStrictEqual(yield* PgPool.query(text(65_535), values(65_535)), [{ n: 65_535 }])
       }).pipe(Effect.provide(testLayer())))
 
-    it.effect("a function, a symbol or an invalid Date as a parameter is a QueryError 22023 naming it, not sent", () =>
+    it.effect("a parameter without a faithful PostgreSQL value (a function, a symbol, an invalid Date, a Map, an ArrayBuffer, an Effect, a lone surrogate) is a QueryError naming it, not sent", () =>
       Effect.gen(function*() {
         const refused = (params: ReadonlyArray<unknown>, why: string) =>
           Effect.gen(function*() {
@@ -104,6 +104,28 @@ describe("PgPool", () => {
         yield* refused([Symbol("s"), "ok"], "parameter $1 is a symbol")
         yield* refused([new Date("never"), "ok"], "parameter $1 is an invalid Date")
         yield* refused([[1, () => 2], "ok"], "parameter $1 is an array holding a function")
+        // what node-postgres would write as JSON, losing what it is
+        yield* refused([new ArrayBuffer(2), "ok"], "parameter $1 is an ArrayBuffer, which would be written as {}")
+        yield* refused(["ok", new Map([[1, 2]])], "parameter $2 is a Map, which JSON writes as {}")
+        yield* refused([new Set([1]), "ok"], "parameter $1 is a Set")
+        yield* refused([Promise.resolve(1), "ok"], "parameter $1 is a Promise (was it passed instead of its result?)")
+        yield* refused([Effect.succeed(1), "ok"], "parameter $1 is an Effect (was it passed instead of its result?")
+        yield* refused([Option.some(1), "ok"], "parameter $1 is an Option")
+        // a lone surrogate would be replaced by U+FFFD, in a parameter or in the text
+        yield* refused(["a\uD800b", "ok"], "parameter $1 is a string holding a lone UTF-16 surrogate")
+        yield* refused([["x", "\uDC00"], "ok"], "parameter $1 is an array holding a string holding a lone UTF-16")
+        const text = yield* Effect.flip(PgPool.query("select '\uD800' as a"))
+        assert.strictEqual((text as { code?: string }).code, "22021")
+        assert.include(text.message, "lone UTF-16 surrogate")
+        // what is sent as it is: a well-formed astral character, a typed array's bytes, -0 (node-postgres sent 0)
+        const [sent] = yield* PgPool.query("select $1::text as a, $2::bytea as b, $3::float8 as z", [
+          "\uD83D\uDE00",
+          new Uint8Array([1, 2]),
+          -0
+        ])
+        assert.strictEqual(sent!.a, "\uD83D\uDE00")
+        assert.deepStrictEqual([...(sent!.b as Uint8Array)], [1, 2])
+        assert.isTrue(Object.is(sent!.z, -0), `-0 arrived as ${String(sent!.z)}`)
         // the same in a transaction, which goes on: the server never saw the statement
         const [row] = yield* Transaction.withTransaction(Effect.gen(function*() {
           yield* refused([() => 1, "ok"], "parameter $1 is a function")

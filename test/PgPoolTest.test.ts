@@ -415,6 +415,10 @@ const scenarios: ReadonlyArray<Scenario> = [
         circularInArray: yield* refused([[1, [circular()]]]),
         nul: yield* refused(["a\0b"]),
         nulInArray: yield* refused([["a", "b\0"]]),
+        arrayBuffer: yield* refused([new ArrayBuffer(1)]),
+        map: yield* refused([new Map()]),
+        effect: yield* refused([Effect.void]),
+        loneSurrogate: yield* refused(["\uD800"]),
         tooMany: yield* refused(Array.from({ length: 65_536 }, () => 1)),
         notAnArray: yield* refused("ab" as unknown as ReadonlyArray<unknown>),
         nulText: yield* Effect.map(

@@ -5,6 +5,9 @@
  *
  * @internal
  */
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import { QueryError } from "../../PgPoolError.js"
 
 /** The most parameters one statement can carry: the extended protocol counts them in 16 bits. */
@@ -20,6 +23,7 @@ const MAX_PARAMETERS = 65_535
  * - A NUL character in its text: 22021, as the server words a NUL in a parameter. The protocol ends the text at
  *   its first NUL: the server would read the rest as the message's other fields and answer with a protocol
  *   error (08P01), or, should the rest read as valid fields, run the text before the NUL alone.
+ * - A lone UTF-16 surrogate in its text: 22021 (written as UTF-8, it would be replaced by U+FFFD).
  *
  * @internal
  */
@@ -40,9 +44,16 @@ export const unsendableStatement = (
     }
   }
   const nul = text.indexOf("\0")
-  return nul === -1 ? undefined : new QueryError({
-    message: `A statement's text cannot hold a NUL character (found at offset ${nul}), so it was not sent: ` +
-      `PostgreSQL ends a statement's text at its first NUL (SQLSTATE 22021)`,
+  if (nul !== -1) {
+    return new QueryError({
+      message: `A statement's text cannot hold a NUL character (found at offset ${nul}), so it was not sent: ` +
+        `PostgreSQL ends a statement's text at its first NUL (SQLSTATE 22021)`,
+      code: "22021"
+    })
+  }
+  return wellFormed(text) ? undefined : new QueryError({
+    message: `A statement's text cannot hold a lone UTF-16 surrogate, which UTF-8 cannot encode (it would be ` +
+      `replaced by U+FFFD), so it was not sent (SQLSTATE 22021)`,
     code: "22021"
   })
 }
@@ -60,8 +71,10 @@ const describe = (value: unknown): string => {
 /**
  * Why parameter `$index + 1` cannot be sent, or `undefined`. A function or a symbol has no PostgreSQL value
  * (node-postgres would send its source text or its description: a function passed instead of its result would
- * be stored as code), and an invalid Date would go out as the text "0NaN-NaN-NaN...". The elements of an
- * array are looked at too.
+ * be stored as code), an invalid Date would go out as the text "0NaN-NaN-NaN...", a string with a lone UTF-16
+ * surrogate would have it replaced (UTF-8 cannot encode it), and node-postgres writes the objects JSON cannot
+ * write whole as `{}` or worse: an ArrayBuffer (its bytes lost), a Map, a Set, a Promise, an Effect (one passed
+ * instead of its result, its `yield*` forgotten). The elements of an array are looked at too.
  *
  * @internal
  */
@@ -75,20 +88,48 @@ const MAX_DEPTH = 32
 
 const unsendable = (value: unknown, depth = 0): string | undefined => {
   switch (typeof value) {
+    case "string":
+      return wellFormed(value) ? undefined : `a string holding a lone UTF-16 surrogate, which UTF-8 cannot encode`
     case "function":
       return "a function, which has no PostgreSQL value (was it passed instead of its result?)"
     case "symbol":
       return "a symbol, which has no PostgreSQL value"
     case "object":
-      if (value instanceof Date) return Number.isNaN(value.getTime()) ? "an invalid Date" : undefined
-      if (Array.isArray(value) && depth < MAX_DEPTH) {
-        for (const element of value) {
-          const why = unsendable(element, depth + 1)
-          if (why !== undefined) return `an array holding ${why}`
-        }
+      if (value === null || value instanceof Date) {
+        return value !== null && Number.isNaN(value.getTime()) ? "an invalid Date" : undefined
       }
-      return undefined
+      if (Array.isArray(value)) {
+        if (depth < MAX_DEPTH) {
+          for (const element of value) {
+            const why = unsendable(element, depth + 1)
+            if (why !== undefined) return `an array holding ${why}`
+          }
+        }
+        return undefined
+      }
+      return unwritableObject(value)
     default:
       return undefined
   }
+}
+
+/** Whether a string has no lone surrogate (a one-byte string cannot hold one: V8 answers those at once). */
+const wellFormed = (value: string): boolean => (value as unknown as { isWellFormed(): boolean }).isWellFormed()
+
+/** An object node-postgres would write as JSON, which loses what it is. */
+const unwritableObject = (value: object): string | undefined => {
+  if (ArrayBuffer.isView(value) || typeof (value as { toPostgres?: unknown }).toPostgres === "function") {
+    return undefined
+  }
+  if (value instanceof ArrayBuffer || value instanceof SharedArrayBuffer) {
+    return "an ArrayBuffer, which would be written as {} (pass its bytes: Buffer.from(buffer) or new Uint8Array(buffer))"
+  }
+  if (value instanceof Map) return "a Map, which JSON writes as {} (convert it first, e.g. Object.fromEntries(map))"
+  if (value instanceof Set) return "a Set, which JSON writes as {} (convert it first, e.g. [...set])"
+  if (value instanceof WeakMap || value instanceof WeakSet) return "a WeakMap or WeakSet, which has no PostgreSQL value"
+  if (value instanceof Promise) return "a Promise (was it passed instead of its result?)"
+  if (Option.isOption(value)) return "an Option (pass its value, or null for None: Option.getOrNull)"
+  if (Either.isEither(value)) return "an Either (pass its value)"
+  if (Effect.isEffect(value)) return "an Effect (was it passed instead of its result? yield* it first)"
+  return undefined
 }

@@ -38,6 +38,8 @@ type Parser = (value: string) => unknown
 export const prepareParameter = (value: unknown, index: number): unknown => {
   const why = unsendableParameter(value, index)
   if (why !== undefined) throw new TypeError(why)
+  // node-postgres writes -0 as "0" (String(-0)): a float column would store +0
+  if (value === 0 && Object.is(value, -0)) return "-0"
   return pgUtils.prepareValue(value)
 }
 
