@@ -53,6 +53,56 @@ describe("pipelining", () => {
       assert.deepStrictEqual(yield* pool.withConnection(pool.query("select 1 as one")), [{ one: 1 }])
     }))
 
+  it.scopedLive("a statement that leaves a transaction open fails 25000 and takes no statement with it: nothing rides behind it", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "pipe-begin", maxConnections: 2, pipelineDepth: 16 })
+      yield* pool.query("create table pipe_begin (id int)")
+      // every 25th statement opens a transaction it does not end: the inserts behind it would run inside that
+      // transaction and be rolled back with it when the connection went back to the pool
+      const opens = (i: number) => i % 25 === 0
+      const exits = yield* Effect.forEach(
+        Array.from({ length: 400 }, (_, i) => i),
+        (i) =>
+          Effect.exit(
+            opens(i)
+              ? pool.query(i % 2 === 0 ? `begin; insert into pipe_begin values (-${i})` : "BEGIN")
+              : pool.query("insert into pipe_begin values ($1)", [i])
+          ),
+        { concurrency: 64 }
+      )
+      const stats = yield* pool.stats
+      assert.isAbove(stats.pipelined, 50, "the inserts were pipelined")
+      exits.forEach((exit, i) => {
+        if (opens(i)) {
+          const error = failureOf(exit)
+          assert.strictEqual((error as { code?: string }).code, "25000", String(i))
+          assert.include((error as Error).message, "left a transaction open")
+        } else {
+          assert.isTrue(Exit.isSuccess(exit), String(i))
+        }
+      })
+      const rows = yield* pool.query(
+        "select count(*)::int as n, count(*) filter (where id < 0)::int as opened from pipe_begin"
+      )
+      assert.deepStrictEqual(
+        rows,
+        [{ n: 384, opened: 0 }],
+        "every insert reported done is there; the open ones rolled back"
+      )
+      assert.strictEqual((yield* pool.stats).inUse, 0)
+      const idleInTransaction = yield* adminQuery(
+        "select count(*)::int as n from pg_stat_activity where application_name = 'pipe-begin' and state like 'idle in transaction%'"
+      )
+      assert.deepStrictEqual(idleInTransaction, [{ n: 0 }])
+      // a transaction on one connection is still the user's to run
+      yield* pool.withConnection(Effect.gen(function*() {
+        yield* pool.query("BEGIN")
+        yield* pool.query("insert into pipe_begin values (1000)")
+        yield* pool.query("COMMIT")
+      }))
+      assert.deepStrictEqual(yield* pool.query("select count(*)::int as n from pipe_begin where id = 1000"), [{ n: 1 }])
+    }))
+
   it.scopedLive("a long statement holds up nothing: statements are not sent behind it once it has run a while", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "pipe-long", maxConnections: 2, pipelineDepth: 16 })

@@ -430,6 +430,25 @@ const scenarios: ReadonlyArray<Scenario> = [
     })
   },
   {
+    name:
+      "a one-shot statement that leaves a transaction open fails (25000) and is rolled back; pinned, it is the user's",
+    config: { maxConnections: 1 },
+    run: Effect.gen(function*() {
+      const begin = yield* Effect.flip(PgPool.query("BEGIN"))
+      const pinned = yield* PgPool.withConnection(Effect.gen(function*() {
+        yield* PgPool.query("BEGIN")
+        const inside = yield* PgPool.query("select 1 as x")
+        yield* PgPool.query("COMMIT")
+        return inside
+      }))
+      return {
+        begin: begin._tag === "QueryError" ? [begin.code, begin.message] : [begin._tag],
+        pinned,
+        after: yield* PgPool.query("select 1 as x")
+      }
+    })
+  },
+  {
     name: "reset 'full' with setSession",
     config: { reset: "full", setSession: ["SET TIME ZONE 'UTC'"] },
     run: Effect.zipRight(

@@ -12,6 +12,7 @@ import { serialize } from "pg-protocol"
 import pgUtils from "pg/lib/utils.js"
 import type * as Connector from "../../Connector.js"
 import { unsendableParameter } from "./limits.js"
+import { needsSimpleQuery } from "./text.js"
 
 /** A RowDescription field, as pg-protocol parses it. */
 interface WireField {
@@ -258,27 +259,6 @@ const enum Wire {
  * exits without reading anything more.
  */
 const idleFatalCodes = new Set(["57P01", "57P02", "57P05"])
-
-/** A COPY statement, by its first keyword (after comments). */
-const copyStatement = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[^]*?\*\/)*copy\b/i
-
-/**
- * Texts that go out as a simple Query even without parameters: more than one statement (a ';' before the
- * end: the extended protocol takes one statement per Parse; a ';' in a literal or a comment is taken for one
- * too, which only costs the proof of `neverRan`), and COPY (COPY FROM STDIN answered with CopyFail over the
- * extended protocol would wait for a Sync that was sent before it).
- */
-const needsSimpleQuery = (text: string): boolean => {
-  const semicolon = text.indexOf(";")
-  if (semicolon !== -1) {
-    for (let i = semicolon + 1; i < text.length; i++) {
-      const c = text.charCodeAt(i)
-      // anything but white space after the first ';'
-      if (c !== 32 && (c < 9 || c > 13)) return true
-    }
-  }
-  return copyStatement.test(text)
-}
 
 /** @internal */
 export type Done = (error: Error | null, result: Connector.QueryResult | undefined) => void

@@ -509,7 +509,7 @@ export class PoolCore {
     let moved = false
     while (conn.oneShots < depth) {
       const head = this.queue.head
-      if (head === undefined || head.ride === undefined || !this.ridable(conn, now, head.deadline - now)) break
+      if (head?.ride === undefined || head.exclusive === true || !this.ridable(conn, now, head.deadline - now)) break
       this.queue.shift()
       head.ride(conn)
       moved = true

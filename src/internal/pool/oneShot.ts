@@ -14,9 +14,10 @@ import * as Ref from "effect/Ref"
 import type * as Tracer from "effect/Tracer"
 import type * as Connector from "../../Connector.js"
 import type * as PgPool from "../../PgPool.js"
-import type { ConnectionError, PoolError, QueryError } from "../../PgPoolError.js"
+import { type ConnectionError, type PoolError, QueryError } from "../../PgPoolError.js"
 import type { Physical } from "../connection/physical.js"
 import { unsendableStatement } from "../connector/limits.js"
+import { mayOpenTransaction } from "../connector/text.js"
 import { checkedOutFrom } from "../tracing.js"
 import type { PoolCore } from "./core.js"
 import { release, releaseWith } from "./release.js"
@@ -71,7 +72,12 @@ class QueryOp<A = unknown> implements Waiter {
     /** The span of `PgPool.query`, when a tracer is installed. */
     readonly span: Tracer.Span | undefined,
     /** How many times the statement was sent again already because it provably never ran (see `lostAgain`). */
-    readonly resent: number
+    readonly resent: number,
+    /**
+     * It may leave a transaction open (`mayOpenTransaction`): it is never pipelined, nor is anything sent behind
+     * it, which would run inside that transaction (and be rolled back with it when the connection is returned).
+     */
+    readonly exclusive: boolean
   ) {}
   /** The handlers of the wait (the op is its own `matchCauseEffect` options, to save allocations). */
   readonly onFailure = (cause: Cause.Cause<PoolError>): Effect.Effect<never, PoolError> =>
@@ -114,7 +120,7 @@ class QueryOp<A = unknown> implements Waiter {
   send(conn: Physical): void {
     this.state = OpState.Running
     const driver = conn.driver
-    if (this.core.config.pipelineDepth > 1 && driver.sendPipelined !== undefined) {
+    if (this.core.config.pipelineDepth > 1 && driver.sendPipelined !== undefined && !this.exclusive) {
       // a rider took its place when it boarded
       if (!this.piped) {
         this.piped = true
@@ -137,12 +143,16 @@ class QueryOp<A = unknown> implements Waiter {
       if (this.abandoned && last) core.runBackground(release(core, conn))
       return
     }
-    this.error = error
+    // a transaction left open ends with the checkout: rolled back when the connection is returned, so the
+    // statement fails instead of reporting what is undone (alone on its connection: see `exclusive`)
+    const status = error === undefined && !this.piped ? conn.driver.transactionStatus() : "idle"
+    const failure = status === "idle" ? error : leftOpen(status)
+    this.error = failure
     this.result = result
     this.last = last
     // resumed first (the fiber runs later, on the scheduler), so it comes back before the next waiter's fiber
     this.resume!(Effect.succeed(this))
-    if (error === undefined && !core.counting) {
+    if (failure === undefined && !core.counting) {
       this.state = OpState.Released
       this.releasing = last ? releaseWith(core, conn, 0) : Effect.void
     } else {
@@ -223,6 +233,20 @@ const handOut = <A>(
   return released === Effect.void ? Effect.succeed(value) : Effect.as(released, value)
 }
 
+/**
+ * The failure of a one-shot statement that left its connection in a transaction (a BEGIN without its COMMIT):
+ * the transaction cannot outlive the statement, whose connection goes back to the pool, where it is rolled
+ * back.
+ */
+const leftOpen = (status: Connector.TransactionStatus): QueryError =>
+  new QueryError({
+    message: `The statement left a transaction open (${status === "failed" ? "failed" : "in progress"}), which ` +
+      `cannot outlive it: its connection goes back to the pool, where the transaction is rolled back. Run the ` +
+      `statements of a transaction in Transaction.withTransaction (or on one connection, PgPool.withConnection), ` +
+      `or end the transaction in the same text (SQLSTATE 25000)`,
+    code: "25000"
+  })
+
 /** @internal */
 export const rowsOf = (result: Connector.QueryResult): ReadonlyArray<PgPool.Row> => result.rows
 
@@ -269,10 +293,11 @@ export const oneShot = <A>(
   }
   return Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
     if (core.closed) return Effect.fail(core.closedError())
-    const op = new QueryOp(core, text, params, rowMode, project, retry, restore, span, resent)
+    const exclusive = mayOpenTransaction(text)
+    const op = new QueryOp(core, text, params, rowMode, project, retry, restore, span, resent, exclusive)
     const now = core.clock.unsafeCurrentTimeMillis()
     const conn = core.takeIdleOrPing(now)
-    const host = conn === undefined && core.config.pipelineDepth > 1 ? core.pipelineHost(now) : undefined
+    const host = conn === undefined && core.config.pipelineDepth > 1 && !exclusive ? core.pipelineHost(now) : undefined
     if (host !== undefined) {
       // every connection is busy: sent behind the statements in flight on one of them
       op.board(host)
@@ -329,7 +354,12 @@ const oneShotTimed = <A>(
                 : Effect.failCause(cause)
             )
           },
-          onSuccess: (value) => Effect.as(release(core, conn), value)
+          onSuccess: (value) => {
+            const status = conn.driver.transactionStatus()
+            return status === "idle"
+              ? Effect.as(release(core, conn), value)
+              : Effect.zipRight(release(core, conn), Effect.fail(leftOpen(status)))
+          }
         }
       )
     })

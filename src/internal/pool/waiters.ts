@@ -26,6 +26,8 @@ export interface Waiter {
   fail(error: PoolError): void
   /** A one-shot statement only: sent behind the statements in flight on `conn` (pipelining). */
   ride?: ((conn: Physical) => void) | undefined
+  /** A one-shot statement that may leave a transaction open: it never rides, and nothing rides behind it. */
+  readonly exclusive?: boolean | undefined
 }
 
 /** A fiber waiting for a connection of its own (`PgPool.connection`, `withConnection`, transactions). @internal */
