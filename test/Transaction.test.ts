@@ -342,6 +342,40 @@ describe("Transaction", () => {
       assert.strictEqual(yield* count("tx_failed"), 0)
     }).pipe(Effect.provide(Live)))
 
+  it.effect("a COMMIT or ROLLBACK in the body ends the transaction: it fails 25000, and so does every later statement of it", () =>
+    Effect.gen(function*() {
+      yield* fresh("tx_inner_end")
+      for (const end of ["commit", "ROLLBACK", "/* ends it */ end"]) {
+        const error = yield* Effect.flip(Transaction.withTransaction(Effect.gen(function*() {
+          yield* PgPool.query("insert into tx_inner_end (id) values (1)")
+          // the body that goes on after the failure: its statements are refused, they would run outside of it
+          const ended = yield* Effect.flip(PgPool.query(end))
+          const later = yield* Effect.flip(PgPool.query("insert into tx_inner_end (id) values (2)"))
+          assert.include(later.message, "A statement ended the transaction it ran in")
+          // and in a savepoint opened after it
+          const nested = yield* Effect.flip(Transaction.withTransaction(PgPool.query("select 1")))
+          assert.strictEqual((nested as { code?: string }).code, "25000")
+          return yield* Effect.fail(ended)
+        })))
+        assert.strictEqual((error as { code?: string }).code, "25000", end)
+        assert.include((error as Error).message, "A statement ended the transaction it ran in")
+        // what ran before it was committed (or rolled back) by it; nothing after it ran
+        assert.deepStrictEqual(
+          yield* PgPool.query("select id from tx_inner_end order by id"),
+          end === "ROLLBACK" ? [] : [{ id: 1 }],
+          end
+        )
+        yield* PgPool.query("delete from tx_inner_end")
+      }
+      assert.strictEqual(yield* idleInTransaction, 0)
+      // in a savepoint too: the whole transaction is gone
+      const nested = yield* Effect.flip(Transaction.withTransaction(
+        Transaction.withTransaction(PgPool.query("commit"))
+      ))
+      assert.strictEqual((nested as { code?: string }).code, "25000")
+      assert.deepStrictEqual(yield* PgPool.query("select 1 as one"), [{ one: 1 }])
+    }).pipe(Effect.provide(Live)))
+
   it.effect("a COMMIT that fails (deferred constraint) is a typed QueryError, not a defect", () =>
     Effect.gen(function*() {
       yield* PgPool.query("drop table if exists tx_child")

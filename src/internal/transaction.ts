@@ -115,7 +115,10 @@ const commit = (handle: Handle, token: TxToken): Effect.Effect<void, QueryError 
 const commitHandingOver = (handle: Handle, token: TxToken): Effect.Effect<void, QueryError | ConnectionError> =>
   Effect.suspend(() => {
     const conn = handle.conn
-    if (handle.released || conn.owner !== token || !canHandOver(handle.core, conn)) return commit(handle, token)
+    // (a transaction a statement of its body ended is not handed over: its COMMIT fails, see Physical.control)
+    if (handle.released || conn.owner !== token || token.endedInside || !canHandOver(handle.core, conn)) {
+      return commit(handle, token)
+    }
     const answer = Effect.async<Connector.QueryResult, QueryError | ConnectionError>((resume) => {
       conn.commitBehind((error, result) => resume(error === undefined ? Effect.succeed(result!) : Effect.fail(error)))
       conn.releaseOwner(token)

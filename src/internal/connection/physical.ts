@@ -41,6 +41,8 @@ export interface SessionEnv {
 export class TxToken {
   /** It ended (committed or rolled back): a fiber forked inside it that outlived it may not use the connection. */
   ended = false
+  /** A statement of its own ended it on the server (a COMMIT or ROLLBACK in its body): see `endedInside`. */
+  endedInside = false
   constructor(readonly parent: TxToken | undefined) {}
 }
 
@@ -262,6 +264,7 @@ export class Physical {
     then: (result: Connector.QueryResult) => Effect.Effect<A>,
     member: TxToken | undefined
   ): Effect.Effect<A, QueryError | ConnectionError> {
+    if (member !== undefined && endedInside(member)) return Effect.fail(endedInsideError())
     if (member?.ended === true) return Effect.fail(endedError())
     const unsendable = unsendableStatement(text, params)
     if (unsendable !== undefined) return Effect.fail(unsendable)
@@ -281,6 +284,15 @@ export class Physical {
             },
             onSuccess: (result) => {
               this.releaseTurn()
+              // the statement ended the transaction it ran in (a COMMIT or ROLLBACK of the body's own): what
+              // follows would run outside of any transaction, so it fails, and so does every later statement of it
+              if (member !== undefined && this.driver.transactionStatus() === "idle") {
+                for (let token: TxToken | undefined = member; token !== undefined; token = token.parent) {
+                  token.ended = true
+                  token.endedInside = true
+                }
+                return Effect.fail(endedInsideError())
+              }
               return then(result)
             }
           }
@@ -315,6 +327,13 @@ export class Physical {
     text: string,
     member: TxToken | undefined
   ): Effect.Effect<Connector.QueryResult, QueryError | ConnectionError> {
+    if (member !== undefined && endedInside(member)) {
+      // a statement of its body ended the transaction on the server: nothing is left to roll back (ROLLBACK,
+      // ROLLBACK TO), nor to commit, save or release
+      return text.startsWith("ROLLBACK")
+        ? Effect.succeed({ rows: [], fields: [], command: "ROLLBACK", rowCount: null })
+        : Effect.fail(endedInsideError())
+    }
     const inTurn = Effect.ensuring(this.controlInTurn(text), Effect.sync(this.releaser))
     if (!this.turnHeld && this.allowed(member)) {
       this.turnHeld = true
@@ -539,6 +558,22 @@ export const endedError = (): QueryError =>
     message:
       "The transaction this statement belongs to has ended (a fiber forked inside it outlived it): the statement is refused so that it cannot run outside of it (SQLSTATE 25P01)",
     code: "25P01"
+  })
+
+/** Whether a statement of `token`'s body, or of a transaction it is nested in, ended the transaction. */
+const endedInside = (token: TxToken): boolean => {
+  for (let t: TxToken | undefined = token; t !== undefined; t = t.parent) if (t.endedInside) return true
+  return false
+}
+
+/** A statement of a transaction's body ended the transaction on the server (see `runThen`). */
+const endedInsideError = (): QueryError =>
+  new QueryError({
+    message: "A statement ended the transaction it ran in (a COMMIT or ROLLBACK in the transaction's body): what " +
+      "ran before it was committed or rolled back by it, and the transaction's later statements are refused, as " +
+      "they would run outside of it. A transaction ends when its body does: it commits when the body succeeds, " +
+      "and rolls back when it fails (SQLSTATE 25000)",
+    code: "25000"
   })
 
 const beginLostError = (): QueryError =>
