@@ -441,9 +441,10 @@ export const layer = (config: Config): Layer.Layer<PgPool, ConnectionError | Con
   Layer.scoped(PgPool, make(config)).pipe(Layer.provide(Connector.layer))
 
 /**
- * What `layerConfig` reads: `Config.Wrap<Config>` (each field a `Config`, or the whole a `Config`), where
- * `password` and `user` may also be Effects run for each new connection (see `Config.password`); an Effect that
- * is not a `Config` is taken as such, a `Config` is read once at start.
+ * What `layerConfig` reads: `Config.Wrap<Config>` (each field a `Config`, or the whole a `Config`), where any
+ * field may also be given as a plain value (`pooler: "transaction"` next to `url: Config.redacted(...)`), and
+ * `password` and `user` as Effects run for each new connection (see `Config.password`): an Effect that is not
+ * a `Config` is taken as such, a `Config` is read once at start.
  *
  * @since 0.1.0
  * @category models
@@ -451,11 +452,19 @@ export const layer = (config: Config): Layer.Layer<PgPool, ConnectionError | Con
 export type LayerConfig =
   | Config_.Config.Wrap<Config>
   | {
-    readonly [K in keyof Config]: K extends "password" | "user" ?
-        | Config_.Config.Wrap<Config[K]>
-        | Exclude<Config[K], string | Redacted.Redacted | undefined>
-      : Config_.Config.Wrap<Config[K]>
+    readonly [K in keyof Config]:
+      | Config_.Config.Wrap<Config[K]>
+      | Config[K]
+      | (K extends "healthCheck" | "ssl" ? LayerConfigOptions<Exclude<Config[K], boolean | undefined>> : never)
   }
+
+/**
+ * The options of `healthCheck` and `ssl` in `layerConfig`: each a `Config` or a plain value.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type LayerConfigOptions<A> = { readonly [K in keyof A]: Config_.Config.Wrap<A[K]> | A[K] }
 
 /**
  * The pool as a Layer, its configuration read with `Config`:

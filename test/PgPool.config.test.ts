@@ -238,6 +238,39 @@ describe("PgPool configuration", () => {
       assert.deepStrictEqual(rows, [{ app: "from-config" }])
     }))
 
+  it.effect("layerConfig takes plain values next to Configs, in nested options too", () =>
+    Effect.gen(function*() {
+      const stats = yield* PgPool.stats.pipe(
+        Effect.provide(
+          PgPool.layerConfig({
+            url: Config.redacted("MY_DB_URL"),
+            applicationName: "plain-value",
+            maxConnections: 3,
+            setSession: ["SET TIME ZONE 'UTC'"],
+            reconnect: Schedule.spaced("10 millis"),
+            healthCheck: { interval: Config.duration("MY_INTERVAL"), timeout: "2 seconds" }
+          }).pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+            new Map([
+              ["MY_DB_URL", Redacted.value(testConfig().url as Redacted.Redacted)],
+              ["MY_INTERVAL", "1 minute"]
+            ])
+          ))))
+        )
+      )
+      assert.strictEqual(stats.maxConnections, 3)
+      // a plain value that is wrong is the same ConfigError as in PgPool.layer
+      const error = yield* Effect.flip(
+        Layer.build(
+          PgPool.layerConfig({ url: Config.redacted("MY_DB_URL"), pooler: "sometimes" as never }).pipe(
+            Layer.provide(
+              Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["MY_DB_URL", "postgres://localhost/db"]])))
+            )
+          )
+        )
+      )
+      assertConfigError(error, "pooler")
+    }).pipe(Effect.scoped))
+
   const withEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
     Layer.provide(PgPoolLive, Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries))))
 

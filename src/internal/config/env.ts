@@ -331,10 +331,22 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
  */
 export const perConnectEffects = (config: LayerConfig): EffectConfig.Config.Wrap<Config> => {
   if (EffectConfig.isConfig(config)) return config
-  const fields: Record<string, unknown> = { ...config }
-  for (const key of ["password", "user"] as const) {
-    const value = fields[key]
-    if (Effect.isEffect(value) && !EffectConfig.isConfig(value)) fields[key] = EffectConfig.succeed(value)
+  return plainAsConfig(config) as EffectConfig.Config.Wrap<Config>
+}
+
+/**
+ * Every value of `value` that is not a `Config` as `Config.succeed` of itself, so that `Config.unwrap` reads
+ * only Configs and records of them: a plain value next to Configs (`pooler: "transaction"`) is taken as it is
+ * (unwrap would look into a string's characters without end). Plain objects (`healthCheck`, `ssl`) are looked
+ * into, as unwrap does; anything else (an Effect for `password`/`user`, a Redacted, a Duration, a Schedule, an
+ * array) is one value.
+ */
+const plainAsConfig = (value: unknown): unknown => {
+  if (EffectConfig.isConfig(value)) return value
+  if (typeof value !== "object" || value === null || Object.getPrototypeOf(value) !== Object.prototype) {
+    return EffectConfig.succeed(value)
   }
-  return fields as EffectConfig.Config.Wrap<Config>
+  const fields: Record<string, unknown> = {}
+  for (const [key, field] of Object.entries(value)) fields[key] = plainAsConfig(field)
+  return fields
 }
