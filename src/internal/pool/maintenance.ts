@@ -224,6 +224,8 @@ export const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => 
   const count = Math.max(1, core.config.pooling ? core.config.minConnections : 1)
   const tokens = Array.from({ length: count }, () => beginConnect(core))
   let attempts = 0
+  // the probes of a host that did not answer connect too: their failures count as attempts
+  const failuresBefore = core.tally.connectFailures
   const hosts = core.role.hosts
   const attempt = (first: boolean): Effect.Effect<Physical, ConnectionError> =>
     open(core, !first).pipe(Effect.catchAll((error) =>
@@ -254,9 +256,10 @@ export const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => 
       onTimeout: () => {
         const last = core.lastConnectError
         const host = core.config.hosts[0]!
-        const tried = attempts === 0
+        const failed = Math.max(attempts, core.tally.connectFailures - failuresBefore)
+        const tried = failed === 0
           ? `the connect to ${host.host}:${host.port} did not complete`
-          : `${attempts} failed attempts, last: ${last?.message ?? "unknown"}`
+          : `${failed} failed attempt${failed === 1 ? "" : "s"}, last: ${last?.message ?? "unknown"}`
         return new ConnectionError({
           message: `Cannot start the pool: no connection within connectTimeout (${
             Duration.format(core.config.connectTimeout)
@@ -266,7 +269,7 @@ export const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => 
           port: last?.port ?? core.config.hosts[0]?.port,
           database: core.config.database,
           code: last?.code,
-          attempts
+          attempts: failed
         })
       }
     })
