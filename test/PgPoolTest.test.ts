@@ -69,13 +69,28 @@ describe("PgPoolTest.layer (the fake server)", () => {
       yield* Fiber.join(slow)
     }).pipe(Effect.provide(PgPoolTest.layer({ config: { maxConnections: 1, acquireTimeout: "10 seconds" } }))))
 
-  it.effect("refused connections are ConnectionErrors with the SQLSTATE", () =>
+  it.effect("refused connections are ConnectionErrors with the SQLSTATE, worded as the real connector words them", () =>
     Effect.gen(function*() {
       const server = yield* PgPoolTest.Controller
       yield* server.refuseConnections({ code: "28P01", message: "password authentication failed" })
       const error = yield* Effect.flip(PgPool.query("select 1"))
       assert.strictEqual(error._tag, "ConnectionError")
       if (error._tag === "ConnectionError") assert.strictEqual(error.code, "28P01")
+      // without a message: the server's, and what it means, not retried (retryable: false), as a real refusal
+      for (
+        const [code, words] of [
+          ["28P01", "\" (28P01) (the server rejected the password of user \""],
+          ["28000", "does not exist (28000) (the server does not let user \""],
+          ["3D000", "does not exist (3D000) (no such database on this server; not retried)"]
+        ] as const
+      ) {
+        yield* server.refuseConnections({ code })
+        const refused = yield* Effect.flip(PgPool.query("select 1"))
+        assert.strictEqual(refused._tag, "ConnectionError")
+        if (refused._tag !== "ConnectionError") continue
+        assert.include(refused.message, words)
+        assert.isFalse(refused.retryable, code)
+      }
       yield* server.refuseConnections(false)
       assert.deepStrictEqual(yield* PgPool.query("select 1 as x"), [{ x: 1 }])
     }).pipe(Effect.provide(PgPoolTest.layer({ config: { lazy: true } }))))

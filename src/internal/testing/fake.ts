@@ -201,6 +201,48 @@ const unwritable = (value: unknown, depth: number): QueryError | undefined => {
  */
 const controlStatement = /^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|DISCARD\s+ALL)\b/i
 
+/**
+ * A refused connect, worded as the real connector words it: the server's message and SQLSTATE, and for a
+ * refusal retrying cannot mend (a wrong password, a role or database that does not exist) what it means, with
+ * `retryable: false`.
+ */
+const refusedError = (refusal: PgPoolTest.Refusal, options: Connector.ConnectOptions): ConnectionError => {
+  const { code } = refusal
+  const final = code === undefined ? undefined : finalRefusals[code]
+  const message = refusal.message ?? final?.message(options) ?? "connection refused"
+  return new ConnectionError({
+    message: `Cannot connect (${options.host}:${options.port}/${options.database}): ${message}${
+      code === undefined || message.includes(code) ? "" : ` (${code})`
+    }${final === undefined ? "" : ` (${final.hint(options)})`}`,
+    host: options.host,
+    port: options.port,
+    database: options.database,
+    code,
+    ...(final === undefined ? {} : { retryable: false })
+  })
+}
+
+const finalRefusals: Readonly<
+  Record<string, {
+    readonly message: (options: Connector.ConnectOptions) => string
+    readonly hint: (options: Connector.ConnectOptions) => string
+  }>
+> = {
+  "28P01": {
+    message: (options) => `password authentication failed for user "${options.user}"`,
+    hint: (options) => `the server rejected the password of user "${options.user}"; not retried`
+  },
+  "28000": {
+    message: (options) => `role "${options.user}" does not exist`,
+    hint: (options) =>
+      `the server does not let user "${options.user}" in (no such role, or refused by pg_hba.conf); not retried`
+  },
+  "3D000": {
+    message: (options) => `database "${options.database}" does not exist`,
+    hint: () => "no such database on this server; not retried"
+  }
+}
+
 /** @internal */
 export class FakeBackend implements Connector.Connection {
   status: "idle" | "transaction" | "failed" = "idle"
@@ -670,19 +712,7 @@ export class FakeServer {
         const refusal = this.refusing
         const open = Effect.acquireRelease(
           Effect.suspend(() => {
-            if (refusal !== undefined) {
-              return Effect.fail(
-                new ConnectionError({
-                  message: `Cannot connect (${options.host}:${options.port}/${options.database}): ${
-                    refusal.message ?? "connection refused"
-                  }${refusal.code ? ` (SQLSTATE ${refusal.code})` : ""}`,
-                  host: options.host,
-                  port: options.port,
-                  database: options.database,
-                  code: refusal.code
-                })
-              )
-            }
+            if (refusal !== undefined) return Effect.fail(refusedError(refusal, options))
             const backend = new FakeBackend(this, this.nextPid++, onLost, options)
             this.backends.set(backend.backendPid, backend)
             return Effect.succeed(backend)
