@@ -319,13 +319,27 @@ describe("Transaction", () => {
       assert.deepStrictEqual(rr, { iso: "repeatable read" })
     }).pipe(Effect.provide(Live)))
 
-  it.effect("an invalid isolation level is a typed error", () =>
+  it.effect("invalid options are a typed error naming them, nothing run: an isolation level, a non-boolean, an unknown option", () =>
     Effect.gen(function*() {
-      const error = yield* Effect.flip(
-        Transaction.withTransaction(PgPool.query("select 1"), { isolation: "chaos" as never })
-      )
-      assert.strictEqual(error._tag, "QueryError")
-      assert.include(error.message, "isolation")
+      yield* fresh("tx_options")
+      for (
+        const [options, words] of [
+          [{ isolation: "chaos" }, "isolation level \"chaos\""],
+          // a caller without types: "yes" would have run read-write, a misspelt option would have been dropped
+          [{ readOnly: "yes" }, "readOnly must be a boolean, got \"yes\""],
+          [{ deferrable: 1 }, "deferrable must be a boolean"],
+          [{ readonly: true }, "no option \"readonly\""],
+          [null, "must be an object, got null"]
+        ] as const
+      ) {
+        const error = yield* Effect.flip(
+          Transaction.withTransaction(PgPool.query("insert into tx_options (id) values (1)"), options as never)
+        )
+        assert.strictEqual(error._tag, "QueryError")
+        if (error._tag === "QueryError") assert.strictEqual(error.code, "22023")
+        assert.include(error.message, words)
+      }
+      assert.strictEqual(yield* count("tx_options"), 0)
     }).pipe(Effect.provide(Live)))
 
   it.effect("a COMMIT the server answers with ROLLBACK is an error, not a success", () =>

@@ -62,14 +62,34 @@ const beginStatement = (options: Transaction.TransactionOptions): string => {
 
 const isolationLevels = new Set(["read committed", "repeatable read", "serializable", "read uncommitted"])
 
+const transactionOptions = new Set(["isolation", "readOnly", "deferrable"])
+
 const invalidOptions = (options: Transaction.TransactionOptions): QueryError | undefined => {
+  const invalid = (message: string) => new QueryError({ message: `${message} (SQLSTATE 22023)`, code: "22023" })
+  // (a caller without types: what is not one of them would be dropped, or a wrong type read as its default)
+  if (typeof options !== "object" || options === null) {
+    return invalid(`The options of a transaction must be an object, got ${options === null ? "null" : typeof options}`)
+  }
+  const unknown = Object.keys(options).find((key) =>
+    !transactionOptions.has(key) && (options as Record<string, unknown>)[key] !== undefined
+  )
+  if (unknown !== undefined) {
+    return invalid(
+      `A transaction has no option ${JSON.stringify(unknown)}: its options are isolation, readOnly and deferrable`
+    )
+  }
   if (options.isolation !== undefined && !isolationLevels.has(options.isolation)) {
-    return new QueryError({
-      message: `Invalid transaction isolation level ${
+    return invalid(
+      `Invalid transaction isolation level ${
         JSON.stringify(options.isolation)
-      }: use "read committed", "repeatable read" or "serializable" (SQLSTATE 22023)`,
-      code: "22023"
-    })
+      }: use "read committed", "repeatable read" or "serializable"`
+    )
+  }
+  for (const key of ["readOnly", "deferrable"] as const) {
+    const value: unknown = options[key]
+    if (value !== undefined && typeof value !== "boolean") {
+      return invalid(`The transaction option ${key} must be a boolean, got ${JSON.stringify(value)}`)
+    }
   }
   return undefined
 }
