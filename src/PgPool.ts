@@ -27,7 +27,7 @@ import type * as Scope from "effect/Scope"
 import * as Connector from "./Connector.js"
 import * as configInternal from "./internal/config/env.js"
 import * as internal from "./internal/pgpool/service.js"
-import type { ConnectionError, DrainTimeoutError, PoolError, QueryError } from "./PgPoolError.js"
+import type { ConnectionError, DrainTimeoutError, PoolClosedError, PoolError, QueryError } from "./PgPoolError.js"
 
 /**
  * @since 0.1.0
@@ -383,9 +383,9 @@ export interface PgPool {
   readonly stats: Effect.Effect<PoolStats>
   readonly purgeExpired: Effect.Effect<number>
   /** See {@link resize}. */
-  readonly resize: (options: ResizeOptions) => Effect.Effect<void, ConfigError.ConfigError>
+  readonly resize: (options: ResizeOptions) => Effect.Effect<void, ConfigError.ConfigError | PoolClosedError>
   /** See {@link drain}. */
-  readonly drain: Effect.Effect<void, DrainTimeoutError>
+  readonly drain: Effect.Effect<void, DrainTimeoutError | PoolClosedError>
 }
 
 /**
@@ -612,12 +612,14 @@ export const purgeExpired: Effect.Effect<number, never, PgPool> = Effect.flatMap
  * reason `"resized"`), never interrupting a statement. `maxIdle` follows `maxConnections` when it was equal to
  * it, else stays (at most `maxConnections`). With several hosts it applies to every pool: the pool for ordinary
  * work and each standby's read pool (whose `minConnections` stays 0). Invalid values fail with a `ConfigError`
- * naming the field, and change nothing.
+ * naming the field, and change nothing; a closed pool fails with `PoolClosedError`.
  *
  * @since 0.1.0
  * @category combinators
  */
-export const resize = (options: ResizeOptions): Effect.Effect<void, ConfigError.ConfigError, PgPool> =>
+export const resize = (
+  options: ResizeOptions
+): Effect.Effect<void, ConfigError.ConfigError | PoolClosedError, PgPool> =>
   Effect.flatMap(PgPool, (pool) => pool.resize(options))
 
 /**
@@ -626,9 +628,13 @@ export const resize = (options: ResizeOptions): Effect.Effect<void, ConfigError.
  * back (close reason `"drained"`); it completes when no connection opened before the call is left, or fails
  * with `DrainTimeoutError` after `drainTimeout` (the rest are still replaced as they come back). The pool serves
  * callers throughout. After a failover behind one DNS name, a server configuration change that only new
- * sessions see, or a rotated certificate. With several hosts, every pool.
+ * sessions see, or a rotated certificate. With several hosts, every pool. A closed pool fails with
+ * `PoolClosedError`.
  *
  * @since 0.1.0
  * @category combinators
  */
-export const drain: Effect.Effect<void, DrainTimeoutError, PgPool> = Effect.flatMap(PgPool, (pool) => pool.drain)
+export const drain: Effect.Effect<void, DrainTimeoutError | PoolClosedError, PgPool> = Effect.flatMap(
+  PgPool,
+  (pool) => pool.drain
+)

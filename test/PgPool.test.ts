@@ -802,6 +802,9 @@ describe("PgPool", () => {
         assert.strictEqual(error._tag, "PoolClosedError")
         const scoped = yield* Effect.flip(Effect.scoped(pool.connection))
         assert.strictEqual(scoped._tag, "PoolClosedError")
+        // resize and drain too, rather than succeeding at nothing
+        assert.strictEqual((yield* Effect.flip(pool.resize({ maxConnections: 5 })))._tag, "PoolClosedError")
+        assert.strictEqual((yield* Effect.flip(pool.drain))._tag, "PoolClosedError")
       }))
 
     it.effect("an idle connection killed by the server never crashes the process and is replaced", () =>

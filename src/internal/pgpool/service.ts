@@ -17,7 +17,13 @@ import * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
 import * as Connector from "../../Connector.js"
 import type * as PgPool from "../../PgPool.js"
-import { ConnectionError, type PoolError, type QueryError } from "../../PgPoolError.js"
+import {
+  ConnectionError,
+  type DrainTimeoutError,
+  type PoolClosedError,
+  type PoolError,
+  type QueryError
+} from "../../PgPoolError.js"
 import { resolve, type ResolvedConfig, resolveSizes } from "../config/resolve.js"
 import { mainPolicy, standbyPolicy } from "../connection/hosts.js"
 import { endedError, type Physical } from "../connection/physical.js"
@@ -132,9 +138,14 @@ export class PgPoolService {
         Effect.forEach(cores, (core) => purgeExpired(core)),
         (counts) => counts.reduce((a, b) => a + b, 0)
       ),
-      drain: Effect.forEach(cores, (core) => drain(core), { concurrency: "unbounded", discard: true }),
+      drain: Effect.suspend((): Effect.Effect<void, DrainTimeoutError | PoolClosedError> =>
+        main.closed
+          ? Effect.fail(main.closedError())
+          : Effect.forEach(cores, (core) => drain(core), { concurrency: "unbounded", discard: true })
+      ),
       resize: (options) =>
-        Effect.suspend(() => {
+        Effect.suspend((): Effect.Effect<void, ConfigError.ConfigError | PoolClosedError> => {
+          if (main.closed) return Effect.fail(main.closedError())
           const sizes = resolveSizes(main.config, options)
           if (ConfigError.isConfigError(sizes)) return Effect.fail(sizes)
           for (const core of cores) {
