@@ -400,6 +400,11 @@ describe("PgPool configuration", () => {
       ]))))
       assert.isTrue(ConfigError.isConfigError(error))
       assert.include(String(error), "PGPOOL_MAX_CONNECTIONS")
+      // an empty value is no value (Effect's Config.integer reads it as 0, which would mean "no limit" here)
+      for (const name of ["PGPOOL_MAX_USAGE", "PGPOOL_MAX_WAITING", "PGCONNECT_TIMEOUT"]) {
+        const empty = yield* Effect.flip(fromEnv([["DATABASE_URL", "postgres://localhost/db"], [name, " "]]))
+        assert.include(String(empty), name)
+      }
     }))
 
   /** This file's database as a URL, with the password only when `password` is given. */

@@ -37,6 +37,20 @@ const durationVariable = (name: string): EffectConfig.Config<Duration.Duration> 
       )
   })
 
+/**
+ * An integer in an environment variable. Effect's `Config.integer` reads an empty or blank value as 0, which is
+ * a valid value of some knobs (`PGPOOL_MAX_USAGE=` would silently mean "no limit"): refused here, as is
+ * anything but an integer.
+ */
+const integerVariable = (name: string): EffectConfig.Config<number> =>
+  EffectConfig.mapOrFail(
+    EffectConfig.string(name),
+    (text) =>
+      /^\s*[-+]?\d+\s*$/.test(text)
+        ? Either.right(Number(text))
+        : Either.left(ConfigError.InvalidData([], `${name} must be an integer, got ${JSON.stringify(text)}`))
+  )
+
 /** `PGPOOL_MAX_CONNECTIONS` for `maxConnections`: the knob's name in screaming snake case. @internal */
 const envName = (knob: string): string => `PGPOOL_${knob.replace(/([A-Z])/g, "_$1").toUpperCase()}`
 
@@ -221,11 +235,11 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
   sslkey: optional(EffectConfig.string("PGSSLKEY")),
   options: optional(EffectConfig.string("PGOPTIONS")),
   applicationName: optional(EffectConfig.string("PGAPPNAME")),
-  connectTimeoutSeconds: optional(EffectConfig.number("PGCONNECT_TIMEOUT")),
+  connectTimeoutSeconds: optional(EffectConfig.string("PGCONNECT_TIMEOUT")),
   targetSessionAttrs: optional(EffectConfig.string("PGTARGETSESSIONATTRS")),
   loadBalanceHosts: optional(EffectConfig.string("PGLOADBALANCEHOSTS")),
   integers: EffectConfig.all(
-    Object.fromEntries(integerKnobs.map((k) => [k, optional(EffectConfig.integer(envName(k)))]))
+    Object.fromEntries(integerKnobs.map((k) => [k, optional(integerVariable(envName(k)))]))
   ),
   durations: EffectConfig.all(
     Object.fromEntries(durationKnobs.map((k) => [k, optional(durationVariable(envName(k)))]))
@@ -307,7 +321,7 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
       set("applicationName", env.applicationName.value, "PGAPPNAME")
     }
     if (Option.isSome(env.connectTimeoutSeconds) && config.connectTimeout === undefined && !urlHas("connect_timeout")) {
-      set("connectTimeout", libpqSeconds(String(env.connectTimeoutSeconds.value)), "PGCONNECT_TIMEOUT")
+      set("connectTimeout", libpqSeconds(env.connectTimeoutSeconds.value), "PGCONNECT_TIMEOUT")
     }
     if (Option.isSome(env.targetSessionAttrs) && !urlHas("target_session_attrs")) {
       set("targetSessionAttrs", env.targetSessionAttrs.value, "PGTARGETSESSIONATTRS")
