@@ -229,7 +229,15 @@ describe("PgPool", () => {
     it.effect("invalidate closes the physical connection instead of returning it", () =>
       Effect.gen(function*() {
         const first = yield* Effect.scoped(
-          Effect.flatMap(PgPool.connection, (conn) => Effect.as(conn.invalidate, conn.backendPid))
+          Effect.flatMap(PgPool.connection, (conn) =>
+            Effect.gen(function*() {
+              yield* conn.invalidate
+              // a statement after it says why it cannot run
+              const after = yield* Effect.flip(conn.query("select 1"))
+              assert.strictEqual(after._tag, "ConnectionError")
+              assert.include(after.message, "This connection was invalidated (conn.invalidate)")
+              return conn.backendPid
+            }))
         )
         yield* serverBackends((rows) => !rows.some((row) => row.pid === first))
         const stats = yield* PgPool.stats

@@ -17,7 +17,7 @@ import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import * as Connector from "../../Connector.js"
 import type * as PgPool from "../../PgPool.js"
-import { type ConnectionError, QueryError } from "../../PgPoolError.js"
+import { ConnectionError, QueryError } from "../../PgPoolError.js"
 import { unsendableStatement } from "../connector/limits.js"
 import type { HostState } from "./hosts.js"
 
@@ -266,6 +266,7 @@ export class Physical {
   ): Effect.Effect<A, QueryError | ConnectionError> {
     if (member !== undefined && endedInside(member)) return Effect.fail(endedInsideError())
     if (member?.ended === true) return Effect.fail(endedError())
+    if (this.invalidated) return Effect.fail(invalidatedError())
     const unsendable = unsendableStatement(text, params)
     if (unsendable !== undefined) return Effect.fail(unsendable)
     const statement = this.countStatement(
@@ -560,6 +561,14 @@ export const endedError = (): QueryError =>
     message:
       "The transaction this statement belongs to has ended (a fiber forked inside it outlived it): the statement is refused so that it cannot run outside of it (SQLSTATE 25P01)",
     code: "25P01"
+  })
+
+/** A statement on a connection its borrower invalidated: it is closed, and says so rather than "Client was closed". */
+const invalidatedError = (): ConnectionError =>
+  new ConnectionError({
+    message: "This connection was invalidated (conn.invalidate): it is closed, and the statement was not sent; " +
+      "check out another",
+    safeToRetry: true
   })
 
 /** Whether a statement of `token`'s body, or of a transaction it is nested in, ended the transaction. */
