@@ -490,6 +490,12 @@ describe("PgPoolSql.layerClient: the one-line swap for PgClient.layer", () => {
       )))
       assert.isTrue(ConfigError.isConfigError(tls), String(tls))
       assert.include(String(tls), "ssl.ciphers")
+      // a transform that is not a function (a caller without types): at build, not as a defect of every statement
+      const transform = yield* Effect.flip(Effect.scoped(Layer.build(
+        PgPoolSql.layerClient({ url: url(), transformResultNames: "camel" as never })
+      )))
+      assert.isTrue(ConfigError.isConfigError(transform), String(transform))
+      assert.include(String(transform), "transformResultNames must be a function")
     }))
 
   it.effect("node-postgres' ssl: true verifies the server (here: a server without TLS refuses at once)", () =>

@@ -293,13 +293,27 @@ const poolConfigOf = (config: PgPoolSql.ClientConfig): Effect.Effect<PgPool.Conf
       connectionTTL,
       spanAttributes: _spanAttributes,
       ssl,
-      transformJson: _transformJson,
-      transformQueryNames: _transformQueryNames,
-      transformResultNames: _transformResultNames,
+      transformJson,
+      transformQueryNames,
+      transformResultNames,
       types,
       username,
       ...rest
     } = config
+    // (a caller without types: a transform that is not a function would fail every statement as a defect)
+    for (
+      const [name, transform] of [["transformQueryNames", transformQueryNames], [
+        "transformResultNames",
+        transformResultNames
+      ]] as const
+    ) {
+      if (transform !== undefined && typeof transform !== "function") {
+        return Effect.fail(ConfigError.InvalidData([name], `${name} must be a function (string => string)`))
+      }
+    }
+    if (transformJson !== undefined && typeof transformJson !== "boolean") {
+      return Effect.fail(ConfigError.InvalidData(["transformJson"], "transformJson must be a boolean"))
+    }
     const user = (rest as { readonly user?: unknown }).user
     if (user !== undefined && username !== undefined && user !== username) {
       return Effect.fail(ConfigError.InvalidData(["username"], "username and user name two different users"))
