@@ -480,9 +480,7 @@ export class Physical {
     if (!this.driver.isBusy()) return Effect.void
     // a statement behind a COMMIT still out: cancelled exactly (a CancelRequest now could reach the COMMIT)
     const cancel = this.sentBehind?.cancel ?? this.driver.cancel
-    // settled when the driver is idle, whether or not the CancelRequest got through: one still on its way then
-    // (a network that drops packets) is dropped, not waited for
-    return Effect.interruptible(Effect.race(Effect.zipRight(cancel, Effect.never), this.driver.awaitIdle)).pipe(
+    return Effect.interruptible(Effect.zipRight(cancel, this.driver.awaitIdle)).pipe(
       Effect.timeoutFail({ duration: CANCEL_SETTLE_TIMEOUT, onTimeout: () => "unsettled" as const }),
       Effect.catchAll(() => {
         this.lost = true
