@@ -210,6 +210,31 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
         assert.deepStrictEqual(errors.describe(), [])
       }))
 
+    it.scoped("a statement cut off in the blackhole holds up the pool's close no longer than drainTimeout (its lost CancelRequest is not waited for)", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const { config, proxy } = yield* throughProxy("blackhole-cut")
+        const scope = yield* Scope.make()
+        yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+        const context = yield* Layer.buildWithScope(
+          PgPool.layer(config({ maxConnections: 1, drainTimeout: "500 millis", healthCheck: false })),
+          scope
+        )
+        const pool = Context.get(context, PgPool.PgPool)
+        assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
+        yield* proxy.setMode("drop")
+        // interrupted by the timeout: cancelled in the background, over a CancelRequest the blackhole swallows
+        const cut = yield* Effect.exit(Effect.timeout(pool.query("select 1"), "300 millis"))
+        assert.strictEqual(failureOf(cut)._tag, "TimeoutException")
+        const { exit, millis } = yield* timedExit(Scope.close(scope, Exit.void))
+        assert.isTrue(Exit.isSuccess(exit))
+        // drainTimeout, then the connection is closed, and its settling with it (the lost CancelRequest was waited
+        // for up to 5 seconds)
+        assert.isBelow(millis, 500 + 1_500)
+        yield* eventually(proxy.stats, (s) => s.open === 0)
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
     it.scoped("a health-check ping cut off by an interruption closes its connection instead of leaking it", () =>
       Effect.gen(function*() {
         const errors = yield* watchProcessErrors

@@ -10,6 +10,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
@@ -70,7 +71,11 @@ const shutdown = (core: PoolCore): Effect.Effect<void> =>
           [...core.all].filter((conn) => conn.state === "busy" || conn.state === "checking"),
           (conn) => {
             conn.lost = true
-            return Scope.close(conn.scope, Exit.void)
+            // a connection closed now needs no settled cancel any more (the cancel guards its reuse): its settling,
+            // which may wait for a CancelRequest a silent network swallows, is ended rather than waited for
+            const settling = conn.settling
+            const close = Scope.close(conn.scope, Exit.void)
+            return settling === undefined ? close : Effect.zipRight(close, Effect.asVoid(Fiber.interrupt(settling)))
           },
           { discard: true, concurrency }
         )
