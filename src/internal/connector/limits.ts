@@ -1,7 +1,8 @@
 /**
- * What a statement must fit in to be sent at all: a string for its text, with no NUL in it, and an array of at
- * most as many parameters as PostgreSQL's wire protocol can carry (checked before a connection is taken for the
- * statement), and parameters that have a PostgreSQL value (checked where the parameters are serialised).
+ * What a statement must fit in to be sent at all: a string for its text, with no NUL or lone surrogate in it,
+ * and an array of at most as many parameters as PostgreSQL's wire protocol can carry (checked before a
+ * connection is taken for the statement), and parameters that have a faithful PostgreSQL value (checked where
+ * the parameters are serialised).
  *
  * @internal
  */
@@ -95,9 +96,8 @@ const unsendable = (value: unknown, depth = 0): string | undefined => {
     case "symbol":
       return "a symbol, which has no PostgreSQL value"
     case "object":
-      if (value === null || value instanceof Date) {
-        return value !== null && Number.isNaN(value.getTime()) ? "an invalid Date" : undefined
-      }
+      if (value === null) return undefined
+      if (value instanceof Date) return Number.isNaN(value.getTime()) ? "an invalid Date" : undefined
       if (Array.isArray(value)) {
         if (depth < MAX_DEPTH) {
           for (const element of value) {

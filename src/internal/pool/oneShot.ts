@@ -146,7 +146,7 @@ class QueryOp<A = unknown> implements Waiter {
     // a transaction left open ends with the checkout: rolled back when the connection is returned, so the
     // statement fails instead of reporting what is undone (alone on its connection: see `exclusive`)
     const status = error === undefined && !this.piped ? conn.driver.transactionStatus() : "idle"
-    const failure = status === "idle" ? error : leftOpen(status)
+    const failure = inTransaction(status) ? leftOpen(status) : error
     this.error = failure
     this.result = result
     this.last = last
@@ -238,6 +238,8 @@ const handOut = <A>(
  * the transaction cannot outlive the statement, whose connection goes back to the pool, where it is rolled
  * back.
  */
+const inTransaction = (status: Connector.TransactionStatus): boolean => status === "transaction" || status === "failed"
+
 const leftOpen = (status: Connector.TransactionStatus): QueryError =>
   new QueryError({
     message: `The statement left a transaction open (${status === "failed" ? "failed" : "in progress"}), which ` +
@@ -356,9 +358,9 @@ const oneShotTimed = <A>(
           },
           onSuccess: (value) => {
             const status = conn.driver.transactionStatus()
-            return status === "idle"
-              ? Effect.as(release(core, conn), value)
-              : Effect.zipRight(release(core, conn), Effect.fail(leftOpen(status)))
+            return inTransaction(status)
+              ? Effect.zipRight(release(core, conn), Effect.fail(leftOpen(status)))
+              : Effect.as(release(core, conn), value)
           }
         }
       )
