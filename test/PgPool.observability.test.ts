@@ -249,6 +249,14 @@ describe("PgPool observability", () => {
       assert.isDefined(warning, JSON.stringify(entries.map((e) => e.message)))
       assert.strictEqual(warning!.annotations.host, "127.0.0.1")
       assert.strictEqual(warning!.annotations.port, 1)
+      // a refused connect has no SQLSTATE: no empty code annotation
+      assert.notProperty(warning!.annotations, "code")
+      // one Warning per failed connect, not a second one from the start-up for the same failure
+      const warnings = entries.filter((e) => e.level === "WARN").map((e) => e.message)
+      assert.isFalse(
+        warnings.some((message) => message.startsWith("connect failed at start")),
+        JSON.stringify(warnings)
+      )
     }).pipe(Effect.scoped)
   })
 

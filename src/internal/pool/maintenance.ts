@@ -236,7 +236,8 @@ export const warmup = (core: PoolCore): Effect.Effect<void, ConnectionError> => 
     open(core, !first).pipe(Effect.catchAll((error) =>
       Effect.suspend(() => {
         attempts++
-        const log = Effect.logWarning(`connect failed at start (attempt ${attempts}): ${error.message}`).pipe(
+        // at Debug: the connect's own Warning ("connect failed") has said it already
+        const log = Effect.logDebug(`connect failed at start (attempt ${attempts}): ${error.message}`).pipe(
           Effect.annotateLogs({ ...failureLog(core, error), attempt: attempts })
         )
         if (!isTransientConnectError(error)) return Effect.zipRight(log, Effect.fail(error))

@@ -143,7 +143,8 @@ export const failureLog = (core: PoolCore, error: ConnectionError): Record<strin
   pool: core.config.name,
   host: error.host ?? "",
   port: error.port ?? 0,
-  code: error.code ?? ""
+  // a SQLSTATE only when the server sent one (a refused or dropped connect has none: no empty `code=`)
+  ...(error.code === undefined ? {} : { code: error.code })
 })
 
 /** Logs a limit that was hit at most once a second, with the number of similar events left out. @internal */
