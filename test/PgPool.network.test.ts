@@ -196,15 +196,26 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
           })).pipe(Effect.exit)
         )
         yield* Deferred.await(checkedOut)
-        yield* eventually(pool.stats, (s) => s.inUse === 1)
+        // and a one-shot statement on the other connection
+        const oneShot = yield* Effect.forkScoped(Effect.exit(pool.query("select 2")))
+        yield* eventually(pool.stats, (s) => s.inUse === 2)
         const { exit, millis } = yield* timedExit(Scope.close(scope, Exit.void))
         assert.isTrue(Exit.isSuccess(exit))
         // it waited drainTimeout for the borrower, then closed everything without hearing from the server
         assert.isAtLeast(millis, 900)
         assert.isBelow(millis, 1_000 + 4_000)
         // the borrower's statement failed (its connection was closed under it), and no socket is left open
-        const borrowed = yield* Fiber.join(borrower)
-        assert.strictEqual(failureOf(borrowed)._tag, "ConnectionError")
+        const borrowed = failureOf(yield* Fiber.join(borrower))
+        assert.strictEqual(borrowed._tag, "ConnectionError")
+        // saying why: not a network failure, the pool's close
+        assert.include(
+          borrowed.message,
+          "The pool was closed while the statement ran: its connection was still checked out after drainTimeout (1000 ms)"
+        )
+        assert.isFalse((borrowed as ConnectionError).safeToRetry === true)
+        const cut = failureOf(yield* Fiber.join(oneShot))
+        assert.strictEqual(cut._tag, "ConnectionError")
+        assert.include(cut.message, "The pool was closed while the statement ran")
         yield* eventually(proxy.stats, (s) => s.open === 0)
         assert.strictEqual(failureOf(yield* Effect.exit(pool.query("select 1")))._tag, "PoolClosedError")
         assert.deepStrictEqual(errors.describe(), [])

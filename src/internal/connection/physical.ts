@@ -104,6 +104,8 @@ export class Physical {
   checkedOutAt = 0
   invalidated = false
   lost = false
+  /** Why the pool closed it while it was checked out (its close): said in the errors of the statements cut off. */
+  closedBy: string | undefined = undefined
   leakWatch: Fiber.RuntimeFiber<void> | undefined = undefined
   /** One-shot statements in flight on it with pipelining (see `PoolCore.pipelines`). */
   oneShots = 0
@@ -154,6 +156,13 @@ export class Physical {
   ) {
     this.idleSince = createdAt
   }
+
+  /** A statement's error, saying why the pool closed the connection under it (`closedBy`), if it did. */
+  readonly explain = <E extends QueryError | ConnectionError>(error: E): E =>
+    this.closedBy === undefined || error._tag !== "ConnectionError" ? error : new ConnectionError({
+      ...error,
+      message: `${this.closedBy} (${error.message})`
+    }) as E
 
   /** The connection failed or was closed under us: it can only be closed. */
   get broken(): boolean {
@@ -281,7 +290,7 @@ export class Physical {
             onFailure: (cause) => {
               if (Cause.isInterrupted(cause)) this.settleInBackground(this.releaser)
               else this.releaseTurn()
-              return Effect.failCause(cause)
+              return Effect.failCause(this.closedBy === undefined ? cause : Cause.map(cause, this.explain))
             },
             onSuccess: (result) => {
               this.releaseTurn()

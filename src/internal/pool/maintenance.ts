@@ -71,6 +71,10 @@ const shutdown = (core: PoolCore): Effect.Effect<void> =>
           [...core.all].filter((conn) => conn.state === "busy" || conn.state === "checking"),
           (conn) => {
             conn.lost = true
+            conn.closedBy = concurrency === undefined
+              ? "The pool was closed while the statement ran: the fiber closing it was interrupted, and its connection closed"
+              : `The pool was closed while the statement ran: its connection was still checked out after drainTimeout ` +
+                `(${core.config.drainTimeout} ms), and was closed`
             // a connection closed now needs no settled cancel any more (the cancel guards its reuse): its settling,
             // which may wait for a CancelRequest a silent network swallows, is ended rather than waited for
             const settling = conn.settling

@@ -146,7 +146,7 @@ class QueryOp<A = unknown> implements Waiter {
     // a transaction left open ends with the checkout: rolled back when the connection is returned, so the
     // statement fails instead of reporting what is undone (alone on its connection: see `exclusive`)
     const status = error === undefined && !this.piped ? conn.driver.transactionStatus() : "idle"
-    const failure = inTransaction(status) ? leftOpen(status) : error
+    const failure = inTransaction(status) ? leftOpen(status) : error === undefined ? error : conn.explain(error)
     this.error = failure
     this.result = result
     this.last = last
