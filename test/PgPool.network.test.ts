@@ -26,6 +26,15 @@ const throughProxy = (applicationName: string, mode: Proxy.Mode = "pass") =>
     return { server, proxy, config }
   })
 
+/** A pool in a scope of its own, for the tests that measure its close (`close`; else closed with the test). */
+const closablePool = (config: PgPool.Config) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    const context = yield* Layer.buildWithScope(PgPool.layer(config), scope)
+    return { pool: Context.get(context, PgPool.PgPool), close: Scope.close(scope, Exit.void) }
+  })
+
 /**
  * Resets every proxied connection before the pool's scope closes (finalizers run in reverse order), for the
  * tests that do not measure the close itself. Call it after making the pool.
@@ -177,13 +186,9 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
       Effect.gen(function*() {
         const errors = yield* watchProcessErrors
         const { config, proxy, server } = yield* throughProxy("blackhole-close")
-        const scope = yield* Scope.make()
-        yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
-        const context = yield* Layer.buildWithScope(
-          PgPool.layer(config({ minConnections: 2, drainTimeout: "1 second", healthCheck: false })),
-          scope
+        const { close, pool } = yield* closablePool(
+          config({ minConnections: 2, drainTimeout: "1 second", healthCheck: false })
         )
-        const pool = Context.get(context, PgPool.PgPool)
         yield* eventually(server.backends("blackhole-close"), (rows) => rows.length === 2)
         // a borrower whose statement goes into the blackhole, and an idle connection
         const checkedOut = yield* Deferred.make<void>()
@@ -199,7 +204,7 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
         // and a one-shot statement on the other connection
         const oneShot = yield* Effect.forkScoped(Effect.exit(pool.query("select 2")))
         yield* eventually(pool.stats, (s) => s.inUse === 2)
-        const { exit, millis } = yield* timedExit(Scope.close(scope, Exit.void))
+        const { exit, millis } = yield* timedExit(close)
         assert.isTrue(Exit.isSuccess(exit))
         // it waited drainTimeout for the borrower, then closed everything without hearing from the server
         assert.isAtLeast(millis, 900)
@@ -225,19 +230,15 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
       Effect.gen(function*() {
         const errors = yield* watchProcessErrors
         const { config, proxy } = yield* throughProxy("blackhole-cut")
-        const scope = yield* Scope.make()
-        yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
-        const context = yield* Layer.buildWithScope(
-          PgPool.layer(config({ maxConnections: 1, drainTimeout: "500 millis", healthCheck: false })),
-          scope
+        const { close, pool } = yield* closablePool(
+          config({ maxConnections: 1, drainTimeout: "500 millis", healthCheck: false })
         )
-        const pool = Context.get(context, PgPool.PgPool)
         assert.deepStrictEqual(yield* pool.query("select 1 as one"), [{ one: 1 }])
         yield* proxy.setMode("drop")
         // interrupted by the timeout: cancelled in the background, over a CancelRequest the blackhole swallows
         const cut = yield* Effect.exit(Effect.timeout(pool.query("select 1"), "300 millis"))
         assert.strictEqual(failureOf(cut)._tag, "TimeoutException")
-        const { exit, millis } = yield* timedExit(Scope.close(scope, Exit.void))
+        const { exit, millis } = yield* timedExit(close)
         assert.isTrue(Exit.isSuccess(exit))
         // drainTimeout, then the connection is closed, and its settling with it (the lost CancelRequest was waited
         // for up to 5 seconds)

@@ -134,3 +134,24 @@ export const unknownField = (config: object): ConfigError.ConfigError | undefine
   }
   return undefined
 }
+
+/**
+ * A key of the options object `field` (`healthCheck`, `ssl`) that is not one of its `keys`, as a `ConfigError`
+ * naming it and the key meant. @internal
+ */
+export const unknownOption = (
+  field: string,
+  options: object,
+  keys: ReadonlyArray<string>
+): ConfigError.ConfigError | undefined => {
+  const key = Object.keys(options).find((key) =>
+    !keys.includes(key) && (options as Record<string, unknown>)[key] !== undefined
+  )
+  if (key === undefined) return undefined
+  const meant = closest(key, keys)
+  return invalid(
+    field,
+    `${field} has no option ${JSON.stringify(key)}${meant === undefined ? "" : ` (did you mean ${meant}?)`}; its ` +
+      `options are ${keys.join(", ")}`
+  )
+}

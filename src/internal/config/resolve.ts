@@ -16,7 +16,7 @@ import type { Config, ResetMode } from "../../PgPool.js"
 import { ConnectionError } from "../../PgPoolError.js"
 import { PoolerWatch } from "../connection/pooler.js"
 import { sharedWhileRunning } from "../shared.js"
-import { closest, invalid, unknownField } from "./fields.js"
+import { invalid, unknownField, unknownOption } from "./fields.js"
 import { isSslMode, knownUrlParams, libpqSeconds, type ParsedUrl, parseUrl, sslModes } from "./url.js"
 
 /** @internal */
@@ -639,20 +639,6 @@ const sslKeys = [
   "servername"
 ]
 
-/** A key of the options object `field` that it does not have, as a `ConfigError` naming it and the key meant. */
-const unknownKeyOf = (field: string, options: object, keys: ReadonlyArray<string>) => {
-  const key = Object.keys(options).find((key) =>
-    !keys.includes(key) && (options as Record<string, unknown>)[key] !== undefined
-  )
-  if (key === undefined) return undefined
-  const meant = closest(key, keys)
-  return invalid(
-    field,
-    `${field} has no option ${JSON.stringify(key)}${meant === undefined ? "" : ` (did you mean ${meant}?)`}; its ` +
-      `options are ${keys.join(", ")}`
-  )
-}
-
 /** The TLS options whose values are not of their type (the key and passphrase are checked on their own). */
 const sslTypes = (options: Connector.SslOptions): ConfigError.ConfigError | undefined => {
   for (const key of ["ca", "caFile", "cert", "certFile", "keyFile", "servername"] as const) {
@@ -684,7 +670,7 @@ const resolveHealthCheck = (input: Config["healthCheck"]): HealthCheck | ConfigE
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     return invalid("healthCheck", "healthCheck must be a boolean or { idleThreshold, interval, timeout }")
   }
-  const unknownKey = unknownKeyOf("healthCheck", options, healthCheckKeys)
+  const unknownKey = unknownOption("healthCheck", options, healthCheckKeys)
   if (unknownKey !== undefined) return unknownKey
   const idleThreshold = millis("healthCheck.idleThreshold", options.idleThreshold, 5_000, { allowZero: true })
   if (isError(idleThreshold)) return idleThreshold
@@ -714,7 +700,7 @@ const resolveSsl = (
     return invalid("ssl", "ssl must be a boolean or an object of TLS options")
   }
   const options: Connector.SslOptions = typeof ssl === "object" ? ssl : {}
-  const wrongSsl = unknownKeyOf("ssl", options, sslKeys) ?? sslTypes(options)
+  const wrongSsl = unknownOption("ssl", options, sslKeys) ?? sslTypes(options)
   if (wrongSsl !== undefined) return wrongSsl
   if (options.key !== undefined && !Redacted.isRedacted(options.key)) {
     return invalid("ssl", "ssl.key must be a Redacted value")

@@ -298,7 +298,6 @@ export class Physical {
               // follows would run outside of any transaction, so it fails, and so does every later statement of it
               if (member !== undefined && this.driver.transactionStatus() === "idle") {
                 for (let token: TxToken | undefined = member; token !== undefined; token = token.parent) {
-                  token.ended = true
                   token.endedInside = true
                 }
                 return Effect.fail(endedInsideError())

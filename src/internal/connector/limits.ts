@@ -84,8 +84,8 @@ export const unsendableParameter = (value: unknown, index: number): string | und
   return why === undefined ? undefined : `parameter $${index + 1} is ${why}`
 }
 
-/** Arrays nested deeper are not looked into (an array holding itself would be followed forever). */
-const MAX_DEPTH = 32
+/** Arrays nested deeper are not looked into (an array holding itself would be followed forever). @internal */
+export const MAX_DEPTH = 32
 
 const unsendable = (value: unknown, depth = 0): string | undefined => {
   switch (typeof value) {

@@ -295,11 +295,14 @@ export const oneShot = <A>(
   }
   return Effect.uninterruptibleMask((restore): Effect.Effect<A, PoolError | QueryError> => {
     if (core.closed) return Effect.fail(core.closedError())
-    const exclusive = mayOpenTransaction(text)
+    // (only pipelining can put a statement behind it)
+    const exclusive = core.config.pipelineDepth > 1 && mayOpenTransaction(text)
     const op = new QueryOp(core, text, params, rowMode, project, retry, restore, span, resent, exclusive)
     const now = core.clock.unsafeCurrentTimeMillis()
     const conn = core.takeIdleOrPing(now)
-    const host = conn === undefined && core.config.pipelineDepth > 1 && !exclusive ? core.pipelineHost(now) : undefined
+    const host = conn === undefined && core.config.pipelineDepth > 1 && !exclusive
+      ? core.pipelineHost(now)
+      : undefined
     if (host !== undefined) {
       // every connection is busy: sent behind the statements in flight on one of them
       op.board(host)

@@ -20,7 +20,7 @@ import * as Fiber from "effect/Fiber"
 import type * as Connector from "../../Connector.js"
 import { ConnectionError, QueryError } from "../../PgPoolError.js"
 import type * as PgPoolTest from "../../PgPoolTest.js"
-import { unsendableParameter, unsendableStatement } from "../connector/limits.js"
+import { MAX_DEPTH, unsendableParameter, unsendableStatement } from "../connector/limits.js"
 
 type Callback = (error: QueryError | ConnectionError | undefined, result: Connector.QueryResult | undefined) => void
 
@@ -167,14 +167,12 @@ const unsendable = (params: ReadonlyArray<unknown> | undefined): QueryError | un
 const cannotSend = (why: string, cause?: unknown) =>
   new QueryError({ message: `A parameter cannot be sent: ${why} (SQLSTATE 22023)`, code: "22023", cause })
 
-/** Arrays nested deeper are not looked into, as the real connector's check does not. */
-const MAX_DEPTH = 32
-
 const unwritable = (value: unknown, depth: number): QueryError | undefined => {
   if (typeof value === "string") {
     return value.includes("\0") ? queryError("22021", "invalid byte sequence for encoding \"UTF8\": 0x00") : undefined
   }
   if (Array.isArray(value)) {
+    // no deeper than the real connector's check looks
     for (const element of depth < MAX_DEPTH ? value : []) {
       const refused = unwritable(element, depth + 1)
       if (refused !== undefined) return refused
