@@ -103,6 +103,25 @@ describe("pipelining", () => {
       assert.deepStrictEqual(yield* pool.query("select count(*)::int as n from pipe_begin where id = 1000"), [{ n: 1 }])
     }))
 
+  it.scopedLive("maxUsage holds with pipelining: no connection runs more statements than that, and statements still ride", () =>
+    Effect.gen(function*() {
+      const pool = yield* poolOf({ applicationName: "pipe-usage", maxConnections: 2, maxUsage: 5, pipelineDepth: 16 })
+      // the pace of the pipelines is known once statements were answered
+      for (let i = 0; i < 6; i++) yield* pool.query("select 1")
+      const rows = yield* Effect.forEach(
+        Array.from({ length: 300 }),
+        () => pool.query("select pg_backend_pid() as pid, pg_sleep(0.001)"),
+        { concurrency: 100 }
+      )
+      const perBackend = new Map<number, number>()
+      for (const [row] of rows) perBackend.set(row!.pid as number, (perBackend.get(row!.pid as number) ?? 0) + 1)
+      const stats = yield* pool.stats
+      assert.isAtMost(Math.max(...perBackend.values()), 5, JSON.stringify([...perBackend]))
+      assert.isAbove(stats.pipelined, 0, JSON.stringify(stats))
+      assert.isAtLeast(stats.closedByReason.maxUsage, 50, JSON.stringify(stats))
+      assert.strictEqual(stats.inUse, 0)
+    }))
+
   it.scopedLive("a long statement holds up nothing: statements are not sent behind it once it has run a while", () =>
     Effect.gen(function*() {
       const pool = yield* poolOf({ applicationName: "pipe-long", maxConnections: 2, pipelineDepth: 16 })

@@ -109,6 +109,11 @@ export class Physical {
   leakWatch: Fiber.RuntimeFiber<void> | undefined = undefined
   /** One-shot statements in flight on it with pipelining (see `PoolCore.pipelines`). */
   oneShots = 0
+  /**
+   * Statements sent on it so far, counted as they go out when `maxUsage` is set (`usage` counts them as they
+   * end, too late to decide whether one more may ride behind those in flight: see `PoolCore.ridable`).
+   */
+  sent = 0
   /** When its pipeline last moved: its first statement was sent, or one was answered (clock ms). */
   pipelineMoved = 0
   /**
@@ -477,7 +482,11 @@ export class Physical {
   /** Counts the statement (and the held-back ones that go out with it) when `maxUsage` is set. */
   countStatement<A, E, R>(statement: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
     if (!this.env.counting) return statement
-    return Effect.zipRight(Ref.update(this.usage, (n) => n + 1 + (this.deferred?.length ?? 0)), statement)
+    return Effect.suspend(() => {
+      const count = 1 + (this.deferred?.length ?? 0)
+      this.sent += count
+      return Effect.zipRight(Ref.update(this.usage, (n) => n + count), statement)
+    })
   }
 
   /**

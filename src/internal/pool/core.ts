@@ -494,13 +494,14 @@ export class PoolCore {
    * every statement behind it, which had better wait for another connection); and only once its pace is known
    * (its own, or the pool's for a connection not measured yet) and the wait it predicts for one more statement
    * (pace times the statements ahead) is within half of what is `left` of the statement's acquire timeout, the
-   * bound it has while it waits for a connection instead.
+   * bound it has while it waits for a connection instead. With `maxUsage`, not once the statements sent on it
+   * reach it: the ones in flight run, and the connection is replaced when the last of them gives it back.
    */
   private ridable(conn: Physical, now: number, left: number): boolean {
     const pace = conn.pipelinePace >= 0 ? conn.pipelinePace : this.pipelinePace
     return pace >= 0 && pace * conn.oneShots * 2 <= left && !conn.broken &&
       now - conn.pipelineMoved < PIPELINE_STALL && now < conn.expiresAt && conn.createdAt > this.drainBefore &&
-      this.size <= this.config.maxConnections
+      this.size <= this.config.maxConnections && conn.sent < this.config.maxUsage
   }
 
   /** Sends the one-shot statements at the head of the queue on `conn`, while it has room (pipelining). */

@@ -105,6 +105,7 @@ class QueryOp<A = unknown> implements Waiter {
     this.conn = conn
     this.rider = true
     this.piped = true
+    if (this.core.counting) conn.sent++
     this.core.joinPipeline(conn)
     this.core.tally.pipelined++
     if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, 0)
@@ -119,6 +120,8 @@ class QueryOp<A = unknown> implements Waiter {
   }
   send(conn: Physical): void {
     this.state = OpState.Running
+    // (a rider was counted when it boarded)
+    if (this.core.counting && !this.rider) conn.sent++
     const driver = conn.driver
     if (this.core.config.pipelineDepth > 1 && driver.sendPipelined !== undefined && !this.exclusive) {
       // a rider took its place when it boarded
