@@ -400,6 +400,18 @@ describe("PgPool configuration", () => {
       ]))))
       assert.isTrue(ConfigError.isConfigError(error))
       assert.include(String(error), "PGPOOL_MAX_CONNECTIONS")
+      assert.include(String(error), "maxConnections")
+      // a negative duration (Effect's Duration reads "-5 seconds" as zero: every wait would time out at once)
+      for (
+        const [name, field] of [["PGPOOL_ACQUIRE_TIMEOUT", "acquireTimeout"], ["PGPOOL_DRAIN_TIMEOUT", "drainTimeout"]]
+      ) {
+        for (const value of ["-5 seconds", " -5 seconds", "-5000"]) {
+          const negative = yield* Effect.flip(fromEnv([["DATABASE_URL", "postgres://localhost/db"], [name!, value]]))
+          assert.isTrue(ConfigError.isConfigError(negative), String(negative))
+          assert.include(String(negative), name!)
+          assert.include(String(negative), field!)
+        }
+      }
       // an empty value is no value (Effect's Config.integer reads it as 0, which would mean "no limit" here)
       for (const name of ["PGPOOL_MAX_USAGE", "PGPOOL_MAX_WAITING", "PGCONNECT_TIMEOUT"]) {
         const empty = yield* Effect.flip(fromEnv([["DATABASE_URL", "postgres://localhost/db"], [name, " "]]))

@@ -20,36 +20,40 @@ import { isSslMode, libpqSeconds, parseUrl, sslModes } from "./url.js"
 const optional = <A>(config: EffectConfig.Config<A>) => EffectConfig.option(config)
 
 /** A duration in an environment variable: a number of milliseconds (`5000`) or a duration (`"5 seconds"`). */
-const durationVariable = (name: string): EffectConfig.Config<Duration.Duration> =>
-  EffectConfig.mapOrFail(EffectConfig.string(name), (text) => {
+const durationVariable = (field: string): EffectConfig.Config<Duration.Duration> => {
+  const name = envName(field)
+  return EffectConfig.mapOrFail(EffectConfig.string(name), (text) => {
     const trimmed = text.trim()
     if (/^\d+(\.\d+)?$/.test(trimmed)) return Either.right(Duration.millis(Number(trimmed)))
-    const decoded = Duration.decodeUnknown(trimmed)
+    // Effect's Duration reads "-5 seconds" as zero: refused, as a negative number of milliseconds is
+    const decoded = trimmed.startsWith("-") ? Option.none() : Duration.decodeUnknown(trimmed)
     return Option.isSome(decoded)
       ? Either.right(decoded.value)
       : Either.left(
         ConfigError.InvalidData(
           [],
-          `${name} must be a number of milliseconds (5000) or a duration such as "5 seconds", got ${
-            JSON.stringify(text)
-          }`
+          `${name} (${field}) must be a non-negative number of milliseconds (5000) or duration such as "5 seconds", ` +
+            `got ${JSON.stringify(text)}`
         )
       )
   })
+}
 
 /**
  * An integer in an environment variable. Effect's `Config.integer` reads an empty or blank value as 0, which is
  * a valid value of some knobs (`PGPOOL_MAX_USAGE=` would silently mean "no limit"): refused here, as is
  * anything but an integer.
  */
-const integerVariable = (name: string): EffectConfig.Config<number> =>
-  EffectConfig.mapOrFail(
+const integerVariable = (field: string): EffectConfig.Config<number> => {
+  const name = envName(field)
+  return EffectConfig.mapOrFail(
     EffectConfig.string(name),
     (text) =>
       /^\s*[-+]?\d+\s*$/.test(text)
         ? Either.right(Number(text))
-        : Either.left(ConfigError.InvalidData([], `${name} must be an integer, got ${JSON.stringify(text)}`))
+        : Either.left(ConfigError.InvalidData([], `${name} (${field}) must be an integer, got ${JSON.stringify(text)}`))
   )
+}
 
 /** `PGPOOL_MAX_CONNECTIONS` for `maxConnections`: the knob's name in screaming snake case. @internal */
 const envName = (knob: string): string => `PGPOOL_${knob.replace(/([A-Z])/g, "_$1").toUpperCase()}`
@@ -239,10 +243,10 @@ export const configFromEnv: EffectConfig.Config<Config> = EffectConfig.all({
   targetSessionAttrs: optional(EffectConfig.string("PGTARGETSESSIONATTRS")),
   loadBalanceHosts: optional(EffectConfig.string("PGLOADBALANCEHOSTS")),
   integers: EffectConfig.all(
-    Object.fromEntries(integerKnobs.map((k) => [k, optional(integerVariable(envName(k)))]))
+    Object.fromEntries(integerKnobs.map((k) => [k, optional(integerVariable(k))]))
   ),
   durations: EffectConfig.all(
-    Object.fromEntries(durationKnobs.map((k) => [k, optional(durationVariable(envName(k)))]))
+    Object.fromEntries(durationKnobs.map((k) => [k, optional(durationVariable(k))]))
   ),
   booleans: EffectConfig.all(
     Object.fromEntries(booleanKnobs.map((k) => [k, optional(EffectConfig.boolean(envName(k)))]))
