@@ -426,6 +426,27 @@ describe("Transaction", () => {
       assert.isAtLeast(stats.closedByReason.broken, 1)
     }).pipe(Effect.provide(Live)))
 
+  it.effect("a connection terminated between two statements: the ConnectionError carries the server's 57P01, in a transaction and pinned", () =>
+    Effect.gen(function*() {
+      const terminated = Effect.gen(function*() {
+        yield* PgPool.query("select 1")
+        const pid = yield* backendPid
+        yield* adminQuery("select pg_terminate_backend($1, 5000)", [pid])
+        yield* eventually(
+          adminQuery("select count(*)::int as n from pg_stat_activity where pid = $1", [pid]),
+          (rows) => Number(rows[0]!.n) === 0
+        )
+        return yield* PgPool.query("select 2")
+      })
+      for (const run of [Transaction.withTransaction, PgPool.withConnection]) {
+        const error = yield* Effect.flip(run(terminated))
+        assert.strictEqual(error._tag, "ConnectionError")
+        assert.strictEqual((error as { readonly code?: string }).code, "57P01", error.message)
+        assert.notInclude(error.message, "not queryable")
+      }
+      assert.strictEqual((yield* PgPool.stats).inUse, 0)
+    }).pipe(Effect.provide(Live)))
+
   it.live(
     "bank transfers under concurrency, random failures and interruptions keep the total",
     () =>

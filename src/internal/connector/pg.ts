@@ -238,6 +238,8 @@ interface ClientState {
   connected: boolean
   lost: boolean
   closing: boolean
+  /** What ended the connection first (the server's FATAL, a socket error): said by the statements after it. */
+  lostBy?: unknown
 }
 
 interface PgClientInternals {
@@ -447,10 +449,17 @@ const makeConnection = (
       rowMode,
       types,
       cache,
-      (error, result) => {
-        if (error) {
+      (failure, result) => {
+        if (failure) {
+          // refused by pg because the connection had failed already ("not queryable"): it says what ended it (the
+          // server's FATAL and its SQLSTATE, or the socket's error)
+          const lostBy = fatal ?? state.lostBy
+          const error = isConnectionFailure(failure) && !isDatabaseError(failure) && lostBy !== undefined
+            ? lostBy as Error
+            : failure
           if (isConnectionFailure(error)) {
             state.lost = true
+            state.lostBy ??= error
             if ((error as { readonly severity?: unknown }).severity === "FATAL") fatal ??= error
           }
           // a statement of an open transaction is never safe to send again alone: the transaction is lost with it
@@ -636,6 +645,7 @@ const connectOnce = (
       pinStartup(client, options)
       const target: Target = { host: options.host, port: options.port, database: options.database }
       const lost = (cause: unknown) => {
+        state.lostBy ??= cause
         if (state.lost) return
         state.lost = true
         if (state.connected && !state.closing) onLost(toConnectionError(target, "Connection lost", cause))
