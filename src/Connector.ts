@@ -294,6 +294,13 @@ export interface Connection {
   /** True once the connection has failed or been closed. */
   readonly isBroken: () => boolean
   /**
+   * False when the connection is found dead now, though `isBroken` does not know it yet: the peer reset the
+   * socket and nothing has read the reset (the live connector writes nothing to it, which the system refuses at
+   * once then). It costs a system call: the pool asks it of an idle connection it hands to work whose first
+   * statement it could not send again elsewhere (a pinned or scoped checkout, a transaction). Optional.
+   */
+  readonly probe?: (() => boolean) | undefined
+  /**
    * Asks the server to cancel the statement running on this connection (a CancelRequest carrying this
    * backend's secret key, sent on a new socket). It completes when the request has been sent; the statement
    * itself then fails with SQLSTATE 57014.

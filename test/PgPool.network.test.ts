@@ -8,6 +8,7 @@ import { assert, layer } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Fiber, Layer, Schedule, Scope } from "effect"
 import * as PgPool from "../src/PgPool.js"
 import type { ConnectionError, QueryError } from "../src/PgPoolError.js"
+import * as Transaction from "../src/Transaction.js"
 import { eventually } from "./support/db.js"
 import { failureOf, timedExit } from "./support/exits.js"
 import { watchProcessErrors } from "./support/processErrors.js"
@@ -321,6 +322,38 @@ layer(Layer.scoped(Server, PrivateServer.make()), { excludeTestServices: true, t
           attempts: 150,
           interval: "100 millis"
         })
+        assert.deepStrictEqual(errors.describe(), [])
+      }))
+
+    it.scoped("idle connections reset by the network reach no caller: what was written into a reset socket never left, and goes out on a new connection", () =>
+      Effect.gen(function*() {
+        const errors = yield* watchProcessErrors
+        const app = "reset-idle"
+        const { config, proxy, server } = yield* throughProxy(app)
+        const pool = yield* PrivateServer.makePool(config({ minConnections: 4, maxConnections: 4, healthCheck: false }))
+        yield* resetBeforeClose(proxy)
+        for (let round = 0; round < 3; round++) {
+          const before = yield* eventually(server.backends(app), (rows) => rows.length === 4)
+          yield* eventually(pool.stats, (s) => s.idle === 4)
+          // every connection reset, and at once (before the pool has read the resets) one of each kind of use: a
+          // one-shot statement is sent again (what went into the reset socket never left); a checkout whose first
+          // statement could not be is not handed a connection the network has reset (Connection.probe)
+          yield* proxy.setMode("reset")
+          yield* proxy.setMode("pass")
+          const results = yield* Effect.all([
+            pool.query("select 1 as one"),
+            pool.withConnection(pool.query("select 2 as one")),
+            Effect.scoped(Effect.flatMap(pool.connection, (conn) => conn.query("select 3 as one"))),
+            Effect.provideService(Transaction.withTransaction(PgPool.query("select 4 as one")), PgPool.PgPool, pool)
+          ], { concurrency: "unbounded" })
+          assert.deepStrictEqual(results, [[{ one: 1 }], [{ one: 2 }], [{ one: 3 }], [{ one: 4 }]])
+          // the fault happened: the backends of before are gone
+          yield* eventually(
+            server.backends(app),
+            (rows) => rows.every((row) => !before.some((old) => old.pid === row.pid))
+          )
+        }
+        assert.isAtLeast((yield* pool.stats).closedByReason.broken, 12)
         assert.deepStrictEqual(errors.describe(), [])
       }))
   }

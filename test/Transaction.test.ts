@@ -440,6 +440,7 @@ describe("Transaction", () => {
       })
       for (const run of [Transaction.withTransaction, PgPool.withConnection]) {
         const error = yield* Effect.flip(run(terminated))
+        if (typeof error === "string") return assert.fail(error)
         assert.strictEqual(error._tag, "ConnectionError")
         assert.strictEqual((error as { readonly code?: string }).code, "57P01", error.message)
         assert.notInclude(error.message, "not queryable")

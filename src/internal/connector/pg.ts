@@ -244,7 +244,15 @@ interface ClientState {
 
 interface PgClientInternals {
   readonly connection: {
-    readonly stream: { destroy(error?: Error): void; cork(): void; uncork(): void }
+    readonly stream: {
+      readonly errored: unknown
+      readonly writable: boolean
+      readonly writableCorked: number
+      write(buffer: Buffer): boolean
+      destroy(error?: Error): void
+      cork(): void
+      uncork(): void
+    }
     on(event: "readyForQuery" | "parseComplete" | "bindComplete" | "closeComplete", listener: () => void): void
     prependListener(event: "readyForQuery", listener: (message: { readonly status?: string }) => void): void
   }
@@ -373,9 +381,15 @@ const makeConnection = (
   let fatal: Error | undefined
   let corked = false
   const stream = internals.connection.stream
+  /** The statements written in this turn, held back by the cork: if the write at its end is refused, none left. */
+  const turn: Array<Statement> = []
   const uncork = () => {
     corked = false
+    const sound = stream.errored == null
     stream.uncork()
+    // refused at once by the system (a reset socket): nothing of the turn's write left (see Statement's `send`)
+    if (sound && stream.errored != null) { for (const statement of turn) statement.unsent() }
+    turn.length = 0
   }
   /** Holds this turn's writes back, to go out in one write at its end. */
   const corkTurn = () => {
@@ -503,6 +517,7 @@ const makeConnection = (
       corkTurn()
       client.query(statement as unknown as pg.Submittable)
     }
+    if (corked && statement.wrote) turn.push(statement)
     return statement
   }
   return {
@@ -602,6 +617,13 @@ const makeConnection = (
       })
     }),
     isBroken: () => state.lost,
+    probe: () => {
+      if (state.lost || !stream.writable) return false
+      // a held-back write (corked) would not reach the system now: nothing to learn
+      if (stream.writableCorked > 0) return true
+      stream.write(NOTHING)
+      return stream.errored == null
+    },
     cancel: Effect.suspend(() => inFlight > 0 ? sendCancel(target, ssl, backendPid, secretKey) : Effect.void),
     onNotification: (handler) => {
       client.removeAllListeners("notification")
@@ -631,6 +653,9 @@ const closeClient = (client: pg.Client, state: ClientState): Effect.Effect<void>
     Effect.catchAllCause(() => destroy)
   )
 }
+
+/** The probe's write (see `Connection.probe`): the system refuses even this at once on a socket the peer reset. */
+const NOTHING = Buffer.alloc(0)
 
 /** One connect attempt, with or without TLS, whose client is closed when the given Scope closes. */
 const connectOnce = (

@@ -23,7 +23,8 @@ interface WireField {
 
 /** What a statement uses of pg's connection: its socket, the simple query, COPY's refusal. */
 interface PgConnection {
-  readonly stream: { readonly writable: boolean; write(buffer: Buffer): boolean }
+  /** `errored`: Node's socket error, set at once when a write is refused by the system (see `send`). */
+  readonly stream: { readonly writable: boolean; readonly errored: unknown; write(buffer: Buffer): boolean }
   query(text: string): void
   sendCopyFail(message: string): void
 }
@@ -226,14 +227,16 @@ const evictLeastRecentlyUsed = (cache: StatementCache): void => {
 }
 
 /**
- * Writes a buffer; false when the socket is no longer writable and nothing was written (a dead socket is left
- * to pg, which fails the statement when it ends).
+ * Writes a buffer; false when nothing of it was written (a dead socket is left to pg, which fails the
+ * statement when it ends): the socket is no longer writable, or the system refused the write at once (a
+ * socket the peer reset, before anything read the reset: ECONNRESET, EPIPE). Node sets the socket's `errored`
+ * during `write` only then: a write that could begin completes, or fails later, after part of it went out.
  */
 const send = (connection: PgConnection, buffer: Buffer): boolean => {
   const stream = connection.stream
   if (!stream.writable) return false
   stream.write(buffer)
-  return true
+  return stream.errored == null
 }
 
 /** Writes the messages as one buffer. */
@@ -408,7 +411,8 @@ export class Statement {
     ) {
       if (connection.stream.writable) {
         connection.query(text)
-        this.written(Wire.Simple)
+        // (refused at once: see `send`)
+        if (connection.stream.errored == null) this.written(Wire.Simple)
       }
       return null
     }
@@ -459,6 +463,14 @@ export class Statement {
   /** The statement's messages were written to the socket. */
   written(wire: Wire.Simple | Wire.Extended): void {
     this.wire = wire
+  }
+
+  /**
+   * The write its messages were held back for (a corked turn) was refused at once by the system: nothing of it
+   * left (see `send`).
+   */
+  unsent(): void {
+    if (this.wire !== Wire.Answered) this.wire = Wire.NotWritten
   }
 
   /**

@@ -255,7 +255,7 @@ export class PgPoolService {
         if (span !== undefined) Tracing.checkedOutFrom(span, core, conn, conn.checkedOutAt - now)
         return this.usePinned(core, fiber, new Handle(core, conn), effect, restore, span)
       }
-      const conn = core.takeIdleOrPing(now)
+      const conn = core.takeIdleOrPing(now, true)
       if (conn === undefined) return core.refusal() ?? core.waitThen(restore, now, use)
       if (conn.state === "busy") return use(conn)
       return Effect.flatMap(

@@ -223,12 +223,13 @@ export class PoolCore {
   }
 
   /** Pops a usable idle connection (closing dead and expired ones on the way); the caller owns it. */
-  takeIdle(now: number): Physical | undefined {
+  takeIdle(now: number, probe = false): Physical | undefined {
     let conn: Physical | undefined
     while ((conn = this.idle.pop()) !== undefined) {
       if (conn.broken) this.closeDetached(conn, "broken")
       else if (now >= conn.expiresAt) this.closeDetached(conn, "lifetime")
       else if (!this.fits(conn)) this.closeDetached(conn, "role")
+      else if (probe && conn.driver.probe?.() === false) this.closeDetached(conn, "broken")
       else return conn
     }
     return undefined
@@ -237,10 +238,13 @@ export class PoolCore {
   /**
    * The checkout prelude, in one step (no yield between taking a connection and marking it, so no other fiber
    * can take it): a usable idle connection, checked out, or, when it has been idle long enough to need a ping,
-   * in "checking" (the caller `validate`s it); undefined when none is idle.
+   * in "checking" (the caller `validate`s it); undefined when none is idle. With `probe` (a checkout whose first
+   * statement could not be sent again on another connection: pinned, scoped, transactions), an idle connection
+   * the network has reset is found and closed before it is handed out (see `Connection.probe`); a one-shot
+   * statement needs no probe: written into a reset socket, it never left, and is sent again.
    */
-  takeIdleOrPing(now: number): Physical | undefined {
-    const conn = this.takeIdle(now)
+  takeIdleOrPing(now: number, probe = false): Physical | undefined {
+    const conn = this.takeIdle(now, probe)
     if (conn === undefined) return undefined
     const health = this.config.healthCheck
     if (health.enabled && now - conn.idleSince >= health.idleThreshold) this.setState(conn, "checking", now)
@@ -379,7 +383,7 @@ export class PoolCore {
     return Effect.suspend(() => {
       if (this.closed) return Effect.fail(this.closedError())
       const now = this.clock.unsafeCurrentTimeMillis()
-      const conn = this.takeIdleOrPing(now)
+      const conn = this.takeIdleOrPing(now, true)
       if (conn === undefined) return this.refusal() ?? this.waitThen(restore, now, Effect.succeed)
       if (conn.state === "busy") return Effect.succeed(conn)
       return Effect.flatMap(this.validate(conn), (alive) => alive ? Effect.succeed(conn) : this.checkout(restore))
