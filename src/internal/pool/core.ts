@@ -229,7 +229,9 @@ export class PoolCore {
       if (conn.broken) this.closeDetached(conn, "broken")
       else if (now >= conn.expiresAt) this.closeDetached(conn, "lifetime")
       else if (!this.fits(conn)) this.closeDetached(conn, "role")
-      else if (probe && conn.driver.probe?.() === false) this.closeDetached(conn, "broken")
+      // (one given back within this millisecond answered its last statement just now: not probed, which under
+      // load, where a connection is taken again as soon as it is back, would cost a system call per checkout)
+      else if (probe && now > conn.idleSince && conn.driver.probe?.() === false) this.closeDetached(conn, "broken")
       else return conn
     }
     return undefined
