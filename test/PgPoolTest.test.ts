@@ -134,10 +134,34 @@ describe("PgPoolTest.layer (the fake server)", () => {
       const inTransaction = yield* lostOn(true)
       assert.strictEqual(inTransaction._tag, "ConnectionError")
       assert.isUndefined(inTransaction._tag === "ConnectionError" ? inTransaction.safeToRetry : "not lost")
+      // and, as a real server's, the error says what ended the connection: its message and SQLSTATE
+      for (const error of [idle, inTransaction]) {
+        assert.strictEqual(error._tag === "ConnectionError" ? error.code : error._tag, "57P01")
+        assert.include(error.message, "terminating connection due to administrator command")
+      }
       // it never reached the server
       const log = yield* server.statements
       assert.isFalse(log.some((s) => s.text === "select 'after the drop'"))
     }).pipe(Effect.provide(PgPoolTest.layer())))
+
+  it.effect("a scripted error of class 08 or 57P ends the connection, as the server's FATAL does", () =>
+    Effect.gen(function*() {
+      const server = yield* PgPoolTest.Controller
+      for (const code of ["57P01", "08006", "57P05"]) {
+        yield* server.when(`select '${code}'`, { error: { code, message: `ended (${code})` } })
+      }
+      for (const code of ["57P01", "08006", "57P05"]) {
+        const pid = yield* backendPid
+        const error = yield* Effect.flip(PgPool.withConnection(PgPool.query(`select '${code}'`)))
+        assert.strictEqual(error._tag === "ConnectionError" ? error.code : error._tag, code)
+        // the backend is gone: the next statement runs on another one
+        assert.notInclude((yield* server.backends).map((b) => b.backendPid), pid)
+        assert.notStrictEqual(yield* backendPid, pid)
+      }
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.closedByReason.broken, 3)
+      assert.strictEqual(stats.inUse, 0)
+    }).pipe(Effect.provide(PgPoolTest.layer({ config: { maxConnections: 1 } }))))
 
   it.effect("retryLostQueries: true: a one-shot statement whose connection is dropped is sent again, transparently", () =>
     Effect.gen(function*() {

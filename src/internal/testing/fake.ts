@@ -251,6 +251,8 @@ export class FakeBackend implements Connector.Connection {
   idleWaiters: Array<() => void> = []
   lost = false
   closed = false
+  /** What ended the connection: the server's message and SQLSTATE, which the statements after it repeat. */
+  lostBy: { readonly reason: string; readonly code: string | undefined } | undefined = undefined
   notificationHandler: ((notification: Connector.Notification) => void) | undefined = undefined
 
   constructor(
@@ -279,8 +281,12 @@ export class FakeBackend implements Connector.Connection {
   ): void {
     if (this.lost || this.closed) {
       // it never reached the server, so it is safe to send again, as a real connection reports it; not when a
-      // transaction was open: that is lost with the connection
-      const error = this.lostError("Connection lost", undefined, this.status === "idle")
+      // transaction was open: that is lost with the connection. As the real connector, it says what ended the
+      // connection (the server's message and SQLSTATE)
+      const lostBy = this.lostBy
+      const error = lostBy === undefined
+        ? this.lostError("Connection lost", undefined, this.status === "idle")
+        : this.lostError(`Connection lost: ${lostBy.reason}`, lostBy.code, this.status === "idle")
       return queueMicrotask(() => callback(error, undefined))
     }
     // refused before it is sent, as the real connector refuses it
@@ -308,8 +314,11 @@ export class FakeBackend implements Connector.Connection {
     this.inFlight = entry
     const deliver = () => {
       if (this.inFlight !== entry) return
-      if (outcome.error !== undefined) finish(outcome.error, undefined)
-      else {
+      if (outcome.error !== undefined) {
+        finish(outcome.error, undefined)
+        // a scripted error of class 08 or 57P ends the connection, as the server's FATAL does
+        if (outcome.error._tag === "ConnectionError") this.lose(outcome.error, outcome.reason ?? "")
+      } else {
         outcome.apply?.()
         finish(undefined, outcome.result)
       }
@@ -426,13 +435,21 @@ export class FakeBackend implements Connector.Connection {
   /** The server side drops this connection (terminate, crash, network loss). */
   drop(code = "57P01"): void {
     if (this.lost || this.closed) return
-    this.lost = true
-    const error = this.lostError("terminating connection due to administrator command", code)
+    const reason = "terminating connection due to administrator command"
+    const error = this.lostError(reason, code)
     const entry = this.inFlight
     if (entry !== undefined) {
       if (entry.fiber !== undefined) this.server.run(Fiber.interruptFork(entry.fiber))
       entry.callback(error, undefined)
     }
+    this.lose(error, reason)
+  }
+
+  /** The connection is gone, ended by `error` (whose `reason` and code the statements after it repeat). */
+  lose(error: ConnectionError, reason: string): void {
+    if (this.lost || this.closed) return
+    this.lost = true
+    this.lostBy = { reason, code: error.code }
     this.server.backends.delete(this.backendPid)
     this.onLost(error)
   }
@@ -476,7 +493,7 @@ export class FakeBackend implements Connector.Connection {
     if (response.error !== undefined) {
       const { code, message, ...extra } = response.error
       if (code.startsWith("57P") || code.startsWith("08")) {
-        return { delay, error: this.lostError(message, code), apply: undefined }
+        return { delay, error: this.lostError(message, code), apply: undefined, reason: message }
       }
       return { delay, error: queryError(code, message, extra) }
     }
@@ -674,6 +691,8 @@ interface Outcome {
   readonly result?: Connector.QueryResult | undefined
   readonly error?: QueryError | ConnectionError | undefined
   readonly apply?: (() => void) | undefined
+  /** The server's message of an error that ends the connection (class 08, 57P). */
+  readonly reason?: string | undefined
 }
 
 /** @internal */
