@@ -283,7 +283,7 @@ export interface PoolStats {
   /** Connections closed since the pool started, in all and by reason. */
   readonly closed: number
   readonly closedByReason: Readonly<Record<CloseReason, number>>
-  /** Checkouts served. */
+  /** Checkouts served (a statement sent behind others on a busy connection counts in `pipelined` instead). */
   readonly acquired: number
   /** Checkouts that ran out of time, or were refused as sure to (`shed`). */
   readonly timeouts: number

@@ -414,6 +414,31 @@ describe("spans", () => {
     }).pipe(Effect.provide(poolLayer({ maxConnections: 1 })))
   })
 
+  it.effect("statements that waited in the queue and then rode a busy connection report that wait too", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      yield* PgPool.query("select 1")
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(Effect.scoped(Effect.zipRight(PgPool.connection, Deferred.await(release))))
+      yield* eventually(PgPool.stats, (s) => s.inUse === 1)
+      const waiters = yield* Effect.forEach(
+        [1, 2, 3],
+        (i) => Effect.fork(PgPool.query("select $1::int as i", [i]).pipe(Effect.withTracer(tracer)))
+      )
+      yield* eventually(PgPool.stats, (s) => s.waiting === 3)
+      yield* TestClock.adjust("40 millis")
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      assert.deepStrictEqual(yield* Effect.forEach(waiters, Fiber.join), [[{ i: 1 }], [{ i: 2 }], [{ i: 3 }]])
+      // the first took the connection, the two behind it rode it (pipelining): each waited 40 ms
+      assert.strictEqual((yield* PgPool.stats).pipelined, 2)
+      assert.deepStrictEqual(
+        named("PgPool.query").map((span) => span.attributes.get("db.client.connection.wait_time")),
+        [40, 40, 40]
+      )
+    }).pipe(Effect.provide(poolLayer({ maxConnections: 1 })))
+  })
+
   it.effect("PgPool.withConnection: its span is the parent of the statements inside, which did not check out", () => {
     const { named, tracer } = recording()
     return Effect.gen(function*() {

@@ -518,7 +518,7 @@ export class PoolCore {
       const head = this.queue.head
       if (head?.ride === undefined || head.exclusive === true || !this.ridable(conn, now, head.deadline - now)) break
       this.queue.shift()
-      head.ride(conn)
+      head.ride(conn, now)
       moved = true
     }
     // the gauges change only when a statement left the queue (this runs at every answer while any wait)

@@ -94,7 +94,10 @@ export const make = (
   const histogram = (name: string, description: string) =>
     metric(MetricKey.histogram(name, timeBoundaries, description))
   const createTime = histogram(names.createTime, "Time to open a connection, in seconds")
-  const waitTime = histogram(names.waitTime, "Time a checkout waited for a connection, in seconds")
+  const waitTime = histogram(
+    names.waitTime,
+    "Time a checkout, or a statement sent behind others on a busy connection after it queued, waited, in seconds"
+  )
   const useTime = histogram(names.useTime, "Time a connection was checked out, in seconds")
   const max = metric(MetricKey.gauge(names.max, { description: "maxConnections" }))
   const idleMax = metric(MetricKey.gauge(names.idleMax, { description: "maxIdle" }))

@@ -101,17 +101,23 @@ class QueryOp<A = unknown> implements Waiter {
    * Takes a place behind the statements in flight on `conn` (pipelining), held from now on, so that `conn` is
    * not given back before this statement is sent.
    */
-  board(conn: Physical): void {
+  board(conn: Physical, waited = 0): void {
     this.conn = conn
     this.rider = true
     this.piped = true
     if (this.core.counting) conn.sent++
     this.core.joinPipeline(conn)
     this.core.tally.pipelined++
-    if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, 0)
+    if (this.span !== undefined) checkedOutFrom(this.span, this.core, conn, waited)
   }
-  ride(conn: Physical): void {
-    this.board(conn)
+  /**
+   * Sent behind the statements in flight on `conn`, after waiting in the queue: that wait is its
+   * `db.client.connection.wait_time` (span and histogram), as a checkout's would be.
+   */
+  ride(conn: Physical, now: number): void {
+    const waited = now - this.enqueuedAt
+    this.core.metrics?.waitTime(waited)
+    this.board(conn, waited)
     this.send(conn)
   }
   fail(error: PoolError): void {

@@ -25,7 +25,7 @@ export interface Waiter {
   deliver(conn: Physical): void
   fail(error: PoolError): void
   /** A one-shot statement only: sent behind the statements in flight on `conn` (pipelining). */
-  ride?: ((conn: Physical) => void) | undefined
+  ride?: ((conn: Physical, now: number) => void) | undefined
   /** A one-shot statement that may leave a transaction open: it never rides, and nothing rides behind it. */
   readonly exclusive?: boolean | undefined
 }
