@@ -382,6 +382,33 @@ const scenarios: ReadonlyArray<Scenario> = [
     })
   },
   {
+    name: "SET in a transaction: undone by its rollback and by a ROLLBACK TO; SET LOCAL ends with the transaction",
+    config: { maxConnections: 1 },
+    run: Effect.gen(function*() {
+      const path = Effect.map(PgPool.query("show search_path"), (rows) => rows[0]!.search_path)
+      const seen: Array<unknown> = []
+      yield* Effect.exit(
+        Transaction.withTransaction(Effect.zipRight(PgPool.query("set search_path to rolled_back"), Effect.fail("no")))
+      )
+      seen.push(yield* path)
+      yield* Transaction.withTransaction(PgPool.query("set local search_path to local_only"))
+      seen.push(yield* path)
+      yield* PgPool.query("set local search_path to outside")
+      seen.push(yield* path)
+      yield* Transaction.withTransaction(Effect.gen(function*() {
+        yield* PgPool.query("set search_path to committed")
+        yield* Effect.exit(Transaction.withTransaction(
+          Effect.zipRight(PgPool.query("set search_path to savepoint_undone"), Effect.fail("inner"))
+        ))
+        seen.push(yield* path)
+        yield* Transaction.withTransaction(PgPool.query("set search_path to released"))
+        seen.push(yield* path)
+      }))
+      seen.push(yield* path)
+      return seen
+    })
+  },
+  {
     name: "maxUsage recycling",
     config: { maxUsage: 2 },
     run: Effect.forEach([1, 2, 3, 4, 5], (i) => PgPool.query(`select ${i} as x`))

@@ -246,6 +246,15 @@ export class FakeBackend implements Connector.Connection {
   status: "idle" | "transaction" | "failed" = "idle"
   readonly settings = new Map<string, string>()
   readonly savepoints: Array<string> = []
+  /**
+   * The settings as the transaction found them, and the session-level SETs it made: a ROLLBACK returns to the
+   * first, a COMMIT keeps the second (and drops what SET LOCAL changed), as PostgreSQL does.
+   */
+  txStart: Map<string, string> | undefined = undefined
+  readonly txSession = new Map<string, string>()
+  /** The same at each savepoint (parallel to `savepoints`): ROLLBACK TO returns to it. */
+  readonly savepointStates: Array<{ readonly settings: Map<string, string>; readonly session: Map<string, string> }> =
+    []
   readonly listening = new Set<string>()
   inFlight: { readonly callback: Callback; fiber: Fiber.RuntimeFiber<void> | undefined } | undefined = undefined
   idleWaiters: Array<() => void> = []
@@ -337,6 +346,8 @@ export class FakeBackend implements Connector.Connection {
   /** Starts a transaction with its modes; the others come from the `default_transaction_*` settings. */
   beginTransaction(modes: string): void {
     this.status = "transaction"
+    this.txStart = new Map(this.settings)
+    this.txSession.clear()
     for (const name of characteristics) {
       this.settings.set(name, this.settings.get(`default_${name}`) ?? defaultSettings[name]!)
     }
@@ -347,13 +358,28 @@ export class FakeBackend implements Connector.Connection {
     for (const [name, value] of transactionModes(modes)) this.settings.set(name, value)
   }
 
-  /** The end of a transaction: the characteristics return to the session defaults. */
-  endTransaction(): void {
+  /**
+   * The end of a transaction: its settings are undone (all of them on a rollback, those of SET LOCAL on a
+   * commit) and the characteristics return to the session defaults.
+   */
+  endTransaction(committed: boolean): void {
     this.status = "idle"
     this.savepoints.length = 0
+    this.savepointStates.length = 0
+    if (this.txStart !== undefined) {
+      this.restoreSettings(this.txStart)
+      if (committed) { for (const [name, value] of this.txSession) this.settings.set(name, value) }
+    }
+    this.txStart = undefined
+    this.txSession.clear()
     for (const name of characteristics) {
       this.settings.set(name, this.settings.get(`default_${name}`) ?? defaultSettings[name]!)
     }
+  }
+
+  restoreSettings(settings: ReadonlyMap<string, string>): void {
+    this.settings.clear()
+    for (const [name, value] of settings) this.settings.set(name, value)
   }
 
   cursor(
@@ -517,7 +543,7 @@ export class FakeBackend implements Connector.Connection {
       return {
         delay: 0,
         result: result(failed ? "ROLLBACK" : "COMMIT"),
-        apply: () => this.endTransaction()
+        apply: () => this.endTransaction(!failed)
       }
     }
     if (/^ROLLBACK\s+TO\b/.test(t)) {
@@ -530,7 +556,15 @@ export class FakeBackend implements Connector.Connection {
         result: result("ROLLBACK"),
         apply: () => {
           this.status = "transaction"
-          this.savepoints.splice(this.savepoints.indexOf(name) + 1)
+          const at = this.savepoints.indexOf(name)
+          const state = this.savepointStates[at]
+          if (state !== undefined) {
+            this.restoreSettings(state.settings)
+            this.txSession.clear()
+            for (const [key, value] of state.session) this.txSession.set(key, value)
+          }
+          this.savepoints.splice(at + 1)
+          this.savepointStates.splice(at + 1)
         }
       }
     }
@@ -538,7 +572,7 @@ export class FakeBackend implements Connector.Connection {
       return {
         delay: 0,
         result: result("ROLLBACK"),
-        apply: () => this.endTransaction()
+        apply: () => this.endTransaction(false)
       }
     }
     if (/^SAVEPOINT\b/.test(t)) {
@@ -547,7 +581,14 @@ export class FakeBackend implements Connector.Connection {
       }
       if (this.status === "failed") return undefined
       const name = t.split(/\s+/)[1] ?? ""
-      return { delay: 0, result: result("SAVEPOINT"), apply: () => this.savepoints.push(name) }
+      return {
+        delay: 0,
+        result: result("SAVEPOINT"),
+        apply: () => {
+          this.savepoints.push(name)
+          this.savepointStates.push({ settings: new Map(this.settings), session: new Map(this.txSession) })
+        }
+      }
     }
     if (/^RELEASE\b/.test(t)) {
       if (this.status === "failed") return undefined
@@ -555,7 +596,15 @@ export class FakeBackend implements Connector.Connection {
       if (!this.savepoints.includes(name)) {
         return { delay: 0, error: queryError("3B001", `savepoint "${name.toLowerCase()}" does not exist`) }
       }
-      return { delay: 0, result: result("RELEASE"), apply: () => this.savepoints.splice(this.savepoints.indexOf(name)) }
+      return {
+        delay: 0,
+        result: result("RELEASE"),
+        apply: () => {
+          const at = this.savepoints.indexOf(name)
+          this.savepoints.splice(at)
+          this.savepointStates.splice(at)
+        }
+      }
     }
     if (/^DISCARD\s+ALL\b/.test(t)) {
       if (this.status !== "idle") {
@@ -594,11 +643,15 @@ export class FakeBackend implements Connector.Connection {
     if (set !== null) {
       const name = set[1] !== undefined ? "TimeZone" : set[3]!
       const value = quoted((set[2] ?? set[4] ?? "").trim())
+      const local = /^SET\s+LOCAL\b/i.test(t)
       return {
         delay: 0,
         result: result("SET"),
         apply: () => {
+          // SET LOCAL outside a transaction: a WARNING on a real server, and no effect
+          if (local && this.status === "idle") return
           this.settings.set(name, value)
+          if (!local && this.status !== "idle") this.txSession.set(name, value)
           const characteristic = /^default_(transaction_\w+)$/.exec(name)?.[1]
           if (characteristic !== undefined && this.status === "idle") this.settings.set(characteristic, value)
         }
