@@ -499,6 +499,28 @@ describe("spans", () => {
     }).pipe(Effect.provide(poolLayer({})))
   })
 
+  it.effect("a failed transaction's span says why: a COMMIT answered with ROLLBACK, a server's error in the body", () => {
+    const { named, tracer } = recording()
+    return Effect.gen(function*() {
+      // the body swallows a failed statement: the server answers the COMMIT with ROLLBACK (40000)
+      const refused = yield* Effect.flip(
+        Transaction.withTransaction(Effect.ignore(PgPool.query("select 1/0"))).pipe(Effect.withTracer(tracer))
+      )
+      assert.strictEqual(refused._tag === "QueryError" ? refused.code : refused._tag, "40000")
+      const failed = yield* Effect.flip(
+        Transaction.withTransaction(PgPool.query("select 1/0")).pipe(Effect.withTracer(tracer))
+      )
+      assert.strictEqual(failed._tag === "QueryError" ? failed.code : failed._tag, "22012")
+      const [commitRefused, bodyFailed] = named("Transaction.withTransaction")
+      assert.deepStrictEqual(commitRefused!.events, ["db.transaction.commit", "db.transaction.rollback"])
+      assert.strictEqual(commitRefused!.attributes.get("error.type"), "QueryError")
+      assert.strictEqual(commitRefused!.attributes.get("db.response.status_code"), "40000")
+      assert.deepStrictEqual(bodyFailed!.events, ["db.transaction.rollback"])
+      assert.strictEqual(bodyFailed!.attributes.get("error.type"), "QueryError")
+      assert.strictEqual(bodyFailed!.attributes.get("db.response.status_code"), "22012")
+    }).pipe(Effect.provide(poolLayer({})))
+  })
+
   it.effect("sql.withTransaction: a sql.transaction span as @effect/sql-pg's, with the client's spanAttributes", () => {
     const { named, tracer } = recording()
     return Effect.gen(function*() {

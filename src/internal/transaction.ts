@@ -191,7 +191,10 @@ const runBody = <A, E, R, X>(
   return Effect.matchCauseEffect(restore(effect), {
     onFailure: (cause) => {
       setRef(fiber, FiberRef.currentContext, context)
-      trace?.event("db.transaction.rollback")
+      if (trace !== undefined) {
+        traceFailure(trace.span, cause)
+        trace.event("db.transaction.rollback")
+      }
       return Effect.matchCauseEffect(onRollback(), {
         onFailure: (failure) => Effect.failCause(Cause.sequential(cause, Cause.map(failure, mapping.map))),
         onSuccess: () => Effect.failCause(cause)
@@ -201,7 +204,15 @@ const runBody = <A, E, R, X>(
       setRef(fiber, FiberRef.currentContext, context)
       trace?.event(tx.depth === 0 ? "db.transaction.commit" : "db.transaction.savepoint")
       return Effect.matchCauseEffect(onCommit(), {
-        onFailure: (failure) => Effect.failCause(Cause.map(failure, mapping.map)),
+        onFailure: (failure) => {
+          if (trace !== undefined) {
+            traceFailure(trace.span, failure)
+            // the server answered the COMMIT with ROLLBACK (40000): what the span says happened
+            const refused = Cause.failureOption(failure)
+            if (refused._tag === "Some" && refused.value.code === "40000") trace.event("db.transaction.rollback")
+          }
+          return Effect.failCause(Cause.map(failure, mapping.map))
+        },
         onSuccess: () => Effect.succeed(value)
       })
     }
@@ -343,10 +354,17 @@ const outermost = <A, E, R, X>(
   })
 }
 
-/** A checkout for a transaction failed: its error on the span (an acquire timeout says how long it waited). */
-const traceFailure = (span: Tracer.Span, cause: Cause.Cause<PoolError>): void => {
+/**
+ * A transaction, or its checkout, failed: its error on the span when it is a tagged one (an acquire timeout
+ * says how long it waited; a server's error its SQLSTATE).
+ */
+const traceFailure = (span: Tracer.Span, cause: Cause.Cause<unknown>): void => {
   const failure = Cause.failureOption(cause)
-  if (failure._tag === "Some") Tracing.noteFailure(span, failure.value)
+  if (failure._tag === "None") return
+  const error = failure.value
+  if (typeof error === "object" && error !== null && typeof (error as { _tag?: unknown })._tag === "string") {
+    Tracing.noteFailure(span, error as { readonly _tag: string })
+  }
 }
 
 const nested = <A, E, R, X>(
