@@ -249,8 +249,19 @@ describe("PgPool observability", () => {
       assert.isDefined(warning, JSON.stringify(entries.map((e) => e.message)))
       assert.strictEqual(warning!.annotations.host, "127.0.0.1")
       assert.strictEqual(warning!.annotations.port, 1)
+      // with its attempt count
+      assert.include(warning!.message, "(attempt 1)")
+      assert.strictEqual(warning!.annotations.attempt, 1)
       // a refused connect has no SQLSTATE: no empty code annotation
       assert.notProperty(warning!.annotations, "code")
+      // the probes of the host that failed again after it: Debug lines, counting on (no Warning each)
+      const probes = entries.filter((e) => e.message.includes("still down"))
+      assert.isAbove(probes.length, 0, JSON.stringify(entries.map((e) => e.message)))
+      assert.isTrue(probes.every((e) => e.level === "DEBUG"))
+      assert.deepStrictEqual(
+        probes.map((e) => e.annotations.attempt),
+        probes.map((_, i) => i + 2)
+      )
       // one Warning per failed connect, not a second one from the start-up for the same failure
       const warnings = entries.filter((e) => e.level === "WARN").map((e) => e.message)
       assert.isFalse(

@@ -81,7 +81,20 @@ export class Topology {
   markDown(state: HostState, error: ConnectionError): void {
     state.lastError = error
     state.failures++
-    if (state.probing) return
+    if (state.probing) {
+      // a probe of a host known to be down failed again: routine until it answers (its Warning was logged)
+      this.runBackground(
+        Effect.logDebug(`host ${state.key} still down (${state.failures} failed connects): ${error.message}`).pipe(
+          Effect.annotateLogs({
+            pool: this.config.name,
+            host: state.host.host,
+            port: state.host.port,
+            attempt: state.failures
+          })
+        )
+      )
+      return
+    }
     const wasDown = state.down
     state.down = true
     state.probing = true

@@ -130,8 +130,11 @@ export const open = (core: PoolCore, skipKnown: boolean): Effect.Effect<Physical
           core.consecutiveFailures++
           core.lastFailureAt = core.clock.unsafeCurrentTimeMillis()
           core.lastConnectError = error
+          const attempt = core.consecutiveFailures
           return Effect.zipRight(
-            Effect.logWarning(`connect failed: ${error.message}`).pipe(Effect.annotateLogs(failureLog(core, error))),
+            Effect.logWarning(`connect failed (attempt ${attempt}): ${error.message}`).pipe(
+              Effect.annotateLogs({ ...failureLog(core, error), attempt })
+            ),
             Effect.fail(error)
           )
         },
