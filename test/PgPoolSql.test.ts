@@ -1,9 +1,10 @@
 import { NodeContext } from "@effect/platform-node"
-import { SqlClient, SqlError, Statement } from "@effect/sql"
+import { SqlClient, SqlError, SqlResolver, Statement } from "@effect/sql"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
 import { assert, describe, it } from "@effect/vitest"
 import {
+  Cause,
   Chunk,
   Config,
   ConfigError,
@@ -14,6 +15,7 @@ import {
   Layer,
   Option,
   Redacted,
+  Schema,
   Stream,
   String as Str,
   Tracer
@@ -197,6 +199,38 @@ describe("PgPoolSql", () => {
       assert.deepStrictEqual(seen, [{ id: 1 }, { id: 3 }])
       const rows = yield* sql<{ id: number }>`select id from sql_tx order by id`
       assert.deepStrictEqual(rows, [{ id: 1 }, { id: 3 }])
+    }).pipe(Effect.provide(Live)))
+
+  it.effect("an SqlResolver inside withTransaction runs in the transaction (it deadlocked: the resolver's context knows only TransactionConnection)", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`create table sql_resolver (id int primary key)`
+      yield* sql`insert into sql_resolver values (1), (2)`
+      const byId = yield* SqlResolver.findById("ById", {
+        Id: Schema.Number,
+        Result: Schema.Struct({ id: Schema.Number }),
+        ResultId: (row) => row.id,
+        execute: (ids) => sql`select * from sql_resolver where ${sql.in("id", ids)}`
+      })
+      const found = yield* sql.withTransaction(Effect.gen(function*() {
+        // uncommitted: only a statement in the transaction sees it
+        yield* sql`insert into sql_resolver values (3)`
+        const one = yield* byId.execute(1)
+        const batched = yield* Effect.all([byId.execute(2), byId.execute(3)], { batching: true })
+        return [one, ...batched]
+      })).pipe(Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => "deadlocked" }))
+      assert.deepStrictEqual(found.map(Option.getOrUndefined), [{ id: 1 }, { id: 2 }, { id: 3 }])
+      // and a resolver whose transaction failed is rolled back with it
+      const failed = yield* Effect.exit(
+        sql.withTransaction(Effect.zipRight(
+          Effect.zipRight(sql`insert into sql_resolver values (4)`, byId.execute(4)),
+          Effect.fail("no")
+        )).pipe(Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => "deadlocked" }))
+      )
+      assert.deepStrictEqual(failed._tag === "Failure" ? Cause.squash(failed.cause) : "succeeded", "no")
+      assert.deepStrictEqual(yield* sql`select count(*)::int as n from sql_resolver`, [{ n: 3 }])
+      const stats = yield* PgPool.stats
+      assert.strictEqual(stats.inUse, 0)
     }).pipe(Effect.provide(Live)))
 
   it.effect("interrupting a statement cancels it on the server, on its own backend only", () =>

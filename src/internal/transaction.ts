@@ -182,7 +182,7 @@ const runBody = <A, E, R, X>(
   // it for each)
   const services = new Map(context.unsafeMap)
   services.set(TransactionTag.key, tx)
-  services.set(SqlClient.TransactionConnection.key, [sqlConnection(tx.owner, tx.handle), tx.depth] as const)
+  services.set(SqlClient.TransactionConnection.key, [sqlConnection(tx.owner, tx.handle, tx.token), tx.depth] as const)
   services.set(InheritedPin.key, pin)
   if (trace !== undefined) services.set(Tracer.ParentSpan.key, trace.span)
   // set in the fiber's context in place, in this step and in the handlers' (as withConnection does: an Effect

@@ -15,6 +15,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Connector from "../../Connector.js"
 import type { ConnectionError, PoolError, QueryError } from "../../PgPoolError.js"
+import type { Physical, TxToken } from "../connection/physical.js"
 import { memberOf, pinOf } from "../pgpool/pin.js"
 import { type Handle, type PgPoolService, usedAfterRelease } from "../pgpool/service.js"
 
@@ -48,7 +49,22 @@ const STREAM_BATCH = 128
  * @internal
  */
 export class PooledSqlConnection implements SqlConnection.Connection {
-  constructor(readonly service: PgPoolService, readonly handle: Handle | undefined) {}
+  constructor(
+    readonly service: PgPoolService,
+    readonly handle: Handle | undefined,
+    /**
+     * The transaction (or savepoint) this is the `TransactionConnection` of: its statements are the
+     * transaction's even where the fiber's own context does not say so. @effect/sql's `SqlResolver` runs a
+     * resolver with a context of its own holding only `TransactionConnection`: there, the fiber is found in no
+     * transaction, and its statement waited for the transaction's end, which waited for it (a deadlock).
+     */
+    readonly member: TxToken | undefined = undefined
+  ) {}
+
+  /** The transaction a statement of `fiber` on `conn` runs in (see `member`). */
+  memberOf(fiber: Fiber.RuntimeFiber<unknown, unknown>, conn: Physical): TxToken | undefined {
+    return memberOf(fiber, conn) ?? this.member
+  }
 
   run<A>(
     sql: string,
@@ -67,7 +83,7 @@ export class PooledSqlConnection implements SqlConnection.Connection {
           params,
           rowMode,
           (result) => Effect.succeed(project(result)),
-          memberOf(fiber, handle.conn)
+          this.memberOf(fiber, handle.conn)
         )
       )
     return Effect.mapError(effect, toSqlError)
@@ -88,12 +104,13 @@ export class PooledSqlConnection implements SqlConnection.Connection {
   executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
     const service = this.service
     const own = this.handle
+    const member = (fiber: Fiber.RuntimeFiber<unknown, unknown>, conn: Physical) => this.memberOf(fiber, conn)
     return Stream.unwrapScoped(Effect.gen(function*() {
       const handle = own ?? (yield* pinnedOrRouted(service))
       const fiber = yield* Effect.withFiberRuntime<Fiber.RuntimeFiber<unknown, unknown>>((fiber) =>
         Effect.succeed(fiber)
       )
-      yield* Effect.mapError(handle.conn.flush(memberOf(fiber, handle.conn)), toSqlError)
+      yield* Effect.mapError(handle.conn.flush(member(fiber, handle.conn)), toSqlError)
       const cursor = handle.conn.cursor(sql, params)
       yield* Effect.addFinalizer(() => cursor.close)
       const pull = cursor.read(STREAM_BATCH).pipe(
@@ -134,5 +151,5 @@ export const routed = (
   Effect.mapError(service.routeOr(fiber, (target) => service.scopedCheckout(target)), toSqlError)
 
 /** The @effect/sql connection of a checked-out connection (used for `TransactionConnection`). @internal */
-export const sqlConnection = (service: PgPoolService, handle: Handle): SqlConnection.Connection =>
-  new PooledSqlConnection(service, handle)
+export const sqlConnection = (service: PgPoolService, handle: Handle, member: TxToken): SqlConnection.Connection =>
+  new PooledSqlConnection(service, handle, member)
