@@ -133,7 +133,8 @@ export class ConnectionError extends Data.TaggedError("ConnectionError")<{
 
 /**
  * The server answered a statement with an error. The fields are those of PostgreSQL's ErrorResponse:
- * `code` is the SQLSTATE (`42601` syntax error, `23505` unique violation, `40001` serialization failure, ...).
+ * `code` is the SQLSTATE (`42601` syntax error, `23505` unique violation, `40001` serialization failure, ...);
+ * `where` the context the error happened in (the PL/pgSQL function and line, the statement of a function).
  *
  * @since 0.1.0
  * @category errors
@@ -149,6 +150,7 @@ export class QueryError extends Data.TaggedError("QueryError")<{
   readonly table?: string | undefined
   readonly column?: string | undefined
   readonly constraint?: string | undefined
+  readonly where?: string | undefined
   readonly cause?: unknown
 }> {
   /**

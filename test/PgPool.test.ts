@@ -57,6 +57,18 @@ describe("PgPool", () => {
         assert.include(error.detail ?? "", "already exists")
       }).pipe(Effect.provide(testLayer())))
 
+    it.effect("an error raised in a PL/pgSQL function says where: the function and its line", () =>
+      Effect.gen(function*() {
+        yield* PgPool.query(
+          "create function raise_where() returns int language plpgsql as $$ begin raise exception 'nope' using errcode = 'P0001'; end $$"
+        )
+        const error = yield* Effect.flip(PgPool.query("select raise_where()"))
+        assert.strictEqual(error._tag, "QueryError")
+        if (error._tag !== "QueryError") return
+        assert.strictEqual(error.code, "P0001")
+        assert.include(error.where ?? "", "PL/pgSQL function raise_where() line 1")
+      }).pipe(Effect.provide(testLayer())))
+
     it.effect("a statement with more parameters than the protocol carries (65,535) is a QueryError 54000, sent nowhere; 65,535 run", () =>
       Effect.gen(function*() {
         const values = (n: number) => Array.from({ length: n }, (_, i) => i)

@@ -80,6 +80,7 @@ const toQueryError = (cause: pg.DatabaseError): QueryError =>
     table: cause.table,
     column: cause.column,
     constraint: cause.constraint,
+    where: cause.where,
     cause
   })
 
