@@ -16,6 +16,16 @@ const count = (table: string) =>
 
 const backendPid = PgPool.query("select pg_backend_pid() as pid").pipe(Effect.map((rows) => Number(rows[0]!.pid)))
 
+/** Terminates the backend of the fiber's connection and waits until the server no longer lists it. */
+const terminateOwnBackend = Effect.gen(function*() {
+  const pid = yield* backendPid
+  yield* adminQuery("select pg_terminate_backend($1, 5000)", [pid])
+  yield* eventually(
+    adminQuery("select count(*)::int as n from pg_stat_activity where pid = $1", [pid]),
+    (rows) => Number(rows[0]!.n) === 0
+  )
+})
+
 const idleInTransaction = adminQuery(
   "select count(*)::int as n from pg_stat_activity where datname = $1 and state like 'idle in transaction%'",
   [testDatabase()]
@@ -245,12 +255,7 @@ describe("Transaction", () => {
       yield* fresh("tx_rb_lost")
       const exit = yield* Effect.exit(Transaction.withTransaction(Effect.gen(function*() {
         yield* PgPool.query("insert into tx_rb_lost (id) values (1)")
-        const pid = yield* backendPid
-        yield* adminQuery("select pg_terminate_backend($1)", [pid])
-        yield* eventually(
-          adminQuery("select count(*)::int as n from pg_stat_activity where pid = $1", [pid]),
-          (rows) => Number(rows[0]!.n) === 0
-        )
+        yield* terminateOwnBackend
         return yield* Effect.fail("body fails")
       })))
       assert.isTrue(Exit.isFailure(exit))
@@ -430,12 +435,7 @@ describe("Transaction", () => {
     Effect.gen(function*() {
       const terminated = Effect.gen(function*() {
         yield* PgPool.query("select 1")
-        const pid = yield* backendPid
-        yield* adminQuery("select pg_terminate_backend($1, 5000)", [pid])
-        yield* eventually(
-          adminQuery("select count(*)::int as n from pg_stat_activity where pid = $1", [pid]),
-          (rows) => Number(rows[0]!.n) === 0
-        )
+        yield* terminateOwnBackend
         return yield* PgPool.query("select 2")
       })
       for (const run of [Transaction.withTransaction, PgPool.withConnection]) {

@@ -518,7 +518,8 @@ const makeConnection = (
       corkTurn()
       client.query(statement as unknown as pg.Submittable)
     }
-    if (corked && statement.wrote) turn.push(statement)
+    // (written within this turn's cork: corkTurn ran above for every statement that was written)
+    if (statement.wrote) turn.push(statement)
     return statement
   }
   return {
